@@ -1,0 +1,1 @@
+"""Thin Celery tasks: load state, call decisions in ``workers.execution``, do I/O, record events."""

@@ -1,0 +1,1 @@
+"""Tasks: emergency (filled in by its issue)."""

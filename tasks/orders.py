@@ -1,0 +1,1 @@
+"""Tasks: orders (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Tasks: positions (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Tasks: sweeps (filled in by its issue)."""

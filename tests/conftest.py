@@ -1,0 +1,337 @@
+"""Shared fixtures: a private Postgres database, a private Redis database number,
+the exchange simulator and real Celery workers as subprocesses.
+
+Nothing here touches a user's data: the database is ``execq_test_<pid>``
+(created and dropped here) and Redis uses database ``EXECQ_TEST_REDIS_DB``
+(default 13), flushed before and after the run.
+
+The environment is set at import time because ``workers.app`` reads settings
+once per process; the worker subprocesses inherit it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_DATABASE_URL = os.environ.get(
+    "EXECQ_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TEST_DATABASE = f"execq_test_{os.getpid()}"
+TEST_REDIS_DB = int(os.environ.get("EXECQ_TEST_REDIS_DB", "13"))
+TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+
+
+def _database_url(name: str) -> str:
+    base = ADMIN_DATABASE_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SIM_PORT = free_port()
+
+os.environ.update(
+    {
+        "DATABASE_URL": _database_url(TEST_DATABASE),
+        "REDIS_URL": TEST_REDIS_URL,
+        "EXECQ_SIM_URL": f"http://127.0.0.1:{SIM_PORT}",
+        # Compressed time and short windows so tests finish in seconds.
+        "EXECQ_VISIBILITY_TIMEOUT_S": os.environ.get("EXECQ_VISIBILITY_TIMEOUT_S", "20"),
+        "EXECQ_TASK_SOFT_TIME_LIMIT_S": "10",
+        "EXECQ_TASK_HARD_TIME_LIMIT_S": "15",
+        "EXECQ_RETRY__RATE_LIMITED__BASE_S": "0.2",
+        "EXECQ_RETRY__RATE_LIMITED__CAP_S": "1",
+        "EXECQ_RETRY__TRANSIENT__BASE_S": "0.1",
+        "EXECQ_RETRY__TRANSIENT__CAP_S": "0.5",
+        "EXECQ_RETRY__UNKNOWN__BASE_S": "0.1",
+        "EXECQ_RETRY__UNKNOWN__CAP_S": "0.5",
+        "EXECQ_RECOVERY_STUCK_AFTER_S": "2",
+    }
+)
+
+
+def wait_for(condition, timeout_s: float, interval_s: float = 0.05, message: str = ""):
+    """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout_s``.
+
+    This is synchronisation on an observable state, not a fixed sleep: it
+    returns as soon as the state is reached.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout_s}s")
+        time.sleep(interval_s)
+
+
+# --- Postgres -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A fresh, migrated database for this test run, dropped afterwards."""
+    import psycopg
+    from alembic import command
+    from alembic.config import Config
+
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+    yield os.environ["DATABASE_URL"]
+    from workers.store.db import dispose_engine
+
+    dispose_engine()
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+
+
+TABLES = ("events", "alerts", "orders", "aged_positions", "positions")
+
+
+@pytest.fixture
+def db(database: str) -> Iterator[None]:
+    """Empty tables before the test (the schema stays)."""
+    from sqlalchemy import text
+
+    from workers.store.db import get_engine
+
+    with get_engine().begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield
+
+
+# --- Redis ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_clean(redis_server: str) -> Iterator[None]:
+    """Drop execq's coordination keys (locks, kill switch, limiter); the broker queues stay."""
+    from workers.redis_client import get_redis
+
+    client = get_redis()
+    keys = list(client.scan_iter(match="execq:*", count=1000))
+    keys = [key for key in keys if not key.startswith("execq:redbeat")]
+    if keys:
+        client.delete(*keys)
+    yield
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self) -> ManagedProcess:
+        log = tempfile.NamedTemporaryFile(prefix=f"execq-{self.name}-", suffix=".log", delete=False)
+        self.log_path = Path(log.name)
+        self.process = subprocess.Popen(
+            self.args,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive:
+            assert self.process is not None
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- exchange simulator ---------------------------------------------------------------
+
+
+class SimulatorClient:
+    """The simulator's admin API (the contract in ARCHITECTURE.md)."""
+
+    def __init__(self, base_url: str) -> None:
+        import requests
+
+        self.base_url = base_url
+        self.http = requests.Session()
+
+    def _post(self, path: str, payload: object | None = None) -> dict:
+        response = self.http.post(f"{self.base_url}{path}", json=payload or {}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self, **options: object) -> dict:
+        return self._post("/_sim/reset", options)
+
+    def faults(self, plan: dict) -> dict:
+        return self._post("/_sim/faults", plan)
+
+    def prices(self, payload: dict) -> dict:
+        return self._post("/_sim/prices", payload)
+
+    def ledger(self) -> list[dict]:
+        response = self.http.get(f"{self.base_url}/_sim/ledger", timeout=10)
+        response.raise_for_status()
+        body = response.json()
+        return body["orders"] if isinstance(body, dict) else body
+
+    def positions(self) -> list[dict]:
+        response = self.http.get(f"{self.base_url}/_sim/positions", timeout=10)
+        response.raise_for_status()
+        body = response.json()
+        return body["positions"] if isinstance(body, dict) else body
+
+
+@pytest.fixture(scope="session")
+def simulator_process() -> Iterator[ManagedProcess]:
+    import requests
+
+    sim = ManagedProcess(
+        "sim",
+        [sys.executable, "-m", "exchange_sim", "--host", "127.0.0.1", "--port", str(SIM_PORT)],
+    ).start()
+
+    def ready() -> bool:
+        if not sim.alive:
+            raise AssertionError(f"simulator exited:\n{sim.log_tail()}")
+        try:
+            return requests.get(f"{os.environ['EXECQ_SIM_URL']}/_sim/positions", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    wait_for(ready, 20, message="simulator did not start")
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def sim(simulator_process: ManagedProcess) -> SimulatorClient:
+    """The simulator, reset to its initial state (no faults, default prices)."""
+    client = SimulatorClient(os.environ["EXECQ_SIM_URL"])
+    client.reset()
+    return client
+
+
+# --- Celery workers -------------------------------------------------------------------
+
+
+class WorkerPool:
+    """Real ``celery -A workers worker`` subprocesses against the test Redis/Postgres."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, ManagedProcess] = {}
+        self._counter = 0
+
+    def start(self, concurrency: int = 8, env: dict[str, str] | None = None) -> ManagedProcess:
+        from workers.app import app
+
+        self._counter += 1
+        nodename = f"test{self._counter}-{os.getpid()}@localhost"
+        worker = ManagedProcess(
+            nodename,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(concurrency),
+                "-n",
+                nodename,
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "INFO",
+            ],
+            env=env or {},
+        ).start()
+        self.workers[nodename] = worker
+
+        def ready() -> bool:
+            if not worker.alive:
+                raise AssertionError(f"worker exited:\n{worker.log_tail()}")
+            return bool(app.control.ping(destination=[nodename], timeout=0.3))
+
+        wait_for(ready, 30, message=f"worker {nodename} did not come up")
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        self.workers.clear()
+
+
+@pytest.fixture
+def workers(database: str, redis_server: str) -> Iterator[WorkerPool]:
+    """Start workers with ``workers.start()``; all are stopped after the test."""
+    pool = WorkerPool()
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def worker(workers: WorkerPool, db: None, redis_clean: None) -> ManagedProcess:
+    """One running worker on clean state (messages left by an earlier test are purged)."""
+    from workers.app import app
+
+    app.control.purge()
+    return workers.start()

@@ -1,0 +1,69 @@
+"""The Celery app. ``celery -A workers worker|beat|flower`` finds it.
+
+Delivery is at-least-once (``acks_late`` + ``reject_on_worker_lost``); the
+tasks make it exactly-once with client order ids and the intent row. The
+default pool is threads: the work is exchange I/O, and one process with many
+threads hides exchange latency in a fraction of the memory of prefork.
+Threads do not enforce Celery's time limits, so every task also keeps its own
+deadline (exchange timeouts, tenacity stop-after-delay).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers import redis_keys
+from workers.settings import SettingsError, get_settings
+
+try:
+    settings = get_settings()
+except SettingsError as exc:
+    raise SystemExit(f"execq: {exc}") from None
+
+TASK_MODULES = [
+    "tasks.system",
+    "tasks.orders",
+    "tasks.positions",
+    "tasks.sweeps",
+    "tasks.emergency",
+]
+
+app = Celery("execq")
+_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+app.conf.update(
+    broker_url=settings.redis_url,
+    result_backend=settings.redis_url,
+    include=TASK_MODULES,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_transport_options=_transport_options,
+    result_backend_transport_options=_transport_options,
+    broker_connection_retry_on_startup=True,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    task_soft_time_limit=settings.task_soft_time_limit_s,
+    task_time_limit=settings.task_hard_time_limit_s,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    result_expires=24 * 3600,
+    result_extended=True,
+    worker_pool="threads",
+    worker_concurrency=settings.worker_concurrency,
+    timezone="UTC",
+    enable_utc=True,
+    beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_redis_url=settings.redis_url,
+    redbeat_key_prefix=redis_keys.REDBEAT_PREFIX,
+    # The standby beat takes over at most this long after the active one dies.
+    redbeat_lock_timeout=max(10, int(settings.aged_sweep_interval_s * 5)),
+    beat_max_loop_interval=1,
+)
+
+from beat_schedule import build_beat_schedule  # noqa: E402  (needs the settings above)
+
+app.conf.beat_schedule = build_beat_schedule(settings)

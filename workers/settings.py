@@ -1,0 +1,288 @@
+"""Typed settings, read once per process from the environment.
+
+Every variable is documented in the README's configuration table. Names:
+``REDIS_URL`` and ``DATABASE_URL`` as-is; everything else under ``EXECQ_``,
+nested fields separated by ``__`` (``EXECQ_RETRY__RATE_LIMITED__ATTEMPTS=7``).
+
+Secrets (exchange keys) are ``SecretStr``: their repr is ``**********`` and
+they only leave this module through ``ExchangeAccount.credentials()``, which
+the exchange gateway alone calls.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CcxtClass = Literal["binanceusdm", "bybit"]
+AccountMode = Literal["sim", "demo", "testnet", "live"]
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class ExchangeAccount(BaseModel):
+    """One trading account on one exchange.
+
+    ``api_key``/``secret`` may be given inline or as ``api_key_file``/``secret_file``
+    (Docker/Kubernetes secrets). In ``sim`` mode placeholder keys are used when
+    none are given, because the simulator only checks that they are present.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    ccxt_class: CcxtClass
+    mode: AccountMode = "sim"
+    api_key: SecretStr | None = None
+    secret: SecretStr | None = None
+    api_key_file: Path | None = None
+    secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_present(self) -> ExchangeAccount:
+        if self.mode == "sim":
+            return self
+        key = self.api_key or self.api_key_file
+        secret = self.secret or self.secret_file
+        if key is None or secret is None:
+            raise ValueError(
+                f"account {self.name!r} in mode {self.mode!r} needs api_key (or api_key_file) "
+                "and secret (or secret_file)"
+            )
+        return self
+
+    def credentials(self) -> tuple[str, str]:
+        """The plain key and secret; only the exchange gateway should call this."""
+        return _read_secret(self.api_key, self.api_key_file, "sim-key"), _read_secret(
+            self.secret, self.secret_file, "sim-secret"
+        )
+
+
+def _read_secret(inline: SecretStr | None, path: Path | None, sim_default: str) -> str:
+    if inline is not None:
+        return inline.get_secret_value()
+    if path is not None:
+        return path.read_text().strip()
+    return sim_default
+
+
+def _default_accounts() -> list[ExchangeAccount]:
+    return [
+        ExchangeAccount(name="binance", ccxt_class="binanceusdm", mode="sim"),
+        ExchangeAccount(name="bybit", ccxt_class="bybit", mode="sim"),
+    ]
+
+
+class RetryClassSettings(BaseModel):
+    """One retry class: how many attempts in all, and the exponential wait bounds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempts: int = Field(ge=1, le=20)
+    base_s: float = Field(ge=0, le=60)
+    cap_s: float = Field(ge=0, le=600)
+
+
+_RETRY_CLASS_DEFAULTS: dict[str, dict[str, float]] = {
+    "rate_limited": {"attempts": 5, "base_s": 2, "cap_s": 60},
+    "transient": {"attempts": 3, "base_s": 1, "cap_s": 10},
+    "unknown": {"attempts": 2, "base_s": 0.5, "cap_s": 5},
+}
+
+
+class RetrySettings(BaseModel):
+    """Seed 000's numbers are the defaults; permanent errors are never retried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate_limited: RetryClassSettings = RetryClassSettings(**_RETRY_CLASS_DEFAULTS["rate_limited"])
+    transient: RetryClassSettings = RetryClassSettings(**_RETRY_CLASS_DEFAULTS["transient"])
+    unknown: RetryClassSettings = RetryClassSettings(**_RETRY_CLASS_DEFAULTS["unknown"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _override_per_field(cls, data: object) -> object:
+        # EXECQ_RETRY__TRANSIENT__BASE_S alone must keep that class's other defaults.
+        if isinstance(data, dict):
+            data = dict(data)
+            for name, defaults in _RETRY_CLASS_DEFAULTS.items():
+                if isinstance(data.get(name), dict):
+                    data[name] = {**defaults, **data[name]}
+        return data
+
+    # Lookups of an order after an ambiguous create: Binance may hide a fresh
+    # order for seconds, so the window must outlast that lag (seed 003: 0.5 s x 1.5^n).
+    lookup_attempts: int = Field(default=6, ge=1, le=20)
+    lookup_base_s: float = Field(default=0.5, ge=0, le=10)
+    lookup_factor: float = Field(default=1.5, ge=1, le=4)
+
+
+class AgedSettings(BaseModel):
+    """Aged-position policy. Durations in seconds so tests and the demo can compress time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_age_s: float = Field(default=3 * 3600, gt=0)
+    grace_period_s: float = Field(default=8 * 3600, ge=0)
+    loss_step_percent: Decimal = Field(default=Decimal("0.5"), ge=0)
+    # The "hour" of "loss step per hour"; compressible like every other duration.
+    loss_step_interval_s: float = Field(default=3600, gt=0)
+    max_loss_percent: Decimal = Field(default=Decimal("10"), ge=0, le=100)
+    commission_percent: Decimal = Field(default=Decimal("0.1"), ge=0, le=5)
+    failures_before_alert: int = Field(default=3, ge=1)
+    failures_before_chunks: int = Field(default=3, ge=1)
+    chunk_count: int = Field(default=3, ge=2, le=20)
+    tolerance_widen_step_percent: Decimal = Field(default=Decimal("2"), ge=0)
+    tolerance_widen_cap_percent: Decimal = Field(default=Decimal("20"), ge=0, le=100)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EXECQ_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "EXECQ_REDIS_URL"),
+    )
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/execq",
+        validation_alias=AliasChoices("DATABASE_URL", "EXECQ_DATABASE_URL"),
+    )
+    sim_url: str = "http://127.0.0.1:8765"
+    accounts: list[ExchangeAccount] = Field(default_factory=_default_accounts)
+
+    # Task time limits and the broker visibility timeout belong together: the
+    # visibility timeout must outlast the hard limit, or the broker redelivers a
+    # task that is still running.
+    task_soft_time_limit_s: int = Field(default=60, ge=5)
+    task_hard_time_limit_s: int = Field(default=90, ge=10)
+    visibility_timeout_s: int = Field(default=300, ge=15)
+    worker_concurrency: int = Field(default=32, ge=1, le=512)
+    exchange_timeout_ms: int = Field(default=10_000, ge=100)
+
+    aged: AgedSettings = AgedSettings()
+    retry: RetrySettings = RetrySettings()
+
+    aged_sweep_interval_s: float = Field(default=2.0, gt=0)
+    recovery_sweep_interval_s: float = Field(default=60.0, gt=0)
+    # An order in submitting/unknown younger than this is still being worked on.
+    recovery_stuck_after_s: float = Field(default=30.0, ge=0)
+    verify_budget_s: float = Field(default=10.0, gt=0)
+    flat_check_attempts: int = Field(default=10, ge=1)
+    flat_check_budget_s: float = Field(default=10.0, gt=0)
+    position_cache_ttl_s: int = Field(default=15, ge=1)
+    position_lock_ttl_s: int = Field(default=180, ge=1)
+    conflict_tolerance_percent: Decimal = Field(default=Decimal("1"), ge=0)
+
+    max_signal_id_length: int = Field(default=64, ge=8, le=256)
+    max_metadata_bytes: int = Field(default=4096, ge=0)
+    alert_webhook_url: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if not scheme.startswith("postgresql"):
+            raise ValueError("must be a postgresql:// URL")
+        if scheme in ("postgresql", "postgres"):
+            value = "postgresql+psycopg" + value[len(scheme) :]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_redis(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _accounts_from_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> Settings:
+        if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError(
+                "EXECQ_TASK_HARD_TIME_LIMIT_S must be greater than EXECQ_TASK_SOFT_TIME_LIMIT_S"
+            )
+        if self.visibility_timeout_s <= self.task_hard_time_limit_s:
+            raise ValueError(
+                "EXECQ_VISIBILITY_TIMEOUT_S must be greater than EXECQ_TASK_HARD_TIME_LIMIT_S"
+            )
+        names = [account.name for account in self.accounts]
+        if len(names) != len(set(names)):
+            raise ValueError("EXECQ_ACCOUNTS has duplicate account names")
+        return self
+
+    def account(self, name: str) -> ExchangeAccount:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+    @property
+    def sync_database_url(self) -> str:
+        return self.database_url
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _variable_name(loc: tuple[object, ...]) -> str:
+    head = str(loc[0]).upper() if loc else "?"
+    if head in ("REDIS_URL", "DATABASE_URL", "EXECQ_REDIS_URL", "EXECQ_DATABASE_URL"):
+        return head
+    return "EXECQ_" + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise SettingsError naming the first bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        variable = _variable_name(tuple(error.get("loc", ())))
+        message = error.get("msg", "invalid")
+        if not error.get("loc"):
+            raise SettingsError(f"invalid settings: {message}") from None
+        raise SettingsError(f"invalid setting {variable}: {message}") from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"invalid setting EXECQ_ACCOUNTS: not JSON ({exc.msg})") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Postgres: SQLAlchemy models, the per-process engine, and the queries tasks need."""

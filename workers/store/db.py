@@ -1,0 +1,89 @@
+"""One SQLAlchemy engine per process, created lazily after fork.
+
+A connection pool inherited across ``fork()`` shares sockets between
+processes and corrupts both sides, so the engine is keyed by pid and rebuilt
+in a child. ``session_scope`` is the one way tasks open a transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from workers.settings import get_settings, redact_url
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres at DATABASE_URL cannot be reached; the message says where."""
+
+
+def get_engine() -> Engine:
+    global _engine, _engine_pid, _sessionmaker
+    pid = os.getpid()
+    if _engine is not None and _engine_pid == pid:
+        return _engine
+    with _lock:
+        if _engine is None or _engine_pid != pid:
+            if _engine is not None:
+                # Inherited from the parent: drop the pool without closing its sockets.
+                _engine.dispose(close=False)
+            settings = get_settings()
+            _engine = create_engine(
+                settings.database_url,
+                pool_size=10,
+                max_overflow=40,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 5},
+            )
+            _engine_pid = pid
+            _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def dispose_engine() -> None:
+    global _engine, _engine_pid, _sessionmaker
+    with _lock:
+        if _engine is not None:
+            _engine.dispose()
+        _engine, _engine_pid, _sessionmaker = None, None, None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error."""
+    get_engine()
+    assert _sessionmaker is not None
+    session = _sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def check_database() -> None:
+    """Raise DatabaseUnavailable with a one-line reason when Postgres cannot be reached."""
+    url = get_settings().database_url
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailable(
+            f"cannot connect to DATABASE_URL ({redact_url(url)}): {reason}"
+        ) from None

@@ -1,0 +1,92 @@
+"""Append-only events and alerts, written in the caller's transaction.
+
+Writing the event in the same transaction as the state change it describes
+means an acknowledged state change always has its event, and a rolled-back
+one never does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from workers.logs import log_event
+from workers.store.models import Alert, Event
+
+logger = logging.getLogger("execq.events")
+
+
+def record_event(
+    session: Session,
+    event_type: str,
+    *,
+    order_id: int | None = None,
+    position_id: int | None = None,
+    aged_id: int | None = None,
+    client_order_id: str | None = None,
+    signal_id: str | None = None,
+    account: str | None = None,
+    symbol: str | None = None,
+    attempt: int | None = None,
+    error_class: str | None = None,
+    payload: Mapping[str, Any] | None = None,
+) -> Event:
+    event = Event(
+        type=event_type,
+        order_id=order_id,
+        position_id=position_id,
+        aged_id=aged_id,
+        client_order_id=client_order_id,
+        signal_id=signal_id,
+        account=account,
+        symbol=symbol,
+        attempt=attempt,
+        error_class=error_class,
+        payload=dict(payload or {}),
+    )
+    session.add(event)
+    log_event(event)
+    return event
+
+
+def raise_alert(
+    session: Session,
+    kind: str,
+    message: str,
+    *,
+    severity: str = "critical",
+    account: str | None = None,
+    symbol: str | None = None,
+    order_id: int | None = None,
+    position_id: int | None = None,
+    aged_id: int | None = None,
+    payload: Mapping[str, Any] | None = None,
+) -> Alert:
+    alert = Alert(
+        severity=severity,
+        kind=kind,
+        message=message,
+        account=account,
+        symbol=symbol,
+        order_id=order_id,
+        position_id=position_id,
+        aged_id=aged_id,
+        payload=dict(payload or {}),
+    )
+    session.add(alert)
+    record_event(
+        session,
+        "alert_raised",
+        order_id=order_id,
+        position_id=position_id,
+        aged_id=aged_id,
+        account=account,
+        symbol=symbol,
+        payload={"kind": kind, "severity": severity, "message": message, **dict(payload or {})},
+    )
+    log = logger.critical if severity == "critical" else logger.warning
+    log("ALERT %s [%s] %s", kind, severity, message)
+    return alert
