@@ -36,6 +36,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 import psycopg
 import redis
 from psycopg import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workers.settings import redact_url
 
@@ -50,6 +52,7 @@ START_TIMEOUT_S = 60.0
 # Seconds to wait after SIGTERM/SIGINT before SIGKILL.
 STOP_TIMEOUT_S = 20.0
 _POLL_S = 0.05
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 # Unprivileged accounts PostgreSQL may run as when we are root, in preference order.
 _PG_RUN_AS = ("postgres", "nobody")
@@ -75,7 +78,12 @@ class _StartFailed(RuntimeError):
 def _probe_redis(url: str) -> str | None:
     """None when Redis at ``url`` answers PING, else the reason it does not."""
     client = redis.Redis.from_url(
-        url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
+        url,
+        socket_timeout=PROBE_TIMEOUT_S,
+        socket_connect_timeout=PROBE_TIMEOUT_S,
+        # redis-py retries a refused connection for ~4 s by default; a probe
+        # must answer at once, and callers poll it themselves.
+        retry=_NO_RETRY,
     )
     try:
         client.ping()
@@ -295,7 +303,9 @@ class _PrivateRedis:
         if self.process is None:
             return
         if save and self.process.poll() is None:
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=STOP_TIMEOUT_S)
+            client = redis.Redis(
+                host="127.0.0.1", port=self.port, socket_timeout=STOP_TIMEOUT_S, retry=_NO_RETRY
+            )
             try:
                 client.shutdown(save=True)
             except redis.ConnectionError:

@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 import requests
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from workers.redis_keys import REDBEAT_PREFIX
 from workers.services import free_port
@@ -233,7 +234,7 @@ class Stack:
         node = nodename(name)
         try:
             replies = self.control_app().control.ping(destination=[node], timeout=timeout_s)
-        except (redis.RedisError, OSError):
+        except (KombuOperationalError, redis.RedisError, OSError):
             # Broker restarting (chaos): not ready yet, ask again.
             return False
         return any(node in reply for reply in replies)
