@@ -1,1 +1,198 @@
-"""Tasks: orders (filled in by its issue)."""
+"""execute_market_order / execute_limit_order: validate, record the intent, submit once.
+
+Arguments are JSON (what the producer sent is what Flower shows):
+``signal_id``, ``exchange`` (a configured account), ``symbol`` (ccxt unified),
+``side``, ``amount`` (decimal string), ``reduce_only``, ``purpose``, optional
+``leg``, ``position_id``, ``aged_id``, ``metadata``; limit orders add
+``price`` and ``time_in_force`` (GTC or IOC). The result is the order summary.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from workers import redis_keys
+from workers.app import app
+from workers.coordination import try_lock
+from workers.exchange.prices import find_market, reference_price
+from workers.execution.client_ids import client_order_id
+from workers.execution.order_state import OrderStatus
+from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
+from workers.settings import get_settings
+from workers.store import orders as order_store
+from workers.store.db import session_scope
+from workers.store.events import record_event
+from workers.submission import Requeue, Submission
+
+MAX_REQUEUES = 50
+
+
+class SignalRejected(Exception):
+    """The signal is invalid; nothing was sent to the exchange and nothing is retried."""
+
+
+@app.task(name="execute_market_order", bind=True, max_retries=MAX_REQUEUES)
+def execute_market_order(
+    self: Any,
+    signal_id: str,
+    exchange: str,
+    symbol: str,
+    side: str,
+    amount: str,
+    reduce_only: bool = False,
+    purpose: str = "open",
+    leg: str | None = None,
+    position_id: int | None = None,
+    aged_id: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return _execute(
+        self,
+        dict(
+            signal_id=signal_id,
+            exchange=exchange,
+            symbol=symbol,
+            side=side,
+            amount=amount,
+            order_type="market",
+            price=None,
+            time_in_force=None,
+            reduce_only=reduce_only,
+            purpose=purpose,
+            leg=leg,
+            position_id=position_id,
+            aged_id=aged_id,
+            metadata=metadata,
+        ),
+    )
+
+
+@app.task(name="execute_limit_order", bind=True, max_retries=MAX_REQUEUES)
+def execute_limit_order(
+    self: Any,
+    signal_id: str,
+    exchange: str,
+    symbol: str,
+    side: str,
+    amount: str,
+    price: str,
+    time_in_force: str = "GTC",
+    reduce_only: bool = False,
+    purpose: str = "open",
+    leg: str | None = None,
+    position_id: int | None = None,
+    aged_id: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return _execute(
+        self,
+        dict(
+            signal_id=signal_id,
+            exchange=exchange,
+            symbol=symbol,
+            side=side,
+            amount=amount,
+            order_type="limit",
+            price=price,
+            time_in_force=time_in_force,
+            reduce_only=reduce_only,
+            purpose=purpose,
+            leg=leg,
+            position_id=position_id,
+            aged_id=aged_id,
+            metadata=metadata,
+        ),
+    )
+
+
+def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
+    settings = get_settings()
+    deadline = time.monotonic() + settings.task_soft_time_limit_s * 0.6
+    validated = _validate_or_reject(request)
+    cid = client_order_id(validated.signal_id, validated.leg)
+    # One run per order at a time; a redelivery while the first run is alive waits its turn.
+    lock = try_lock(redis_keys.order_lock(cid), settings.task_hard_time_limit_s + 30)
+    if lock is None:
+        raise task.retry(countdown=1.0)
+    try:
+        order, _ = order_store.ensure_intent(_intent_values(validated, cid))
+        try:
+            order = Submission(order=order, settings=settings, deadline=deadline).run()
+        except Requeue as requeue:
+            order_store.touch(cid)
+            order_store.record_order_event(
+                cid,
+                "order_requeued",
+                {"reason": requeue.reason, "countdown_s": requeue.countdown_s},
+            )
+            raise task.retry(countdown=max(0.1, requeue.countdown_s)) from None
+    finally:
+        lock.release()
+    if order.terminal and order.status != OrderStatus.REJECTED:
+        app.send_task("verify_position", kwargs={"client_order_id": cid})
+    return order.summary()
+
+
+def _validate_or_reject(request: dict[str, Any]) -> ValidatedOrder:
+    settings = get_settings()
+    account_names = [account.name for account in settings.accounts]
+    market = None
+    price_hint = None
+    try:
+        if request["exchange"] in account_names and isinstance(request["symbol"], str):
+            market = find_market(request["exchange"], request["symbol"])
+            if market is not None and request["order_type"] == "market":
+                price_hint = reference_price(request["exchange"], request["symbol"])
+        return validate_order_request(
+            signal_id=request["signal_id"],
+            account=request["exchange"],
+            known_accounts=account_names,
+            symbol=request["symbol"],
+            market=market,
+            side=request["side"],
+            amount=request["amount"],
+            price=request["price"],
+            order_type=request["order_type"],
+            time_in_force=request["time_in_force"],
+            reduce_only=request["reduce_only"],
+            metadata=request["metadata"],
+            leg=request["leg"] or request["purpose"],
+            purpose=request["purpose"],
+            position_id=request["position_id"],
+            aged_id=request["aged_id"],
+            max_signal_id_length=settings.max_signal_id_length,
+            max_metadata_bytes=settings.max_metadata_bytes,
+            reference_price=price_hint,
+        )
+    except InvalidSignal as invalid:
+        with session_scope() as session:
+            record_event(
+                session,
+                "signal_rejected",
+                signal_id=str(request.get("signal_id"))[:256],
+                account=str(request.get("exchange"))[:32],
+                symbol=str(request.get("symbol"))[:64],
+                payload={"field": invalid.field, "reason": invalid.message},
+            )
+        raise SignalRejected(f"signal rejected: {invalid.field}: {invalid.message}") from None
+
+
+def _intent_values(order: ValidatedOrder, cid: str) -> dict[str, Any]:
+    return {
+        "client_order_id": cid,
+        "signal_id": order.signal_id,
+        "leg": order.leg,
+        "account": order.account,
+        "symbol": order.symbol,
+        "side": order.side,
+        "order_type": order.order_type,
+        "time_in_force": order.time_in_force,
+        "amount": order.amount,
+        "price": order.price,
+        "reduce_only": order.reduce_only,
+        "purpose": order.purpose,
+        "position_id": order.position_id,
+        "aged_id": order.aged_id,
+        "metadata_": order.metadata,
+    }

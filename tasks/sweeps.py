@@ -1,1 +1,62 @@
-"""Tasks: sweeps (filled in by its issue)."""
+"""Beat sweeps: aged_phase_sweep (every few seconds) and recovery_sweep (every minute).
+
+A sweep that is still running when the next one fires makes the newcomer
+return at once (a Redis lock per sweep), and beat sends each sweep with an
+expiry of one interval, so sweeps never pile up behind each other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from workers import redis_keys
+from workers.aged import sweep_aged
+from workers.recovery import run_recovery
+from workers.app import app
+from workers.coordination import try_lock
+from workers.redis_client import get_redis
+from workers.settings import get_settings
+
+
+def mark_sweep_run(name: str) -> None:
+    get_redis().set(redis_keys.sweep_last_run(name), datetime.now(UTC).isoformat())
+
+
+@app.task(name="aged_phase_sweep")
+def aged_phase_sweep() -> dict[str, Any]:
+    settings = get_settings()
+    lock = try_lock(redis_keys.sweep_lock("aged"), max(30.0, settings.aged_sweep_interval_s * 10))
+    if lock is None:
+        return {"skipped": "previous aged sweep still running"}
+    try:
+        report = sweep_aged(settings)
+        for aged_id in report.closes_enqueued:
+            app.send_task("close_aged_position", kwargs={"aged_id": aged_id})
+        mark_sweep_run("aged")
+        return {
+            "positions": report.positions,
+            "detected": report.detected,
+            "phase_changes": report.phase_changes,
+            "closes_enqueued": report.closes_enqueued,
+            "by_phase": report.by_phase,
+        }
+    finally:
+        lock.release()
+
+
+@app.task(name="recovery_sweep")
+def recovery_sweep() -> dict[str, Any]:
+    """Reconcile orders and positions with the exchange (see workers.recovery)."""
+    settings = get_settings()
+    lock = try_lock(
+        redis_keys.sweep_lock("recovery"), max(120.0, settings.recovery_sweep_interval_s * 2)
+    )
+    if lock is None:
+        return {"skipped": "previous recovery sweep still running"}
+    try:
+        counts = run_recovery(settings)
+        mark_sweep_run("recovery")
+        return counts
+    finally:
+        lock.release()

@@ -11,6 +11,7 @@ deadline (exchange timeouts, tenacity stop-after-delay).
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_init, worker_ready
 
 from workers import redis_keys
 from workers.settings import SettingsError, get_settings
@@ -67,3 +68,17 @@ app.conf.update(
 from beat_schedule import build_beat_schedule  # noqa: E402  (needs the settings above)
 
 app.conf.beat_schedule = build_beat_schedule(settings)
+
+
+@worker_init.connect
+def _install_rate_limiter(**_: object) -> None:
+    from workers.exchange.ratelimit import install_request_hook
+
+    install_request_hook()
+
+
+@worker_ready.connect
+def _recover_on_start(sender: object = None, **_: object) -> None:
+    # A worker that starts after a crash repairs what the crash left in doubt.
+    if settings.recover_on_worker_start:
+        app.send_task("recovery_sweep")

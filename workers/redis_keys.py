@@ -44,3 +44,7 @@ def liquidation_lock() -> str:
 
 
 REDBEAT_PREFIX = PREFIX + "redbeat:"
+
+
+def price_cache(account: str, symbol: str) -> str:
+    return f"{PREFIX}price:{account}:{symbol}"

@@ -189,12 +189,20 @@ class Settings(BaseSettings):
     recovery_sweep_interval_s: float = Field(default=60.0, gt=0)
     # An order in submitting/unknown younger than this is still being worked on.
     recovery_stuck_after_s: float = Field(default=30.0, ge=0)
+    # An order the exchange never got is sent again by the recovery sweep only
+    # while the signal is this fresh; an older one is rejected as stale.
+    recover_on_worker_start: bool = True
+    recovery_resubmit_max_age_s: float = Field(default=300.0, ge=0)
     verify_budget_s: float = Field(default=10.0, gt=0)
     flat_check_attempts: int = Field(default=10, ge=1)
     flat_check_budget_s: float = Field(default=10.0, gt=0)
     position_cache_ttl_s: int = Field(default=15, ge=1)
     position_lock_ttl_s: int = Field(default=180, ge=1)
     conflict_tolerance_percent: Decimal = Field(default=Decimal("1"), ge=0)
+    # Shared per-account request budget (weight units per second). Unset: 20/s
+    # for real exchanges (well inside Binance's 2,400 weight/min), 5,000/s for sim.
+    rate_limit_per_s: float | None = Field(default=None, gt=0)
+    rate_limit_burst: float = Field(default=40, ge=1)
 
     max_signal_id_length: int = Field(default=64, ge=8, le=256)
     max_metadata_bytes: int = Field(default=4096, ge=0)
@@ -247,9 +255,10 @@ class Settings(BaseSettings):
                 return account
         raise KeyError(name)
 
-    @property
-    def sync_database_url(self) -> str:
-        return self.database_url
+    def rate_limit_for(self, account: ExchangeAccount) -> float:
+        if self.rate_limit_per_s is not None:
+            return self.rate_limit_per_s
+        return 5000.0 if account.mode == "sim" else 20.0
 
 
 def redact_url(url: str) -> str:

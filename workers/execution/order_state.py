@@ -94,3 +94,49 @@ def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
 def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     if not can_transition(current, target):
         raise IllegalTransition(current, target)
+
+
+def status_from_exchange(
+    unified_status: str | None, amount: object, filled: object
+) -> OrderStatus | None:
+    """Our status for a ccxt unified order, or None when the exchange did not say.
+
+    ``closed`` with less than the amount filled is Bybit's PartiallyFilledCanceled
+    (and Binance's IOC remainder): a terminal order that did fill in part, so
+    it is ``canceled`` with its real ``filled`` kept, never a failure.
+    """
+    from decimal import Decimal
+
+    amount_d = Decimal(str(amount)) if amount is not None else None
+    filled_d = Decimal(str(filled)) if filled is not None else Decimal(0)
+    if unified_status is None:
+        return None
+    if unified_status == "open":
+        return OrderStatus.PARTIALLY_FILLED if filled_d > 0 else OrderStatus.OPEN
+    if unified_status == "closed":
+        if amount_d is not None and filled_d >= amount_d:
+            return OrderStatus.FILLED
+        return OrderStatus.CANCELED
+    if unified_status == "canceled":
+        return OrderStatus.CANCELED
+    if unified_status == "expired":
+        return OrderStatus.EXPIRED
+    if unified_status == "rejected":
+        return OrderStatus.REJECTED
+    return None
+
+
+def path_to(current: OrderStatus, target: OrderStatus) -> list[OrderStatus]:
+    """The legal steps from ``current`` to ``target`` (adopting an exchange state).
+
+    A lookup may reveal a state several edges ahead (an ``unknown`` order that
+    is already ``filled``); direct edges exist for those, and the one indirect
+    case, ``intent`` -> anything accepted, goes through ``submitting``.
+    """
+    if current == target:
+        return []
+    if can_transition(current, target):
+        return [target]
+    if current == OrderStatus.INTENT and can_transition(OrderStatus.SUBMITTING, target):
+        return [OrderStatus.SUBMITTING, target]
+    raise IllegalTransition(current, target)

@@ -69,6 +69,10 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(20), nullable=False)
     exchange_order_id: Mapped[str | None] = mapped_column(String(64))
     filled: Mapped[Decimal] = mapped_column(Amount, nullable=False, default=Decimal(0))
+    # How much of ``filled`` is already in the position book: booking the
+    # difference makes booking idempotent under redelivery.
+    booked_filled: Mapped[Decimal] = mapped_column(Amount, nullable=False, default=Decimal(0))
+    verification: Mapped[str | None] = mapped_column(String(16))
     average_price: Mapped[Decimal | None] = mapped_column(Amount)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_error_class: Mapped[str | None] = mapped_column(String(32))
@@ -95,6 +99,12 @@ class Order(Base):
             ),
         ),
         Index("ix_orders_created_at", "created_at"),
+        # The recovery sweep books fills that a lost verify task did not.
+        Index(
+            "ix_orders_unbooked",
+            "updated_at",
+            postgresql_where=text("filled > booked_filled"),
+        ),
     )
 
 

@@ -1,0 +1,117 @@
+"""Redis coordination: the kill switch and expiring locks.
+
+Locks are ``SET NX PX`` with a random token and released by a compare-and-
+delete script, so a holder whose lock expired cannot release someone else's.
+A lock is advisory: every write is also guarded in Postgres (row locks and the
+order transition table), so a stale holder cannot overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+
+from workers import redis_keys
+from workers.redis_client import get_redis
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class LockNotAcquired(Exception):
+    """Someone else holds the lock; the caller should come back later."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"lock busy: {key}")
+        self.key = key
+
+
+@dataclass
+class Lock:
+    key: str
+    token: str
+    client: redis.Redis
+
+    def release(self) -> bool:
+        return bool(self.client.eval(_RELEASE, 1, self.key, self.token))
+
+    def extend(self, ttl_s: float) -> bool:
+        return bool(self.client.eval(_EXTEND, 1, self.key, self.token, int(ttl_s * 1000)))
+
+
+def try_lock(key: str, ttl_s: float, client: redis.Redis | None = None) -> Lock | None:
+    client = client or get_redis()
+    token = secrets.token_hex(16)
+    if client.set(key, token, nx=True, px=int(ttl_s * 1000)):
+        return Lock(key, token, client)
+    return None
+
+
+@contextmanager
+def held_lock(key: str, ttl_s: float) -> Iterator[Lock]:
+    """Hold ``key`` for the block; raise LockNotAcquired when it is taken."""
+    lock = try_lock(key, ttl_s)
+    if lock is None:
+        raise LockNotAcquired(key)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def lock_holder_exists(key: str) -> bool:
+    return bool(get_redis().exists(key))
+
+
+# --- kill switch ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KillSwitchState:
+    on: bool
+    reason: str | None = None
+    since: datetime | None = None
+
+
+def kill_switch_state() -> KillSwitchState:
+    raw = get_redis().get(redis_keys.KILL_SWITCH)
+    if raw is None:
+        return KillSwitchState(on=False)
+    data = json.loads(raw)
+    return KillSwitchState(
+        on=True, reason=data.get("reason"), since=datetime.fromisoformat(data["since"])
+    )
+
+
+def set_kill_switch(on: bool, reason: str | None = None) -> KillSwitchState:
+    """Turn the cluster-wide kill switch on or off; returns the new state.
+
+    The key has no expiry: a kill switch must stay on until a person turns it off.
+    """
+    client = get_redis()
+    if not on:
+        client.delete(redis_keys.KILL_SWITCH)
+        return KillSwitchState(on=False)
+    since = datetime.now(UTC)
+    client.set(
+        redis_keys.KILL_SWITCH,
+        json.dumps({"reason": reason or "manual", "since": since.isoformat()}),
+    )
+    return KillSwitchState(on=True, reason=reason or "manual", since=since)

@@ -1,0 +1,45 @@
+"""Market metadata and reference prices for validation and the sweeps.
+
+Reference prices are cached in Redis for a few seconds so that validating a
+market order's minimum notional costs one ticker request per symbol per few
+seconds cluster-wide, not one per order.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import ccxt
+
+from workers import redis_keys
+from workers.exchange import gateway
+from workers.redis_client import get_redis
+
+PRICE_CACHE_TTL_S = 5
+
+
+def find_market(account: str, symbol: str) -> dict[str, Any] | None:
+    """The ccxt market for ``symbol`` on ``account``, or None when the exchange has no such market."""
+    try:
+        return gateway.market(account, symbol)
+    except (ccxt.BadSymbol, KeyError):
+        return None
+
+
+def cache_price(account: str, symbol: str, price: Decimal) -> None:
+    get_redis().set(redis_keys.price_cache(account, symbol), str(price), ex=PRICE_CACHE_TTL_S)
+
+
+def reference_price(account: str, symbol: str) -> Decimal | None:
+    """A recent last price: from the cache, else one ticker request (then cached)."""
+    cached = get_redis().get(redis_keys.price_cache(account, symbol))
+    if cached is not None:
+        return Decimal(cached)
+    ticker = gateway.get_client(account).fetch_ticker(symbol)
+    last = ticker.get("last") or ticker.get("close")
+    if last is None:
+        return None
+    price = Decimal(str(last))
+    cache_price(account, symbol, price)
+    return price

@@ -1,0 +1,159 @@
+"""One request budget per exchange account, shared by every worker (GCRA in Lua).
+
+ccxt's own throttle is per client instance, so N workers with 32 threads each
+would send 32·N times the exchange's limit. Here every request draws weight
+from one Redis key per account; a 429/418 sets a cooldown key that every
+worker honours before its next request. The clock is Redis's own ``TIME`` so
+workers on different hosts agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from workers import redis_keys
+from workers.redis_client import get_redis
+
+logger = logging.getLogger("execq.ratelimit")
+
+# Returns 0 when the request may go now, else the milliseconds to wait.
+_GCRA = """
+local cooldown = redis.call('PTTL', KEYS[2])
+if cooldown > 0 then
+    return cooldown
+end
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local interval_ms = tonumber(ARGV[1])
+local burst_ms = tonumber(ARGV[2])
+local increment = interval_ms * tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then
+    tat = now
+end
+local new_tat = tat + increment
+local allow_at = new_tat - burst_ms
+if allow_at > now then
+    return math.ceil(allow_at - now)
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now + burst_ms) + 1000)
+return 0
+"""
+
+# Weights by path fragment: heavy list endpoints cost more (Binance's weights
+# for these are 5-40); everything else costs 1.
+_HEAVY_PATHS = {
+    "exchangeInfo": 10,
+    "instruments-info": 10,
+    "positionRisk": 5,
+    "/position/list": 5,
+    "balance": 5,
+    "wallet-balance": 5,
+    "openOrders": 5,
+    "ticker/24hr": 5,
+    "/market/tickers": 5,
+}
+
+
+def request_weight(url: str) -> int:
+    path = urlsplit(url).path
+    for fragment, weight in _HEAVY_PATHS.items():
+        if fragment in path:
+            return weight
+    return 1
+
+
+class RateLimitWaitTooLong(Exception):
+    """The shared budget (or a cooldown) would hold this request past the caller's deadline."""
+
+    def __init__(self, account: str, wait_s: float) -> None:
+        super().__init__(f"rate limit for {account}: next slot in {wait_s:.2f}s")
+        self.account = account
+        self.wait_s = wait_s
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_s: float
+    burst: float
+
+    @property
+    def interval_ms(self) -> float:
+        return 1000.0 / self.per_s
+
+    @property
+    def burst_ms(self) -> float:
+        return self.interval_ms * self.burst
+
+
+def try_acquire(account: str, limit: RateLimit, weight: int = 1) -> float:
+    """Take ``weight`` from the account's budget; 0.0 when granted, else seconds to wait."""
+    wait_ms = get_redis().eval(
+        _GCRA,
+        2,
+        redis_keys.rate_limit_bucket(account),
+        redis_keys.rate_limit_cooldown(account),
+        limit.interval_ms,
+        limit.burst_ms,
+        weight,
+    )
+    return int(wait_ms) / 1000.0
+
+
+def acquire(account: str, limit: RateLimit, weight: int = 1, max_wait_s: float = 30.0) -> float:
+    """Block until the request may go; returns the seconds waited.
+
+    Raises RateLimitWaitTooLong instead of waiting past ``max_wait_s``, so a
+    task can go back to the queue rather than sit on a worker thread.
+    """
+    waited = 0.0
+    while True:
+        wait_s = try_acquire(account, limit, weight)
+        if wait_s <= 0:
+            return waited
+        if waited + wait_s > max_wait_s:
+            raise RateLimitWaitTooLong(account, wait_s)
+        # Waiting for the shared budget to refill is the limiter's purpose, not synchronisation.
+        time.sleep(wait_s)
+        waited += wait_s
+
+
+def set_cooldown(account: str, seconds: float) -> None:
+    """Every worker waits ``seconds`` before its next request to this account (429/418)."""
+    milliseconds = max(1, int(seconds * 1000))
+    client = get_redis()
+    key = redis_keys.rate_limit_cooldown(account)
+    # Keep the longer of an existing and the new cooldown.
+    current = client.pttl(key)
+    if current < milliseconds:
+        client.set(key, "1", px=milliseconds)
+    logger.warning("rate limited on %s: all workers pause %.2fs", account, seconds)
+
+
+def cooldown_remaining_s(account: str) -> float:
+    pttl = get_redis().pttl(redis_keys.rate_limit_cooldown(account))
+    return max(0, pttl) / 1000.0
+
+
+# How long one request may wait for the shared budget before the task goes
+# back to the queue instead of holding a worker thread.
+MAX_REQUEST_WAIT_S = 5.0
+
+
+def install_request_hook() -> None:
+    """Make every exchange request in this process draw from the shared budget."""
+    from workers.exchange import gateway
+    from workers.settings import get_settings
+
+    settings = get_settings()
+
+    def hook(account: str, request) -> None:  # noqa: ANN001 - requests.PreparedRequest
+        limit = RateLimit(
+            settings.rate_limit_for(settings.account(account)), settings.rate_limit_burst
+        )
+        acquire(account, limit, request_weight(request.url or ""), MAX_REQUEST_WAIT_S)
+
+    gateway.set_request_hook(hook)

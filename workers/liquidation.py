@@ -1,0 +1,168 @@
+"""Emergency liquidation: kill switch on, every position closed reduce-only, verified flat.
+
+Closes run in parallel across symbols (threads in one task; the shared rate
+limiter keeps them within the exchange's budget) and go through the same
+exactly-once submission as every order: each close has a deterministic
+client order id from the liquidation's id and the position, so a redelivered
+liquidation continues its closes instead of sending them again. A Redis lock
+makes a second concurrent liquidation wait for the first; reduce-only
+orders are the exchange-side guard against ever opening anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from workers import redis_keys
+from workers.coordination import held_lock, set_kill_switch
+from workers.exchange.positions import ExchangePosition, fetch_positions
+from workers.exchange.prices import find_market
+from workers.execution.client_ids import client_order_id
+from workers.execution.order_state import OrderStatus
+from workers.settings import Settings
+from workers.store import orders as order_store
+from workers.store.db import session_scope
+from workers.store.events import record_event
+from workers.store.positions import book_order_fill
+from workers.submission import EXCHANGE_ERRORS, Requeue, Submission, describe_error
+from workers.verifier import check_flat
+
+logger = logging.getLogger("execq.liquidation")
+
+MAX_PARALLEL_CLOSES = 16
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    account: str
+    symbol: str
+    size: Decimal
+    closed: bool
+    status: str
+    error: str | None = None
+
+
+def liquidate_all(liquidation_id: str, reason: str, settings: Settings) -> dict[str, Any]:
+    """Close every open position on every account. Raises LockNotAcquired if one is running."""
+    with held_lock(redis_keys.liquidation_lock(), settings.task_hard_time_limit_s * 4):
+        set_kill_switch(True, f"liquidation: {reason}")
+        started = time.monotonic()
+        with session_scope() as session:
+            record_event(
+                session,
+                "kill_switch_on",
+                payload={"reason": f"liquidation: {reason}", "liquidation_id": liquidation_id},
+            )
+            record_event(
+                session,
+                "liquidation_started",
+                payload={"reason": reason, "liquidation_id": liquidation_id},
+            )
+        positions: list[ExchangePosition] = []
+        unreachable: list[str] = []
+        for account in settings.accounts:
+            try:
+                positions.extend(fetch_positions(account.name))
+            except EXCHANGE_ERRORS as exc:
+                unreachable.append(account.name)
+                logger.error("liquidation: positions on %s: %s", account.name, describe_error(exc))
+        with ThreadPoolExecutor(max_workers=MAX_PARALLEL_CLOSES) as pool:
+            results = list(pool.map(lambda p: _close_one(liquidation_id, p, settings), positions))
+        summary = {
+            "liquidation_id": liquidation_id,
+            "reason": reason,
+            "total": len(results),
+            "closed": sum(1 for r in results if r.closed),
+            "failed": sum(1 for r in results if not r.closed),
+            "unreachable_accounts": unreachable,
+            "seconds": round(time.monotonic() - started, 3),
+            "positions": [
+                {
+                    "account": r.account,
+                    "symbol": r.symbol,
+                    "size": str(r.size),
+                    "closed": r.closed,
+                    "status": r.status,
+                    "error": r.error,
+                }
+                for r in results
+            ],
+            "kill_switch": "on",
+        }
+        with session_scope() as session:
+            record_event(session, "liquidation_summary", payload=summary)
+        return summary
+
+
+def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settings) -> CloseResult:
+    signal_id = f"liq-{liquidation_id}-{position.account}-{position.symbol}"
+    cid = client_order_id(signal_id, "liq")
+    deadline = time.monotonic() + settings.task_soft_time_limit_s * 2
+    try:
+        order, _ = order_store.ensure_intent(
+            {
+                "client_order_id": cid,
+                "signal_id": signal_id,
+                "leg": "liq",
+                "account": position.account,
+                "symbol": position.symbol,
+                "side": "sell" if position.size > 0 else "buy",
+                "order_type": "market",
+                "time_in_force": None,
+                "amount": abs(position.size),
+                "price": None,
+                "reduce_only": True,
+                "purpose": "liquidation",
+                "position_id": None,
+                "aged_id": None,
+                "metadata_": {"liquidation_id": liquidation_id},
+            }
+        )
+        while True:
+            try:
+                order = Submission(order=order, settings=settings, deadline=deadline).run()
+                break
+            except Requeue as requeue:
+                # In a liquidation we wait here rather than requeue: the summary needs the outcome.
+                if time.monotonic() + requeue.countdown_s > deadline:
+                    raise
+                time.sleep(requeue.countdown_s)
+                order = order_store.load_order(cid) or order
+        if order.filled > 0:
+            book_order_fill(cid)
+        market = find_market(position.account, position.symbol) or {}
+        minimum = Decimal(str(((market.get("limits") or {}).get("amount") or {}).get("min") or 0))
+        flat = check_flat(
+            position.account,
+            position.symbol,
+            settings,
+            min_amount=minimum,
+            context=f"liquidation {liquidation_id}",
+        )
+        return CloseResult(
+            position.account,
+            position.symbol,
+            position.size,
+            closed=flat.flat and order.status == OrderStatus.FILLED,
+            status=str(order.status),
+            error=order.last_error,
+        )
+    except (Requeue, *EXCHANGE_ERRORS) as exc:
+        return CloseResult(
+            position.account,
+            position.symbol,
+            position.size,
+            closed=False,
+            status="error",
+            error=describe_error(exc),
+        )
+
+
+def new_liquidation_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

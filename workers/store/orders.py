@@ -1,0 +1,247 @@
+"""Order rows: the intent insert and the one way to change an order's status.
+
+Every status change runs ``transition`` in its own short transaction with the
+row locked (``SELECT ... FOR UPDATE``): the move is checked against the table
+in ``workers.execution.order_state`` and its event is written in the same
+transaction, so a stale worker can never move an order backwards and no
+change exists without its event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from workers.execution.order_state import (
+    EVENT_FOR_STATUS,
+    TERMINAL,
+    OrderStatus,
+    path_to,
+)
+from workers.store.db import session_scope
+from workers.store.events import record_event
+from workers.store.models import Order
+
+
+@dataclass(frozen=True)
+class OrderSnapshot:
+    """A detached copy of an order row, safe to pass around outside a transaction."""
+
+    id: int
+    client_order_id: str
+    signal_id: str
+    leg: str
+    account: str
+    symbol: str
+    side: str
+    order_type: str
+    time_in_force: str | None
+    amount: Decimal
+    price: Decimal | None
+    reduce_only: bool
+    purpose: str
+    position_id: int | None
+    aged_id: int | None
+    status: OrderStatus
+    exchange_order_id: str | None
+    filled: Decimal
+    average_price: Decimal | None
+    attempts: int
+    last_error_class: str | None
+    last_error: str | None
+    created_at: datetime
+    acked_at: datetime | None
+
+    @classmethod
+    def of(cls, order: Order) -> OrderSnapshot:
+        return cls(
+            id=order.id,
+            client_order_id=order.client_order_id,
+            signal_id=order.signal_id,
+            leg=order.leg,
+            account=order.account,
+            symbol=order.symbol,
+            side=order.side,
+            order_type=order.order_type,
+            time_in_force=order.time_in_force,
+            amount=order.amount,
+            price=order.price,
+            reduce_only=order.reduce_only,
+            purpose=order.purpose,
+            position_id=order.position_id,
+            aged_id=order.aged_id,
+            status=OrderStatus(order.status),
+            exchange_order_id=order.exchange_order_id,
+            filled=order.filled,
+            average_price=order.average_price,
+            attempts=order.attempts,
+            last_error_class=order.last_error_class,
+            last_error=order.last_error,
+            created_at=order.created_at,
+            acked_at=order.acked_at,
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def summary(self) -> dict[str, Any]:
+        """The task result: JSON the producer can read."""
+        return {
+            "order_id": self.exchange_order_id,
+            "client_order_id": self.client_order_id,
+            "status": str(self.status),
+            "filled": str(self.filled),
+            "average_price": None if self.average_price is None else str(self.average_price),
+            "attempts": self.attempts,
+            "error": self.last_error,
+            "error_class": self.last_error_class,
+        }
+
+
+def _event_ids(order: Order) -> dict[str, Any]:
+    return {
+        "order_id": order.id,
+        "position_id": order.position_id,
+        "aged_id": order.aged_id,
+        "client_order_id": order.client_order_id,
+        "signal_id": order.signal_id,
+        "account": order.account,
+        "symbol": order.symbol,
+    }
+
+
+def ensure_intent(values: Mapping[str, Any]) -> tuple[OrderSnapshot, bool]:
+    """Insert the intent row unless the client order id exists; returns (order, created).
+
+    The unique client order id makes this idempotent: a redelivered or
+    duplicated task finds the existing row and continues from its state.
+    """
+    with session_scope() as session:
+        inserted = session.execute(
+            insert(Order)
+            .values(status=OrderStatus.INTENT.value, **values)
+            .on_conflict_do_nothing(index_elements=["client_order_id"])
+            .returning(Order.id)
+        ).scalar_one_or_none()
+        order = session.scalars(
+            select(Order).where(Order.client_order_id == values["client_order_id"])
+        ).one()
+        if inserted is not None:
+            record_event(
+                session,
+                "order_intent",
+                **_event_ids(order),
+                payload={
+                    "side": order.side,
+                    "amount": str(order.amount),
+                    "type": order.order_type,
+                    "reduce_only": order.reduce_only,
+                    "purpose": order.purpose,
+                },
+            )
+        return OrderSnapshot.of(order), inserted is not None
+
+
+def load_order(client_order_id: str) -> OrderSnapshot | None:
+    with session_scope() as session:
+        order = session.scalars(
+            select(Order).where(Order.client_order_id == client_order_id)
+        ).one_or_none()
+        return None if order is None else OrderSnapshot.of(order)
+
+
+def transition(
+    client_order_id: str,
+    target: OrderStatus,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> OrderSnapshot:
+    """Move the order to ``target`` (through any required intermediate state) and
+    update ``fields``; one event per status change. Raises IllegalTransition.
+
+    ``target`` equal to the current status only updates the fields (a partial
+    fill growing), with an event only when ``filled`` changed.
+    """
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        order = session.scalars(
+            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
+        ).one()
+        current = OrderStatus(order.status)
+        steps = path_to(current, target)
+        previous_filled = order.filled
+        for name, value in fields.items():
+            setattr(order, name, value)
+        order.updated_at = now
+        if target in TERMINAL and steps:
+            order.terminal_at = now
+        for step in steps:
+            order.status = step.value
+            record_event(
+                session,
+                EVENT_FOR_STATUS[step],
+                **_event_ids(order),
+                attempt=order.attempts,
+                error_class=order.last_error_class if step == OrderStatus.REJECTED else None,
+                payload={"from": str(current), "filled": str(order.filled), **dict(payload or {})},
+            )
+            current = step
+        if not steps and order.filled != previous_filled:
+            record_event(
+                session,
+                EVENT_FOR_STATUS[target] if target in EVENT_FOR_STATUS else "order_updated",
+                **_event_ids(order),
+                payload={"filled": str(order.filled), **dict(payload or {})},
+            )
+        return OrderSnapshot.of(order)
+
+
+def record_attempt(
+    client_order_id: str,
+    *,
+    retry_class: str | None,
+    error: str | None,
+    outcome: str,
+) -> OrderSnapshot:
+    """Count one create attempt and write its event (class and error, or success)."""
+    with session_scope() as session:
+        order = session.scalars(
+            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
+        ).one()
+        order.attempts += 1
+        if error is not None:
+            order.last_error_class = retry_class
+            order.last_error = error[:1000]
+        order.updated_at = datetime.now(UTC)
+        record_event(
+            session,
+            "order_attempt",
+            **_event_ids(order),
+            attempt=order.attempts,
+            error_class=retry_class,
+            payload={"outcome": outcome, "error": error},
+        )
+        return OrderSnapshot.of(order)
+
+
+def record_order_event(
+    client_order_id: str, event_type: str, payload: Mapping[str, Any] | None = None
+) -> None:
+    with session_scope() as session:
+        order = session.scalars(select(Order).where(Order.client_order_id == client_order_id)).one()
+        record_event(session, event_type, **_event_ids(order), payload=payload)
+
+
+def touch(client_order_id: str) -> None:
+    """Mark the order as being worked on (a heartbeat for the recovery sweep)."""
+    with session_scope() as session:
+        order = session.scalars(select(Order).where(Order.client_order_id == client_order_id)).one()
+        order.updated_at = datetime.now(UTC)

@@ -1,0 +1,185 @@
+"""The position book: fills become positions, exactly once.
+
+``book_order_fill`` books ``filled - booked_filled`` of an order into the open
+position of its account and symbol, in one transaction with both rows locked,
+so a redelivered verification (or the recovery sweep repeating it) books
+nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workers.execution.positions import PositionState, apply_fill, side_of
+from workers.store.db import session_scope
+from workers.store.events import record_event
+from workers.store.models import Order, Position
+
+
+@dataclass(frozen=True)
+class Booking:
+    """What booking one order's new fill did to the book."""
+
+    order_id: int
+    position_id: int | None
+    delta: Decimal
+    size_after: Decimal  # signed; 0 when the fill closed the position
+    closed_position_id: int | None = None
+    realized_pnl: Decimal = Decimal(0)
+
+    @property
+    def booked(self) -> bool:
+        return self.delta != 0
+
+
+class MissingFillPrice(Exception):
+    """A fill without a price cannot be booked; verification must fetch it first."""
+
+
+def open_position_for_update(session: Session, account: str, symbol: str) -> Position | None:
+    return session.scalars(
+        select(Position)
+        .where(Position.account == account, Position.symbol == symbol, Position.status == "open")
+        .with_for_update()
+    ).one_or_none()
+
+
+def state_of(position: Position | None) -> PositionState:
+    if position is None:
+        return PositionState(size=Decimal(0), entry_price=Decimal(0), realized_pnl=Decimal(0))
+    signed = position.size if position.side == "long" else -position.size
+    return PositionState(size=signed, entry_price=position.entry_price, realized_pnl=Decimal(0))
+
+
+def _ids(position: Position, order: Order | None = None) -> dict:
+    return {
+        "position_id": position.id,
+        "account": position.account,
+        "symbol": position.symbol,
+        "order_id": order.id if order else None,
+        "client_order_id": order.client_order_id if order else None,
+        "signal_id": order.signal_id if order else None,
+    }
+
+
+def open_new_position(
+    session: Session,
+    *,
+    account: str,
+    symbol: str,
+    size: Decimal,
+    entry_price: Decimal,
+    opened_at: datetime,
+    opening_order: Order | None,
+    verification: str,
+) -> Position:
+    position = Position(
+        account=account,
+        symbol=symbol,
+        side=side_of(size),
+        size=abs(size),
+        entry_price=entry_price,
+        status="open",
+        verification=verification,
+        opened_at=opened_at,
+        opening_order_id=opening_order.id if opening_order else None,
+        realized_pnl=Decimal(0),
+    )
+    session.add(position)
+    session.flush()
+    return position
+
+
+def close_position(
+    session: Session, position: Position, *, reason: str, now: datetime, order: Order | None
+) -> None:
+    position.status = "closed" if reason != "closed_externally" else "closed_externally"
+    position.closed_at = now
+    position.close_reason = reason
+    position.updated_at = now
+    record_event(
+        session,
+        "position_closed" if reason != "closed_externally" else "closed_externally",
+        **_ids(position, order),
+        payload={"reason": reason, "realized_pnl": str(position.realized_pnl)},
+    )
+
+
+def book_order_fill(client_order_id: str, verification: str = "verified") -> Booking:
+    """Book the part of the order's fill not yet in the book. Idempotent."""
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        order = session.scalars(
+            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
+        ).one()
+        delta = order.filled - order.booked_filled
+        if delta <= 0:
+            return Booking(order.id, order.position_id, Decimal(0), Decimal(0))
+        price = order.average_price or order.price
+        if price is None:
+            raise MissingFillPrice(client_order_id)
+        position = open_position_for_update(session, order.account, order.symbol)
+        before = state_of(position)
+        after = apply_fill(before, order.side, delta, price)
+        realized = after.realized_pnl - before.realized_pnl
+        order.booked_filled = order.filled
+        order.updated_at = now
+        closed_id: int | None = None
+
+        if position is not None and realized:
+            position.realized_pnl += realized
+        crosses_zero = position is not None and (
+            after.size == 0 or (after.size > 0) != (before.size > 0)
+        )
+        if crosses_zero:
+            assert position is not None
+            closed_id = position.id
+            close_position(session, position, reason=order.purpose, now=now, order=order)
+            position = None
+        if after.size != 0:
+            if position is None:
+                position = open_new_position(
+                    session,
+                    account=order.account,
+                    symbol=order.symbol,
+                    size=after.size,
+                    entry_price=after.entry_price,
+                    opened_at=now,
+                    opening_order=order,
+                    verification=verification,
+                )
+                record_event(
+                    session,
+                    "position_opened",
+                    **_ids(position, order),
+                    payload={"size": str(after.size), "entry_price": str(after.entry_price)},
+                )
+            else:
+                grew = abs(after.size) > abs(before.size)
+                position.size = abs(after.size)
+                position.entry_price = after.entry_price
+                position.updated_at = now
+                record_event(
+                    session,
+                    "position_increased" if grew else "position_reduced",
+                    **_ids(position, order),
+                    payload={
+                        "size": str(after.size),
+                        "entry_price": str(after.entry_price),
+                        "realized_pnl": str(realized),
+                    },
+                )
+        order.position_id = position.id if position is not None else closed_id
+        return Booking(
+            order_id=order.id,
+            position_id=order.position_id,
+            delta=delta,
+            size_after=after.size,
+            closed_position_id=closed_id,
+            realized_pnl=realized,
+        )

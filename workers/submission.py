@@ -1,0 +1,319 @@
+"""Exactly-once submission of one order under at-least-once delivery.
+
+The flow (ARCHITECTURE.md "The order lifecycle"):
+
+1. the intent row is written before any exchange call (unique client order id);
+2. a run that finds the order ``submitting``/``unknown`` from an earlier run
+   looks it up by client order id over the visibility window before sending;
+3. each failed create is classified by exception type: permanent ends the
+   order ``rejected``; ambiguous (and unknown) is looked up first and only
+   resent once the exchange definitely does not have it; rate-limited sets the
+   cluster-wide cooldown; transient waits and resends;
+4. waits that would outlast the run's deadline go back to the queue
+   (``Requeue``) instead of sleeping on a worker thread.
+
+Retry horizons: tenacity policies own the seconds inside one run, the queue
+owns longer waits, and the recovery sweep owns anything still in doubt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import ccxt
+import requests
+
+from workers.coordination import kill_switch_state
+from workers.exchange import gateway
+from workers.exchange import orders as exchange_orders
+from workers.exchange.ratelimit import RateLimitWaitTooLong, set_cooldown
+from workers.execution.order_state import (
+    IN_DOUBT,
+    RESTING,
+    TERMINAL,
+    IllegalTransition,
+    OrderStatus,
+    status_from_exchange,
+)
+from workers.execution.retry import RetryClass, RetryPolicies, classify, lookup_delays, should_retry
+from workers.settings import Settings
+from workers.store import orders as order_store
+from workers.store.orders import OrderSnapshot
+
+logger = logging.getLogger("execq.submission")
+
+EXCHANGE_ERRORS = (ccxt.BaseError, requests.RequestException)
+
+
+class Requeue(Exception):
+    """Come back later: the wait is longer than this run may spend."""
+
+    def __init__(self, countdown_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown_s = countdown_s
+        self.reason = reason
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+@dataclass
+class Submission:
+    """Drives one order from its stored state to a terminal (or resting) state."""
+
+    order: OrderSnapshot
+    settings: Settings
+    deadline: float
+    policies: RetryPolicies = field(init=False)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.policies = RetryPolicies.from_settings(self.settings.retry)
+
+    @property
+    def cid(self) -> str:
+        return self.order.client_order_id
+
+    @property
+    def client(self) -> ccxt.Exchange:
+        return gateway.get_client(self.order.account)
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    # --- entry ------------------------------------------------------------------------
+
+    def run(self) -> OrderSnapshot:
+        status = self.order.status
+        if status in TERMINAL:
+            return self.order
+        if status in RESTING:
+            return self.follow()
+        if status in IN_DOUBT:
+            # An earlier run may have sent it: find out before sending anything.
+            found = self.lookup_over_visibility_window()
+            if found is not None:
+                return self.adopt(found, source="lookup")
+            if status == OrderStatus.UNKNOWN:
+                self._move(OrderStatus.SUBMITTING, payload={"reason": "absent after lookup"})
+            return self.submit()
+        # intent
+        if not self.order.reduce_only:
+            kill = kill_switch_state()
+            if kill.on:
+                return self._move(
+                    OrderStatus.REJECTED,
+                    payload={"reason": "kill switch on", "kill_reason": kill.reason},
+                    last_error_class="kill_switch",
+                    last_error=f"kill switch on: {kill.reason}",
+                )
+        self._move(OrderStatus.SUBMITTING)
+        return self.submit()
+
+    # --- create with retry classes ----------------------------------------------------
+
+    def submit(self) -> OrderSnapshot:
+        attempts_by_class: Counter[RetryClass] = Counter()
+        while True:
+            try:
+                response = exchange_orders.create_order(
+                    self.client,
+                    symbol=self.order.symbol,
+                    order_type=self.order.order_type,
+                    side=self.order.side,
+                    amount=self.order.amount,
+                    price=self.order.price,
+                    client_order_id=self.cid,
+                    reduce_only=self.order.reduce_only,
+                    time_in_force=self.order.time_in_force,
+                )
+            except RateLimitWaitTooLong as exc:
+                # Never sent: the shared budget is exhausted for longer than we may wait.
+                raise Requeue(exc.wait_s, str(exc)) from exc
+            except EXCHANGE_ERRORS as exc:
+                retry_class = classify(exc, mutating=True)
+                attempts_by_class[retry_class] += 1
+                self.order = order_store.record_attempt(
+                    self.cid,
+                    retry_class=retry_class.value,
+                    error=describe_error(exc),
+                    outcome="error",
+                )
+                resolved = self._after_failed_create(exc, retry_class, attempts_by_class)
+                if resolved is not None:
+                    return resolved
+                continue
+            self.order = order_store.record_attempt(
+                self.cid, retry_class=None, error=None, outcome="accepted"
+            )
+            return self.adopt(response, source="create")
+
+    def _after_failed_create(
+        self, exc: BaseException, retry_class: RetryClass, attempts: Counter[RetryClass]
+    ) -> OrderSnapshot | None:
+        """Decide what a failed create means; None means "send again now"."""
+        if retry_class == RetryClass.PERMANENT:
+            return self._move(
+                OrderStatus.REJECTED,
+                payload={"reason": describe_error(exc)},
+                last_error_class=retry_class.value,
+                last_error=describe_error(exc),
+            )
+        if retry_class in (RetryClass.AMBIGUOUS, RetryClass.UNKNOWN):
+            self._move(OrderStatus.UNKNOWN, payload={"reason": describe_error(exc)})
+            found = self.lookup_over_visibility_window()
+            if found is not None:
+                return self.adopt(found, source="lookup")
+            self._move(OrderStatus.SUBMITTING, payload={"reason": "absent after lookup"})
+        if retry_class == RetryClass.RATE_LIMITED:
+            wait_s = exchange_orders.retry_after_s(self.client)
+            set_cooldown(
+                self.order.account,
+                wait_s if wait_s is not None else self.policies.for_class(retry_class).base_s,
+            )
+        decision = should_retry(
+            retry_class,
+            attempts[retry_class],
+            self.policies,
+            time.monotonic() - self.started,
+            self.deadline - self.started,
+        )
+        if decision.requeue:
+            raise Requeue(decision.wait_s, f"{retry_class} wait {decision.wait_s:.2f}s")
+        if not decision.retry:
+            order_store.record_order_event(
+                self.cid,
+                "order_failed",
+                {
+                    "retry_class": retry_class.value,
+                    "attempts": attempts[retry_class],
+                    "error": describe_error(exc),
+                },
+            )
+            return self._move(
+                OrderStatus.REJECTED,
+                payload={"reason": f"{retry_class} retries exhausted"},
+                last_error_class=retry_class.value,
+                last_error=describe_error(exc),
+            )
+        # The policy's backoff between attempts; bounded by the run's deadline above.
+        time.sleep(decision.wait_s)
+        return None
+
+    # --- lookups ----------------------------------------------------------------------
+
+    def lookup_over_visibility_window(self) -> exchange_orders.ExchangeOrder | None:
+        """Look the order up by client id until found or the visibility window has passed.
+
+        Raises Requeue when the window does not fit in this run: concluding
+        "absent" early is how orders get doubled.
+        """
+        retry = self.settings.retry
+        delays = lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor)
+        for index, delay in enumerate([0.0, *delays]):
+            if delay:
+                if delay > self.remaining_s():
+                    raise Requeue(delay, "visibility window does not fit in this run")
+                time.sleep(delay)
+            try:
+                found = exchange_orders.find_order_by_client_id(
+                    self.client, self.order.symbol, self.cid
+                )
+            except EXCHANGE_ERRORS as exc:
+                order_store.record_order_event(
+                    self.cid,
+                    "order_lookup",
+                    {"attempt": index + 1, "result": "error", "error": describe_error(exc)},
+                )
+                continue
+            order_store.record_order_event(
+                self.cid,
+                "order_lookup",
+                {"attempt": index + 1, "result": "found" if found else "absent"},
+            )
+            if found is not None:
+                return found
+        return None
+
+    # --- adopting the exchange's word -------------------------------------------------
+
+    def adopt(self, seen: exchange_orders.ExchangeOrder, *, source: str) -> OrderSnapshot:
+        status = status_from_exchange(seen.status, seen.amount or self.order.amount, seen.filled)
+        now = datetime.now(UTC)
+        fields: dict[str, Any] = {}
+        if seen.id is not None:
+            fields["exchange_order_id"] = str(seen.id)
+        if seen.filled is not None:
+            fields["filled"] = seen.filled
+        if seen.average is not None and seen.filled:
+            fields["average_price"] = seen.average
+        if self.order.acked_at is None:
+            fields["acked_at"] = now
+        if status is None:
+            # Accepted, but this response does not say how it went (Bybit's create).
+            status = OrderStatus.OPEN if self.order.status in IN_DOUBT else self.order.status
+        self.order = self._move(status, payload={"source": source}, **fields)
+        if self.order.status in RESTING:
+            return self.follow()
+        return self.order
+
+    def follow(self) -> OrderSnapshot:
+        """Poll a resting order until it is terminal; requeue when the run's time is up."""
+        delays = iter(lookup_delays(50, 0.25, 1.5))
+        while self.order.status in RESTING:
+            seen = None
+            if self.order.exchange_order_id is not None:
+                try:
+                    seen = exchange_orders.fetch_order_by_id(
+                        self.client, self.order.symbol, self.order.exchange_order_id
+                    )
+                except EXCHANGE_ERRORS as exc:
+                    logger.info("follow %s: %s", self.cid, describe_error(exc))
+            else:
+                seen = exchange_orders.find_order_by_client_id(
+                    self.client, self.order.symbol, self.cid
+                )
+            if seen is not None:
+                status = status_from_exchange(
+                    seen.status, seen.amount or self.order.amount, seen.filled
+                )
+                if status is not None and (
+                    status != self.order.status or (seen.filled or 0) != self.order.filled
+                ):
+                    fields: dict[str, Any] = {"filled": seen.filled or self.order.filled}
+                    if seen.average is not None and seen.filled:
+                        fields["average_price"] = seen.average
+                    self.order = self._move(status, payload={"source": "follow"}, **fields)
+                    continue
+            delay = min(next(delays), 2.0)
+            if delay > self.remaining_s():
+                raise Requeue(min(2.0, max(delay, 0.5)), "order still resting")
+            time.sleep(delay)
+        return self.order
+
+    def _move(self, target: OrderStatus, *, payload: dict | None = None, **fields: Any):
+        try:
+            self.order = order_store.transition(self.cid, target, payload=payload, **fields)
+        except IllegalTransition:
+            # Another run moved the order on (it can only move forward): take its word.
+            latest = order_store.load_order(self.cid)
+            assert latest is not None
+            self.order = latest
+            logger.info("order %s already %s; not moving to %s", self.cid, latest.status, target)
+        return self.order
+
+
+def enqueue_time_ms(metadata: dict[str, Any] | None) -> float | None:
+    value = (metadata or {}).get("enqueued_at_ms")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def as_decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
