@@ -1,0 +1,100 @@
+"""The simulated linear perpetual markets and their trading rules.
+
+Both exchanges list the same five USDT-margined perpetuals. The filters are
+close to the real ones (Binance ``exchangeInfo`` / Bybit ``instruments-info``
+in 2024-2025) with one deliberate change: BTC's minimum quantity is 0.005
+(five steps of 0.001) on both exchanges, so chunked closes have a minimum to
+run into. Prices are the simulator's defaults, not live quotes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+EXCHANGES = ("binance", "bybit")
+
+
+@dataclass(frozen=True, slots=True)
+class MarketRules:
+    """One market on one exchange. Quantities are in the base asset, notionals in USDT."""
+
+    symbol: str  # ccxt unified symbol, e.g. "BTC/USDT:USDT"
+    market_id: str  # exchange symbol, e.g. "BTCUSDT"
+    base: str
+    tick_size: Decimal
+    step_size: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    max_market_qty: Decimal
+    min_notional: Decimal
+    max_leverage: int
+    default_price: Decimal
+
+    @property
+    def price_precision(self) -> int:
+        return _decimals(self.tick_size)
+
+    @property
+    def quantity_precision(self) -> int:
+        return _decimals(self.step_size)
+
+
+def _decimals(value: Decimal) -> int:
+    # The literal's own exponent: a tick of "0.10" means prices carry 2 decimals.
+    return max(0, -int(value.as_tuple().exponent))
+
+
+def _rules(
+    base: str,
+    tick: str,
+    step: str,
+    min_qty: str,
+    max_qty: str,
+    max_market_qty: str,
+    min_notional: str,
+    max_leverage: int,
+    price: str,
+) -> MarketRules:
+    return MarketRules(
+        symbol=f"{base}/USDT:USDT",
+        market_id=f"{base}USDT",
+        base=base,
+        tick_size=Decimal(tick),
+        step_size=Decimal(step),
+        min_qty=Decimal(min_qty),
+        max_qty=Decimal(max_qty),
+        max_market_qty=Decimal(max_market_qty),
+        min_notional=Decimal(min_notional),
+        max_leverage=max_leverage,
+        default_price=Decimal(price),
+    )
+
+
+# Binance USDⓈ-M: min notional 100 for BTC, 20 for ETH, 5 for the rest (real values).
+BINANCE_MARKETS = (
+    _rules("BTC", "0.10", "0.001", "0.005", "1000", "120", "100", 125, "65000"),
+    _rules("ETH", "0.01", "0.001", "0.001", "10000", "2000", "20", 100, "3500"),
+    _rules("SOL", "0.0100", "1", "1", "1000000", "5000", "5", 75, "150"),
+    _rules("XRP", "0.0001", "0.1", "0.1", "10000000", "2000000", "5", 75, "0.6"),
+    _rules("DOGE", "0.000010", "1", "1", "50000000", "30000000", "5", 75, "0.15"),
+)
+
+# Bybit v5 linear: min order value 5 USDT everywhere (real value).
+BYBIT_MARKETS = (
+    _rules("BTC", "0.10", "0.001", "0.005", "1190", "500", "5", 100, "65000"),
+    _rules("ETH", "0.01", "0.01", "0.01", "7240", "3620", "5", 100, "3500"),
+    _rules("SOL", "0.010", "0.1", "0.1", "79770", "31900", "5", 100, "150"),
+    _rules("XRP", "0.0001", "1", "1", "2900000", "1160000", "5", 75, "0.6"),
+    _rules("DOGE", "0.00001", "1", "1", "31000000", "12400000", "5", 75, "0.15"),
+)
+
+MARKETS: dict[str, tuple[MarketRules, ...]] = {
+    "binance": BINANCE_MARKETS,
+    "bybit": BYBIT_MARKETS,
+}
+
+
+def default_prices() -> dict[str, Decimal]:
+    """Unified symbol -> default last price (the same on both exchanges)."""
+    return {rules.symbol: rules.default_price for rules in BINANCE_MARKETS}
