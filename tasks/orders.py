@@ -9,7 +9,9 @@ Arguments are JSON (what the producer sent is what Flower shows):
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from workers import redis_keys
@@ -106,17 +108,32 @@ def execute_limit_order(
     )
 
 
+@dataclass(frozen=True)
+class OrderIntent:
+    """A validated order plus where it belongs (leg, purpose, position, aged episode)."""
+
+    order: ValidatedOrder
+    leg: str
+    purpose: str
+    position_id: int | None
+    aged_id: int | None
+
+    @property
+    def client_order_id(self) -> str:
+        return client_order_id(self.order.signal_id, self.leg)
+
+
 def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     deadline = time.monotonic() + settings.task_soft_time_limit_s * 0.6
-    validated = _validate_or_reject(request)
-    cid = client_order_id(validated.signal_id, validated.leg)
+    intent = _validate_or_reject(request)
+    cid = intent.client_order_id
     # One run per order at a time; a redelivery while the first run is alive waits its turn.
     lock = try_lock(redis_keys.order_lock(cid), settings.task_hard_time_limit_s + 30)
     if lock is None:
         raise task.retry(countdown=1.0)
     try:
-        order, _ = order_store.ensure_intent(_intent_values(validated, cid))
+        order, _ = order_store.ensure_intent(_intent_values(intent))
         try:
             order = Submission(order=order, settings=settings, deadline=deadline).run()
         except Requeue as requeue:
@@ -134,17 +151,35 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     return order.summary()
 
 
-def _validate_or_reject(request: dict[str, Any]) -> ValidatedOrder:
+LEG = re.compile(r"^[a-z0-9]{1,12}$")
+
+
+def _check_context(request: dict[str, Any]) -> tuple[str, str]:
+    purpose = request["purpose"]
+    if not isinstance(purpose, str) or not LEG.match(purpose.replace("_", "")):
+        raise InvalidSignal("purpose", "must be a short lowercase word such as open or close")
+    leg = request["leg"] or purpose.replace("_", "")[:12]
+    if not isinstance(leg, str) or not LEG.match(leg):
+        raise InvalidSignal("leg", "must match [a-z0-9]{1,12}")
+    for name in ("position_id", "aged_id"):
+        value = request[name]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidSignal(name, "must be an integer id")
+    return leg, purpose
+
+
+def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
     settings = get_settings()
     account_names = [account.name for account in settings.accounts]
     market = None
     price_hint = None
     try:
+        leg, purpose = _check_context(request)
         if request["exchange"] in account_names and isinstance(request["symbol"], str):
             market = find_market(request["exchange"], request["symbol"])
             if market is not None and request["order_type"] == "market":
                 price_hint = reference_price(request["exchange"], request["symbol"])
-        return validate_order_request(
+        validated = validate_order_request(
             signal_id=request["signal_id"],
             account=request["exchange"],
             known_accounts=account_names,
@@ -157,10 +192,6 @@ def _validate_or_reject(request: dict[str, Any]) -> ValidatedOrder:
             time_in_force=request["time_in_force"],
             reduce_only=request["reduce_only"],
             metadata=request["metadata"],
-            leg=request["leg"] or request["purpose"],
-            purpose=request["purpose"],
-            position_id=request["position_id"],
-            aged_id=request["aged_id"],
             max_signal_id_length=settings.max_signal_id_length,
             max_metadata_bytes=settings.max_metadata_bytes,
             reference_price=price_hint,
@@ -176,23 +207,31 @@ def _validate_or_reject(request: dict[str, Any]) -> ValidatedOrder:
                 payload={"field": invalid.field, "reason": invalid.message},
             )
         raise SignalRejected(f"signal rejected: {invalid.field}: {invalid.message}") from None
+    return OrderIntent(
+        order=validated,
+        leg=leg,
+        purpose=purpose,
+        position_id=request["position_id"],
+        aged_id=request["aged_id"],
+    )
 
 
-def _intent_values(order: ValidatedOrder, cid: str) -> dict[str, Any]:
+def _intent_values(intent: OrderIntent) -> dict[str, Any]:
+    order = intent.order
     return {
-        "client_order_id": cid,
+        "client_order_id": intent.client_order_id,
         "signal_id": order.signal_id,
-        "leg": order.leg,
+        "leg": intent.leg,
         "account": order.account,
         "symbol": order.symbol,
-        "side": order.side,
-        "order_type": order.order_type,
+        "side": str(order.side),
+        "order_type": str(order.order_type),
         "time_in_force": order.time_in_force,
         "amount": order.amount,
         "price": order.price,
         "reduce_only": order.reduce_only,
-        "purpose": order.purpose,
-        "position_id": order.position_id,
-        "aged_id": order.aged_id,
+        "purpose": intent.purpose,
+        "position_id": intent.position_id,
+        "aged_id": intent.aged_id,
         "metadata_": order.metadata,
     }

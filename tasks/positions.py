@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from workers import metrics
 from workers.aged import close_aged, close_in_chunks
 from workers.app import app
 from workers.exchange.prices import find_market
@@ -38,6 +39,7 @@ def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
     order = order_store.load_order(client_order_id)
     assert order is not None
     _record_verdict(order.id, result)
+    metrics.observe_verdict(order.account, str(result.verdict))
 
     booking = book_order_fill(client_order_id) if result.verdict == Verdict.VERIFIED else None
     flat = None

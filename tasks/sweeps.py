@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from workers import redis_keys
+from workers import metrics, redis_keys
 from workers.aged import sweep_aged
-from workers.recovery import run_recovery
 from workers.app import app
 from workers.coordination import try_lock
+from workers.recovery import run_recovery
 from workers.redis_client import get_redis
 from workers.settings import get_settings
 
@@ -30,7 +30,9 @@ def aged_phase_sweep() -> dict[str, Any]:
     if lock is None:
         return {"skipped": "previous aged sweep still running"}
     try:
-        report = sweep_aged(settings)
+        with metrics.time_sweep("aged"):
+            report = sweep_aged(settings)
+        metrics.set_aged_phase_counts(report.by_phase)
         for aged_id in report.closes_enqueued:
             app.send_task("close_aged_position", kwargs={"aged_id": aged_id})
         mark_sweep_run("aged")
@@ -55,7 +57,8 @@ def recovery_sweep() -> dict[str, Any]:
     if lock is None:
         return {"skipped": "previous recovery sweep still running"}
     try:
-        counts = run_recovery(settings)
+        with metrics.time_sweep("recovery"):
+            counts = run_recovery(settings)
         mark_sweep_run("recovery")
         return counts
     finally:

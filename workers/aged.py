@@ -19,13 +19,19 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from workers import redis_keys
+from workers import metrics, redis_keys
 from workers.coordination import LockNotAcquired, held_lock
 from workers.exchange import gateway
 from workers.exchange.positions import fetch_positions
 from workers.exchange.prices import cache_price, find_market
-from workers.execution.aged import AgedPhase, AgedPolicy, assess, close_reason, target_reached
-from workers.execution.aged import widen_tolerance
+from workers.execution.aged import (
+    AgedPhase,
+    AgedPolicy,
+    assess,
+    close_reason,
+    target_reached,
+    widen_tolerance,
+)
 from workers.execution.chunks import next_chunk, plan_chunks
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import IN_FLIGHT, OrderStatus
@@ -340,6 +346,7 @@ def _record_closed(view: AgedView, order: OrderSnapshot, realized: Decimal) -> d
         aged.attempts += 1
         aged.consecutive_failures = 0
         aged.close_duration_ms = max(0, int((filled_at - reached).total_seconds() * 1000))
+        metrics.observe_close_latency(aged.close_duration_ms / 1000)
         aged.closed_at = now
         aged.updated_at = now
         record_event(

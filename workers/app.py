@@ -82,3 +82,8 @@ def _recover_on_start(sender: object = None, **_: object) -> None:
     # A worker that starts after a crash repairs what the crash left in doubt.
     if settings.recover_on_worker_start:
         app.send_task("recovery_sweep")
+
+
+from workers.metrics import install_worker_hooks  # noqa: E402
+
+install_worker_hooks(app)

@@ -8,6 +8,7 @@ foreseeable mistake prints one line on stderr, never a traceback.
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -144,6 +145,261 @@ def kill_switch(state: str, reason: str) -> None:
             session, f"kill_switch_{state}", payload={"reason": reason if new_state.on else None}
         )
     click.echo(f"kill switch {state}" + (f" ({reason})" if new_state.on else ""))
+
+
+def _json_out(payload: object) -> None:
+    import json
+
+    click.echo(json.dumps(payload, default=str))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+def status(as_json: bool) -> None:
+    """Accounts, open positions, aged positions by phase, orders in flight, kill switch, sweeps."""
+    from workers import redis_keys
+    from workers.coordination import kill_switch_state
+    from workers.redis_client import get_redis
+    from workers.settings import get_settings
+    from workers.store import reports
+    from workers.tables import render
+
+    settings = get_settings()
+    redis = get_redis()
+    kill = kill_switch_state()
+    sweeps = {name: redis.get(redis_keys.sweep_last_run(name)) for name in ("aged", "recovery")}
+    positions = reports.open_positions()
+    aged = reports.active_aged()
+    for row in aged:
+        price = redis.get(redis_keys.price_cache(row["account"], row["symbol"]))
+        row["price"] = None if price is None else Decimal(price)
+        row["distance_percent"] = (
+            None
+            if row["price"] is None or not row["target_price"]
+            else round((row["target_price"] - row["price"]) / row["price"] * 100, 3)
+        )
+    counts, in_flight = reports.orders_in_flight()
+    payload = {
+        "accounts": [
+            {"name": a.name, "exchange": a.ccxt_class, "mode": a.mode} for a in settings.accounts
+        ],
+        "kill_switch": {"on": kill.on, "reason": kill.reason, "since": kill.since},
+        "last_sweeps": sweeps,
+        "open_positions": positions,
+        "aged_positions": aged,
+        "orders_in_flight": {"by_status": counts, "orders": in_flight},
+    }
+    if as_json:
+        _json_out(payload)
+        return
+    accounts = ", ".join(f"{a['name']} ({a['exchange']}, {a['mode']})" for a in payload["accounts"])
+    click.echo(f"accounts: {accounts}")
+    click.echo(
+        "kill switch: "
+        + (f"ON since {kill.since:%Y-%m-%d %H:%M:%S} ({kill.reason})" if kill.on else "off")
+    )
+    click.echo(
+        "last sweeps: " + ", ".join(f"{name} {value or 'never'}" for name, value in sweeps.items())
+    )
+    click.echo(f"\nopen positions ({len(positions)})")
+    click.echo(
+        render(
+            ["id", "account", "symbol", "side", "size", "entry", "opened", "verified"],
+            [
+                [
+                    p["id"],
+                    p["account"],
+                    p["symbol"],
+                    p["side"],
+                    p["size"],
+                    p["entry_price"],
+                    p["opened_at"],
+                    p["verification"],
+                ]
+                for p in positions
+            ],
+        )
+    )
+    click.echo(f"\naged positions ({len(aged)})")
+    click.echo(
+        render(
+            [
+                "aged",
+                "account",
+                "symbol",
+                "side",
+                "phase",
+                "target",
+                "price",
+                "dist%",
+                "tol%",
+                "tries",
+            ],
+            [
+                [
+                    a["id"],
+                    a["account"],
+                    a["symbol"],
+                    a["side"],
+                    a["phase"] + ("*" if a["status"] == "closing" else ""),
+                    a["target_price"],
+                    a["price"],
+                    a["distance_percent"],
+                    a["loss_tolerance_percent"],
+                    a["attempts"],
+                ]
+                for a in aged
+            ],
+        )
+    )
+    click.echo(f"\norders in flight: {counts or 'none'}")
+    if in_flight:
+        click.echo(
+            render(
+                ["client order id", "account", "symbol", "side", "amount", "status", "updated"],
+                [
+                    [
+                        o["client_order_id"],
+                        o["account"],
+                        o["symbol"],
+                        o["side"],
+                        o["amount"],
+                        o["status"],
+                        o["updated_at"],
+                    ]
+                    for o in in_flight
+                ],
+            )
+        )
+
+
+@cli.command()
+@click.option("--type", "types", multiple=True, help="Event type (repeatable).")
+@click.option("--symbol")
+@click.option("--order", help="Order id or client order id.")
+@click.option("--aged", "aged_id", type=int, help="Aged position id.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--follow", is_flag=True, help="Keep printing new events as they arrive.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(
+    types: tuple[str, ...],
+    symbol: str | None,
+    order: str | None,
+    aged_id: int | None,
+    limit: int,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Recent events, oldest first; filter by type, symbol, order or aged id."""
+    import time
+
+    from workers.store.reports import recent_events
+
+    def show(rows: list[dict]) -> None:
+        for row in rows:
+            if as_json:
+                _json_out(row)
+                continue
+            ids = " ".join(
+                f"{key}={row[key]}"
+                for key in ("account", "symbol", "client_order_id", "aged_id")
+                if row[key] is not None
+            )
+            extra = f" [{row['error_class']}]" if row["error_class"] else ""
+            click.echo(
+                f"{row['id']:>7} {row['occurred_at']:%H:%M:%S.%f} "[:25]
+                + f"{row['type']:<24} {ids}{extra}"
+            )
+
+    filters = dict(types=types, symbol=symbol, order=order, aged_id=aged_id)
+    rows = recent_events(**filters, limit=limit)
+    show(rows)
+    last_id = rows[-1]["id"] if rows else 0
+    while follow:
+        # Polling the append-only table is the follow mechanism; one query a second.
+        time.sleep(1.0)
+        rows = recent_events(**filters, after_id=last_id, limit=1000)
+        show(rows)
+        if rows:
+            last_id = rows[-1]["id"]
+
+
+@cli.command()
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def stats(days: float, as_json: bool) -> None:
+    """Aged-position statistics: success rate, attempts, time to close, closes by reason."""
+    from workers.store.reports import aged_statistics
+    from workers.tables import render
+
+    report = aged_statistics(days)
+    if as_json:
+        _json_out(report)
+        return
+    click.echo(f"aged positions in the last {days:g} days: {report['aged_positions']}")
+    click.echo(
+        render(
+            ["figure", "value"],
+            [
+                ["closed", report["closed"]],
+                ["success rate (closes / attempts)", report["success_rate"]],
+                ["average attempts per close", report["average_attempts"]],
+                ["average close after target (ms)", report["average_close_after_target_ms"]],
+                ["realized PnL of closes", report["realized_pnl"]],
+                ["alerts", report["alerts"]],
+            ],
+        )
+    )
+    if report["by_status"]:
+        click.echo("\nby status: " + ", ".join(f"{k} {v}" for k, v in report["by_status"].items()))
+    if report["closes_by_reason"]:
+        click.echo(
+            "closes by reason: "
+            + ", ".join(f"{k} {v}" for k, v in report["closes_by_reason"].items())
+        )
+
+
+@cli.command("liquidate-all")
+@click.option("--reason", required=True, help="Why; recorded with the kill switch and summary.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=180,
+    show_default=True,
+    help="Seconds to wait for the summary (0: just enqueue).",
+)
+@click.option("--json", "as_json", is_flag=True)
+def liquidate_all(reason: str, wait_s: float, as_json: bool) -> None:
+    """Kill switch on, close every position reduce-only, verify flat, print the summary."""
+    from workers.app import app
+
+    result = app.send_task("emergency_liquidate_all", kwargs={"reason": reason})
+    if wait_s <= 0:
+        click.echo(result.id)
+        return
+    summary = result.get(timeout=wait_s)
+    if as_json:
+        _json_out(summary)
+    else:
+        click.echo(
+            f"liquidation {summary['liquidation_id']}: {summary['closed']}/{summary['total']} "
+            f"closed, {summary['failed']} failed in {summary['seconds']}s; kill switch stays on "
+            "until `execq kill-switch off`"
+        )
+    if summary["failed"]:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--seed", type=int, help="Seed for faults and price walks.")
+def sim(host: str, port: int, seed: int | None) -> None:
+    """Run the exchange simulator (Binance USDⓈ-M and Bybit v5) in the foreground."""
+    from exchange_sim.server import main as run_simulator
+
+    run_simulator(host, port, seed)
 
 
 def _translate_errors(function):

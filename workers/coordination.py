@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from workers import redis_keys
+from workers import metrics, redis_keys
 from workers.redis_client import get_redis
 
 _RELEASE = """
@@ -92,6 +92,7 @@ class KillSwitchState:
 
 def kill_switch_state() -> KillSwitchState:
     raw = get_redis().get(redis_keys.KILL_SWITCH)
+    metrics.set_kill_switch(raw is not None)
     if raw is None:
         return KillSwitchState(on=False)
     data = json.loads(raw)
@@ -106,6 +107,7 @@ def set_kill_switch(on: bool, reason: str | None = None) -> KillSwitchState:
     The key has no expiry: a kill switch must stay on until a person turns it off.
     """
     client = get_redis()
+    metrics.set_kill_switch(on)
     if not on:
         client.delete(redis_keys.KILL_SWITCH)
         return KillSwitchState(on=False)

@@ -26,8 +26,8 @@ from workers.execution.verification import (
     OrderObservation,
     SourceName,
     SourceOutcome,
-    VerificationResult,
     Verdict,
+    VerificationResult,
     decide,
     flat_outcome,
     order_verdict,
@@ -126,7 +126,9 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> VerificationResult
     if observation is None or observation.status == "open":
         order = _refresh_order(order, deadline)
         observation = _observation(order)
-    order_outcome = order_verdict(observation) if observation else order_verdict(None)
+    order_outcome = order_verdict(
+        observation or OrderObservation(status=None, amount=order.amount, filled=None)
+    )
     _record_source(order, SourceName.ORDER, order_outcome)
     outcomes.append((SourceName.ORDER, order_outcome))
     result = decide(order.amount, outcomes, budget_exhausted=False, tolerance=Decimal(0))

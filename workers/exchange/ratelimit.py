@@ -145,6 +145,7 @@ MAX_REQUEST_WAIT_S = 5.0
 
 def install_request_hook() -> None:
     """Make every exchange request in this process draw from the shared budget."""
+    from workers import metrics
     from workers.exchange import gateway
     from workers.settings import get_settings
 
@@ -154,6 +155,8 @@ def install_request_hook() -> None:
         limit = RateLimit(
             settings.rate_limit_for(settings.account(account)), settings.rate_limit_burst
         )
-        acquire(account, limit, request_weight(request.url or ""), MAX_REQUEST_WAIT_S)
+        waited = acquire(account, limit, request_weight(request.url or ""), MAX_REQUEST_WAIT_S)
+        if waited:
+            metrics.add_rate_limit_wait(account, waited)
 
     gateway.set_request_hook(hook)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from workers import metrics
 from workers.logs import log_event
 from workers.store.models import Alert, Event
 
@@ -87,6 +88,7 @@ def raise_alert(
         symbol=symbol,
         payload={"kind": kind, "severity": severity, "message": message, **dict(payload or {})},
     )
+    metrics.observe_alert(kind, severity)
     log = logger.critical if severity == "critical" else logger.warning
     log("ALERT %s [%s] %s", kind, severity, message)
     return alert

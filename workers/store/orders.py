@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from workers import metrics
 from workers.execution.order_state import (
     EVENT_FOR_STATUS,
     TERMINAL,
@@ -184,6 +185,7 @@ def transition(
         if target in TERMINAL and steps:
             order.terminal_at = now
         for step in steps:
+            metrics.observe_order_status(order.account, step.value)
             order.status = step.value
             record_event(
                 session,
@@ -217,6 +219,7 @@ def record_attempt(
             select(Order).where(Order.client_order_id == client_order_id).with_for_update()
         ).one()
         order.attempts += 1
+        metrics.observe_attempt(order.account, retry_class or "success")
         if error is not None:
             order.last_error_class = retry_class
             order.last_error = error[:1000]

@@ -1,0 +1,157 @@
+"""Audit from the sources of truth: Postgres and the simulator's ledger and positions.
+
+Used by the demo's summary, ``execq chaos`` and the tests. Nothing here is
+counted in memory during a run: every figure is read back after it.
+
+- ``duplicates``: orders the exchange accepted beyond one per client order
+  id (the client id is derived from signal and leg, so this is also "two
+  orders for one leg");
+- ``lost``: signals that were sent but have no terminal order and no
+  ``signal_rejected`` event;
+- ``orphans``: positions on the exchange the book does not know (or with a
+  different size), plus open book positions the exchange does not have;
+- ``stuck``: orders still in flight, and aged positions whose close was due
+  but did not happen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import requests
+from sqlalchemy import func, select
+
+from workers.execution.order_state import IN_FLIGHT, TERMINAL
+from workers.settings import Settings
+from workers.store.db import session_scope
+from workers.store.models import AgedPosition, Alert, Event, Order, Position
+
+SIM_EXCHANGE_OF_CLASS = {"binanceusdm": "binance", "bybit": "bybit"}
+
+
+@dataclass
+class AuditReport:
+    signals: int = 0
+    terminal: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    orphans: int = 0
+    stuck: int = 0
+    orders: int = 0
+    ledger_orders: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.duplicates or self.lost or self.orphans or self.stuck)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fetch_sim(sim_url: str, path: str) -> Any:
+    response = requests.get(f"{sim_url.rstrip('/')}{path}", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def ledger_duplicates(ledger: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """(exchange, clientOrderId) -> number of accepted orders, for those accepted more than once."""
+    counts = Counter((row["exchange"], row["clientOrderId"]) for row in ledger)
+    return {key: count for key, count in counts.items() if count > 1}
+
+
+def audit(
+    settings: Settings,
+    sim_url: str,
+    signal_ids: Iterable[str] | None = None,
+    *,
+    aged_due_grace_s: float = 30.0,
+) -> AuditReport:
+    ledger = fetch_sim(sim_url, "/_sim/ledger")["orders"]
+    sim_positions = fetch_sim(sim_url, "/_sim/positions")["positions"]
+    report = AuditReport(ledger_orders=len(ledger))
+
+    duplicates = ledger_duplicates(ledger)
+    report.duplicates = sum(count - 1 for count in duplicates.values())
+    report.details["duplicate_client_ids"] = [f"{ex}:{cid}" for ex, cid in duplicates]
+
+    terminal_values = [status.value for status in TERMINAL]
+    in_flight_values = [status.value for status in IN_FLIGHT]
+    with session_scope() as session:
+        report.orders = session.scalar(select(func.count()).select_from(Order)) or 0
+        by_signal = dict(
+            session.execute(
+                select(
+                    Order.signal_id,
+                    func.bool_and(Order.status.in_(terminal_values)),
+                ).group_by(Order.signal_id)
+            ).all()
+        )
+        rejected_signals = set(
+            session.scalars(
+                select(Event.signal_id).where(Event.type == "signal_rejected").distinct()
+            )
+        )
+        in_flight = session.scalars(
+            select(Order.client_order_id).where(Order.status.in_(in_flight_values))
+        ).all()
+        due_before = datetime.now(UTC) - timedelta(seconds=aged_due_grace_s)
+        stuck_aged = session.scalars(
+            select(AgedPosition.id).where(
+                AgedPosition.status.in_(("active", "closing")),
+                AgedPosition.target_reached_at.is_not(None),
+                AgedPosition.target_reached_at < due_before,
+            )
+        ).all()
+        book = session.execute(
+            select(Position.account, Position.symbol, Position.side, Position.size).where(
+                Position.status == "open"
+            )
+        ).all()
+        report.details["alerts"] = session.scalar(select(func.count()).select_from(Alert)) or 0
+
+    expected = set(signal_ids) if signal_ids is not None else set(by_signal) | rejected_signals
+    report.signals = len(expected)
+    report.terminal = sum(1 for signal in expected if by_signal.get(signal) is True)
+    lost = [
+        signal
+        for signal in expected
+        if by_signal.get(signal) is not True and signal not in rejected_signals
+    ]
+    report.lost = len(lost)
+    report.details["lost_signals"] = sorted(lost)[:50]
+    report.details["rejected_signals"] = len(expected & rejected_signals)
+
+    report.stuck = len(in_flight) + len(stuck_aged)
+    report.details["in_flight_orders"] = list(in_flight)[:50]
+    report.details["stuck_aged"] = list(stuck_aged)[:50]
+
+    account_of_exchange = {
+        SIM_EXCHANGE_OF_CLASS[account.ccxt_class]: account.name for account in settings.accounts
+    }
+    on_exchange = {
+        (account_of_exchange.get(row["exchange"], row["exchange"]), row["symbol"]): Decimal(
+            row["size"]
+        )
+        for row in sim_positions
+        if Decimal(row["size"]) != 0
+    }
+    in_book = {
+        (account, symbol): size if side == "long" else -size for account, symbol, side, size in book
+    }
+    mismatched = sorted(
+        f"{account} {symbol}: exchange {on_exchange.get((account, symbol), 0)} "
+        f"book {in_book.get((account, symbol), 0)}"
+        for account, symbol in set(on_exchange) | set(in_book)
+        if on_exchange.get((account, symbol), Decimal(0))
+        != in_book.get((account, symbol), Decimal(0))
+    )
+    report.orphans = len(mismatched)
+    report.details["position_mismatches"] = mismatched[:50]
+    return report

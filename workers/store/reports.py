@@ -1,0 +1,172 @@
+"""Read-only queries for the operator CLI: status, events, statistics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+
+from workers.execution.order_state import IN_FLIGHT
+from workers.store.db import session_scope
+from workers.store.models import AgedPosition, Alert, Event, Order, Position
+
+
+def open_positions() -> list[dict[str, Any]]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(Position).where(Position.status == "open").order_by(Position.opened_at)
+        ).all()
+        return [
+            {
+                "id": row.id,
+                "account": row.account,
+                "symbol": row.symbol,
+                "side": row.side,
+                "size": row.size,
+                "entry_price": row.entry_price,
+                "opened_at": row.opened_at,
+                "verification": row.verification,
+            }
+            for row in rows
+        ]
+
+
+def active_aged() -> list[dict[str, Any]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(AgedPosition, Position)
+            .join(Position, Position.id == AgedPosition.position_id)
+            .where(AgedPosition.status.in_(("active", "closing")))
+            .order_by(AgedPosition.id)
+        ).all()
+        return [
+            {
+                "id": aged.id,
+                "position_id": position.id,
+                "account": position.account,
+                "symbol": position.symbol,
+                "side": position.side,
+                "size": position.size,
+                "entry_price": position.entry_price,
+                "status": aged.status,
+                "phase": aged.phase,
+                "target_price": aged.target_price,
+                "loss_tolerance_percent": aged.loss_tolerance_percent
+                + aged.extra_tolerance_percent,
+                "attempts": aged.attempts,
+                "consecutive_failures": aged.consecutive_failures,
+            }
+            for aged, position in rows
+        ]
+
+
+def orders_in_flight(limit: int = 20) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    statuses = [status.value for status in IN_FLIGHT]
+    with session_scope() as session:
+        counts = dict(
+            session.execute(
+                select(Order.status, func.count())
+                .where(Order.status.in_(statuses))
+                .group_by(Order.status)
+            ).all()
+        )
+        rows = session.scalars(
+            select(Order).where(Order.status.in_(statuses)).order_by(Order.id).limit(limit)
+        ).all()
+        return counts, [
+            {
+                "client_order_id": row.client_order_id,
+                "account": row.account,
+                "symbol": row.symbol,
+                "side": row.side,
+                "amount": row.amount,
+                "status": row.status,
+                "updated_at": row.updated_at,
+            }
+            for row in rows
+        ]
+
+
+def recent_events(
+    *,
+    types: tuple[str, ...] = (),
+    symbol: str | None = None,
+    order: str | None = None,
+    aged_id: int | None = None,
+    after_id: int = 0,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    query = select(Event)
+    if types:
+        query = query.where(Event.type.in_(types))
+    if symbol:
+        query = query.where(Event.symbol == symbol)
+    if order:
+        if order.isdigit():
+            query = query.where(Event.order_id == int(order))
+        else:
+            query = query.where(Event.client_order_id == order)
+    if aged_id is not None:
+        query = query.where(Event.aged_id == aged_id)
+    if after_id:
+        query = query.where(Event.id > after_id).order_by(Event.id).limit(limit)
+    else:
+        query = query.order_by(Event.id.desc()).limit(limit)
+    with session_scope() as session:
+        rows = session.scalars(query).all()
+        events = [
+            {
+                "id": row.id,
+                "type": row.type,
+                "occurred_at": row.occurred_at,
+                "account": row.account,
+                "symbol": row.symbol,
+                "client_order_id": row.client_order_id,
+                "order_id": row.order_id,
+                "position_id": row.position_id,
+                "aged_id": row.aged_id,
+                "attempt": row.attempt,
+                "error_class": row.error_class,
+                "payload": row.payload,
+            }
+            for row in rows
+        ]
+    return sorted(events, key=lambda event: event["id"])
+
+
+def aged_statistics(days: float) -> dict[str, Any]:
+    """Seed 001's weekly statistics over aged positions detected in the window."""
+    since = datetime.now(UTC) - timedelta(days=days)
+    with session_scope() as session:
+        rows = session.scalars(select(AgedPosition).where(AgedPosition.detected_at >= since)).all()
+        alerts = session.scalar(
+            select(func.count()).select_from(Alert).where(Alert.occurred_at >= since)
+        )
+    closed = [row for row in rows if row.status == "closed"]
+    by_status: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for row in rows:
+        by_status[row.status] = by_status.get(row.status, 0) + 1
+    for row in closed:
+        by_reason[row.close_reason or "?"] = by_reason.get(row.close_reason or "?", 0) + 1
+    attempts = sum(row.attempts for row in rows)
+    durations = [row.close_duration_ms for row in closed if row.close_duration_ms is not None]
+    return {
+        "days": days,
+        "aged_positions": len(rows),
+        "by_status": by_status,
+        "closed": len(closed),
+        # Share of close attempts that closed the position (seed 001 asks > 95 %).
+        "success_rate": None if attempts == 0 else round(len(closed) / attempts, 4),
+        "average_attempts": None
+        if not closed
+        else round(sum(row.attempts for row in closed) / len(closed), 2),
+        "average_close_after_target_ms": None
+        if not durations
+        else round(sum(durations) / len(durations)),
+        "closes_by_reason": by_reason,
+        "realized_pnl": str(sum((row.close_pnl or Decimal(0) for row in closed), Decimal(0))),
+        "alerts": alerts or 0,
+    }
