@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 
@@ -95,6 +96,23 @@ def parse_decimal(text: object) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return value if value.is_finite() else None
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """``a=1&b=x%2Fy`` -> dict; last value wins. Faster than parse_qsl for short queries."""
+    params: dict[str, str] = {}
+    if not query:
+        return params
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
+        params[key] = value
+    return params
 
 
 def fmt(value: Decimal | int, places: int) -> str:

@@ -11,12 +11,20 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
-from exchange_sim.api import ApiError, Ctx, Endpoint, fmt, gateway_page, parse_decimal, plain
+from exchange_sim.api import (
+    ApiError,
+    Ctx,
+    Endpoint,
+    fmt,
+    gateway_page,
+    parse_decimal,
+    parse_query,
+    plain,
+)
 from exchange_sim.engine import (
     MAINT_MARGIN_RATE,
     ZERO,
@@ -97,10 +105,10 @@ class BinanceFutures:
         return self._routes.get((method, path))
 
     async def read_params(self, request: web.Request) -> dict[str, Any]:
-        params: dict[str, Any] = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        params: dict[str, Any] = parse_query(request.rel_url.raw_query_string)
         if request.method in ("POST", "PUT") and request.can_read_body:
             body = (await request.read()).decode("utf-8", errors="replace")
-            params.update(parse_qsl(body, keep_blank_values=True))
+            params.update(parse_query(body))
         return params
 
     def authenticate(self, request: web.Request, params: Mapping[str, Any]) -> None:
@@ -468,15 +476,15 @@ class BinanceFutures:
         found: list[Order] = []
         for order in ctx.exchange.history(rules.market_id, ctx.now_ms):
             if from_id is not None and int(order.order_id) < int(from_id):
-                continue
+                break  # ids grow with time: everything older is smaller
             if not start <= order.created_ms <= end:
                 continue
             found.append(order)
+            if from_id is None and len(found) == limit:
+                break  # the most recent `limit` orders
         found.reverse()  # oldest first, as Binance sends them
         if from_id is not None:
             found = found[:limit]
-        else:
-            found = found[-limit:]
         return [_order_query(o) for o in found]
 
     # --- account ----------------------------------------------------------------------

@@ -7,16 +7,25 @@ raises the same exception classes as on the real exchange.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
-from exchange_sim.api import ApiError, Ctx, Endpoint, fmt, gateway_page, parse_decimal, plain
+from exchange_sim.api import (
+    ApiError,
+    Ctx,
+    Endpoint,
+    fmt,
+    gateway_page,
+    parse_decimal,
+    parse_query,
+    plain,
+)
 from exchange_sim.engine import (
     MAINT_MARGIN_RATE,
     ZERO,
@@ -95,7 +104,7 @@ class BybitV5:
             if not isinstance(params, dict):
                 raise _error(10001, "Request parameter error: body must be a JSON object.")
             return params
-        return dict(parse_qsl(request.query_string, keep_blank_values=True))
+        return parse_query(request.rel_url.raw_query_string)
 
     def authenticate(self, request: web.Request, params: Mapping[str, Any]) -> None:
         headers = request.headers
@@ -344,16 +353,6 @@ class BybitV5:
         order = ctx.exchange.cancel(rules.market_id, ctx.now_ms, order_id, client_id)
         return {"orderId": order.order_id, "orderLinkId": order.client_order_id}
 
-    def _filtered(self, ctx: Ctx, orders: Iterable[Order]) -> Iterable[Order]:
-        order_id = ctx.params.get("orderId") or None
-        client_id = ctx.params.get("orderLinkId") or None
-        for order in orders:
-            if order_id is not None and order.order_id != order_id:
-                continue
-            if client_id is not None and order.client_order_id != client_id:
-                continue
-            yield order
-
     def _scope(self, ctx: Ctx) -> str | None:
         """The market id the list is limited to; Bybit needs a symbol or a coin for linear."""
         rules = self._rules(ctx, required=False)
@@ -371,36 +370,48 @@ class BybitV5:
             return "-"  # nothing is settled in other coins here
         return None
 
+    def _by_ids(self, ctx: Ctx, market_id: str | None) -> list[Order] | None:
+        """Orders named by orderId/orderLinkId (None when the request names none)."""
+        order_id = ctx.params.get("orderId") or None
+        client_id = ctx.params.get("orderLinkId") or None
+        if order_id is None and client_id is None:
+            return None
+        return ctx.exchange.lookup(market_id, ctx.now_ms, order_id, client_id)
+
     def realtime(self, ctx: Ctx) -> dict[str, Any]:
         self._linear_only(ctx)
         scope = self._scope(ctx)
         market_id = None if scope in (None, "-") else scope
         exchange = ctx.exchange
+        named = self._by_ids(ctx, market_id)
+        found: list[Order]
         if scope == "-":
-            candidates: Iterable[Order] = []
-        elif ctx.params.get("orderId") or ctx.params.get("orderLinkId"):
+            found = []
+        elif named is not None:
             # By id Bybit finds any of the account's recent orders, whatever the status.
-            candidates = list(exchange.history(market_id, ctx.now_ms))[:RECENT_CLOSED]
+            found = named
         elif str(ctx.params.get("openOnly", "0")) == "1":
             recent = (o for o in exchange.history(market_id, ctx.now_ms) if not o.is_open)
-            candidates = list(recent)[:RECENT_CLOSED]
+            found = list(itertools.islice(recent, RECENT_CLOSED))
         else:
-            candidates = reversed(exchange.open_orders(market_id, ctx.now_ms))
-        found = list(self._filtered(ctx, candidates))
+            found = list(reversed(exchange.open_orders(market_id, ctx.now_ms)))
         return self._page(ctx, found, _realtime_row)
 
     def history(self, ctx: Ctx) -> dict[str, Any]:
         self._linear_only(ctx)
         rules = self._rules(ctx, required=False)
         settle = ctx.params.get("settleCoin")
-        scope = "-" if settle and settle != "USDT" else None
         market_id = rules.market_id if rules is not None else None
         status_filter = ctx.params.get("orderStatus") or None
         start = _int_param(ctx.params, "startTime", 0)
         end = _int_param(ctx.params, "endTime", 1 << 62)
-        found = []
-        if scope != "-":
-            for order in self._filtered(ctx, ctx.exchange.history(market_id, ctx.now_ms)):
+        limit = _int_param(ctx.params, "limit", 20, high=50)
+        offset = _int_param(ctx.params, "cursor", 0)
+        named = self._by_ids(ctx, market_id)
+        candidates = named if named is not None else ctx.exchange.history(market_id, ctx.now_ms)
+        found: list[Order] = []
+        if not (settle and settle != "USDT"):
+            for order in candidates:
                 if order.is_open:
                     continue  # history lists finished orders; open ones are in realtime
                 if status_filter is not None and _order_status(order) != status_filter:
@@ -408,6 +419,8 @@ class BybitV5:
                 if not start <= order.created_ms <= end:
                     continue
                 found.append(order)
+                if len(found) > offset + limit:
+                    break  # one more than the page tells there is a next page
         return self._page(ctx, found, _history_row)
 
     def _page(self, ctx: Ctx, orders: list[Order], render) -> dict[str, Any]:

@@ -230,8 +230,8 @@ class Exchange:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def new_client_id(self) -> str:
-        alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-        return "".join(self.rng.choice(alphabet) for _ in range(22))
+        """What the exchange assigns when the client sends no id (22 characters)."""
+        return f"{self.rng.getrandbits(88):022x}"
 
     def find_order(
         self,
@@ -264,10 +264,31 @@ class Exchange:
         return found
 
     def history(self, market_id: str | None, at_ms: int) -> Iterable[Order]:
-        """All visible orders, newest first."""
+        """All visible orders, newest first (lazily: callers stop when they have enough)."""
         for order in reversed(self.ledger):
             if (market_id is None or order.rules.market_id == market_id) and order.visible(at_ms):
                 yield order
+
+    def lookup(
+        self,
+        market_id: str | None,
+        at_ms: int,
+        order_id: str | None = None,
+        client_order_id: str | None = None,
+    ) -> list[Order]:
+        """Visible orders matching an id and/or a client id, newest first (index lookups)."""
+        if order_id is not None:
+            found = self.orders.get(order_id)
+            candidates = [found] if found is not None else []
+        else:
+            candidates = list(reversed(self.orders_by_client_id.get(client_order_id or "", ())))
+        return [
+            o
+            for o in candidates
+            if o.visible(at_ms)
+            and (market_id is None or o.rules.market_id == market_id)
+            and (client_order_id is None or o.client_order_id == client_order_id)
+        ]
 
     # --- account ------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ run into. Prices are the simulator's defaults, not live quotes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 EXCHANGES = ("binance", "bybit")
@@ -30,14 +30,13 @@ class MarketRules:
     min_notional: Decimal
     max_leverage: int
     default_price: Decimal
+    # Decimals of prices and quantities on the wire (derived from tick and step).
+    price_precision: int = field(init=False)
+    quantity_precision: int = field(init=False)
 
-    @property
-    def price_precision(self) -> int:
-        return _decimals(self.tick_size)
-
-    @property
-    def quantity_precision(self) -> int:
-        return _decimals(self.step_size)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "price_precision", _decimals(self.tick_size))
+        object.__setattr__(self, "quantity_precision", _decimals(self.step_size))
 
 
 def _decimals(value: Decimal) -> int:

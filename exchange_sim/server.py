@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -118,11 +119,10 @@ async def _hang_and_drop(request: web.Request, hang_ms: int) -> web.Response:
     return web.Response(status=204)
 
 
-async def handle_exchange(request: web.Request) -> web.StreamResponse:
-    state: SimState = request.app["state"]
+async def handle_exchange(request: web.BaseRequest, state: SimState) -> web.StreamResponse:
     front = _front_end(request.path)
     if front is None:
-        raise web.HTTPNotFound(text="not an exchange path; the admin API is under /_sim/")
+        return _json({"error": "not an exchange path; the admin API is under /_sim/"}, 404)
     endpoint = front.endpoint(request.method, request.path)
     if endpoint is None:
         state.stats[front.name]["unknown_endpoint"] += 1
@@ -131,6 +131,9 @@ async def handle_exchange(request: web.Request) -> web.StreamResponse:
         params = await front.read_params(request)
     except ApiError as error:
         return _render(front, error)
+    except Exception:
+        log.exception("unreadable request %s %s", request.method, request.path_qs)
+        return _render(front, front.internal_error())
     operation = endpoint.operation_for(params)
     state.stats[front.name][operation] += 1
 
@@ -212,17 +215,20 @@ def _symbol_rules(state: SimState, exchange: str, symbol: object):
 
 
 def admin(handler):
-    async def wrapped(request: web.Request) -> web.Response:
+    async def wrapped(request: web.BaseRequest, state: SimState) -> web.Response:
         try:
-            return await handler(request, request.app["state"])
+            return await handler(request, state)
         except (AdminError, FaultPlanError) as exc:
             return _json({"error": str(exc)}, status=400)
+        except Exception:
+            log.exception("admin request failed: %s %s", request.method, request.path_qs)
+            return _json({"error": "internal error; see the simulator log"}, status=500)
 
     return wrapped
 
 
 @admin
-async def reset(request: web.Request, state: SimState) -> web.Response:
+async def reset(request: web.BaseRequest, state: SimState) -> web.Response:
     body = await _body(request)
     unknown = set(body) - {"seed", "balance", "balances", "prices"}
     if unknown:
@@ -245,7 +251,7 @@ async def reset(request: web.Request, state: SimState) -> web.Response:
 
 
 @admin
-async def set_faults(request: web.Request, state: SimState) -> web.Response:
+async def set_faults(request: web.BaseRequest, state: SimState) -> web.Response:
     raw = await request.read()
     try:
         body = orjson.loads(raw) if raw.strip() else {}
@@ -256,7 +262,7 @@ async def set_faults(request: web.Request, state: SimState) -> web.Response:
 
 
 @admin
-async def get_faults(request: web.Request, state: SimState) -> web.Response:
+async def get_faults(request: web.BaseRequest, state: SimState) -> web.Response:
     return _json(state.faults.describe())
 
 
@@ -271,7 +277,7 @@ def _prices(state: SimState) -> dict[str, dict[str, str]]:
 
 
 @admin
-async def set_prices(request: web.Request, state: SimState) -> web.Response:
+async def set_prices(request: web.BaseRequest, state: SimState) -> web.Response:
     body = await _body(request)
     changes = body.get("prices", [body]) if "prices" in body else [body]
     if not isinstance(changes, list):
@@ -342,12 +348,12 @@ async def _walk_forever(
 
 
 @admin
-async def get_prices(request: web.Request, state: SimState) -> web.Response:
+async def get_prices(request: web.BaseRequest, state: SimState) -> web.Response:
     return _json({"prices": _prices(state)})
 
 
 @admin
-async def ledger(request: web.Request, state: SimState) -> web.Response:
+async def ledger(request: web.BaseRequest, state: SimState) -> web.Response:
     only = request.query.get("exchange")
     orders = []
     for name, exchange in state.exchanges.items():
@@ -394,7 +400,7 @@ def _position_json(name: str, exchange: Exchange, market_id: str) -> dict[str, A
 
 
 @admin
-async def positions(request: web.Request, state: SimState) -> web.Response:
+async def positions(request: web.BaseRequest, state: SimState) -> web.Response:
     result = [
         _position_json(name, exchange, market_id)
         for name, exchange in state.exchanges.items()
@@ -405,7 +411,7 @@ async def positions(request: web.Request, state: SimState) -> web.Response:
 
 
 @admin
-async def set_position(request: web.Request, state: SimState) -> web.Response:
+async def set_position(request: web.BaseRequest, state: SimState) -> web.Response:
     body = await _body(request)
     unknown = set(body) - {"exchange", "symbol", "size", "entryPrice"}
     if unknown:
@@ -426,7 +432,7 @@ async def set_position(request: web.Request, state: SimState) -> web.Response:
 
 
 @admin
-async def stats(request: web.Request, state: SimState) -> web.Response:
+async def stats(request: web.BaseRequest, state: SimState) -> web.Response:
     requests = {name: dict(ops) for name, ops in state.stats.items()}
     total = sum(sum(ops.values()) for ops in requests.values())
     return _json({"requests": requests, "total": total, "faults": state.faults.describe()["rules"]})
@@ -435,51 +441,82 @@ async def stats(request: web.Request, state: SimState) -> web.Response:
 # --- application ----------------------------------------------------------------------------
 
 
+ADMIN_ROUTES = {
+    ("POST", "/_sim/reset"): reset,
+    ("POST", "/_sim/faults"): set_faults,
+    ("GET", "/_sim/faults"): get_faults,
+    ("POST", "/_sim/prices"): set_prices,
+    ("GET", "/_sim/prices"): get_prices,
+    ("GET", "/_sim/ledger"): ledger,
+    ("GET", "/_sim/positions"): positions,
+    ("POST", "/_sim/positions"): set_position,
+    ("GET", "/_sim/stats"): stats,
+}
+
+
+def make_handler(state: SimState):
+    """One request handler for everything; a dict lookup is all the routing needed."""
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_sim/"):
+            handler = ADMIN_ROUTES.get((request.method, path))
+            if handler is None:
+                return _json({"error": f"no admin endpoint {request.method} {path}"}, 404)
+            return await handler(request, state)
+        return await handle_exchange(request, state)
+
+    return dispatch
+
+
 def create_app(seed: int | None = None) -> web.Application:
+    """The simulator as an aiohttp Application (for embedding; ``main`` serves leaner)."""
     app = web.Application(client_max_size=1024 * 1024)
     app["state"] = SimState(seed)
-    app.router.add_post("/_sim/reset", reset)
-    app.router.add_post("/_sim/faults", set_faults)
-    app.router.add_get("/_sim/faults", get_faults)
-    app.router.add_post("/_sim/prices", set_prices)
-    app.router.add_get("/_sim/prices", get_prices)
-    app.router.add_get("/_sim/ledger", ledger)
-    app.router.add_get("/_sim/positions", positions)
-    app.router.add_post("/_sim/positions", set_position)
-    app.router.add_get("/_sim/stats", stats)
-    app.router.add_route("*", "/{path:.*}", handle_exchange)
+    dispatch = make_handler(app["state"])
+    app.router.add_route("*", "/{path:.*}", dispatch)
     return app
 
 
+async def serve(host: str, port: int, seed: int | None = None) -> None:
+    """Serve until cancelled or until SIGINT/SIGTERM."""
+    # The low-level server skips aiohttp's application router and middleware
+    # machinery: a good share of the per-request cost at thousands of req/s.
+    server = web.Server(make_handler(SimState(seed)), access_log=None)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    # A hanging "timeout" fault must not hold up shutdown.
+    site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=1.0)
+    await site.start()
+    log.info(
+        "exchange simulator on http://%s:%s (seed %s): Binance USDⓈ-M under /fapi, "
+        "Bybit v5 under /v5, admin under /_sim",
+        host,
+        port,
+        seed if seed is not None else 0,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 def main(host: str, port: int, seed: int | None = None) -> None:
-    """Serve both simulated exchanges on ``host:port`` until interrupted."""
+    """Serve both simulated exchanges on ``host:port`` until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         import uvloop
     except ImportError:  # uvloop is optional: plain asyncio is only slower
-        loop = None
-    else:
-        loop = uvloop.new_event_loop()
-    log.info(
-        "exchange simulator on http://%s:%s (seed %s): Binance USDⓈ-M under /fapi, Bybit v5 under /v5",
-        host,
-        port,
-        seed if seed is not None else 0,
-    )
-    web.run_app(
-        create_app(seed),
-        host=host,
-        port=port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        backlog=1024,
-        # A hanging "timeout" fault must not hold up shutdown.
-        shutdown_timeout=1.0,
-        loop=loop,
-    )
+        asyncio.run(serve(host, port, seed))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(host, port, seed))
 
 
 __all__ = ["NO_FAULTS", "SimState", "create_app", "main"]
