@@ -386,6 +386,13 @@ def test_a_policy_retries_only_its_own_class():
     assert not retry_on_create.predicate(ccxt.InsufficientFunds("no"))
 
 
+def test_the_ambiguous_policy_never_resends_a_create():
+    policy = RetryPolicies.default().ambiguous
+    assert policy.retry(mutating=True) is tenacity.retry_never
+    calls, slept, result = _run(policy, [ccxt.RequestTimeout("t"), {"id": "dup"}], mutating=True)
+    assert (calls, slept) == (1, [])
+
+
 # --- tenacity end to end, with a recorded sleep instead of a real one ---------------------
 
 

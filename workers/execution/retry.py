@@ -264,8 +264,12 @@ class RetryPolicy:
         )
 
     def retry(self, *, mutating: bool) -> tenacity.retry_base:
-        """Retry exactly the exceptions that :func:`classify` puts in this class."""
-        if not self.retries:
+        """Retry exactly the exceptions that :func:`classify` puts in this class.
+
+        Never for an ambiguous mutating call: resending it could double the
+        order. Its attempts and waits pace the *lookups* that resolve it.
+        """
+        if not self.retries or (mutating and self.retry_class is RetryClass.AMBIGUOUS):
             return tenacity.retry_never
         retry_class = self.retry_class
         return tenacity.retry_if_exception(
@@ -391,6 +395,8 @@ def should_retry(
     ``elapsed_s`` is the time spent in this task so far and ``deadline_s`` the
     time it may spend in all (keep it well inside the soft time limit).
     ``min_wait_s`` carries an exchange's Retry-After or the cluster cooldown.
+    For ``AMBIGUOUS``, ``retry`` means "look the order up after ``wait_s``",
+    never "send it again".
     The wait is :meth:`RetryPolicy.delay_for`'s upper bound, so a wait judged to
     fit the deadline fits it whatever jitter is drawn.
     """
