@@ -524,7 +524,7 @@ class BinanceFutures:
                     "breakEvenPrice": plain(_break_even(state.size, state.entry_price)),
                     "markPrice": fmt(mark, 8),
                     "unRealizedProfit": fmt(unrealized, 8),
-                    "liquidationPrice": fmt(_liquidation(state.size, state.entry_price), 8),
+                    "liquidationPrice": fmt(ctx.exchange.liquidation_price(rules.market_id), 8),
                     "isolatedMargin": "0",
                     "notional": fmt(notional, 8),
                     "marginAsset": "USDT",
@@ -554,7 +554,7 @@ class BinanceFutures:
                     "breakEvenPrice": plain(_break_even(state.size, state.entry_price)),
                     "markPrice": fmt(mark, 8),
                     "unRealizedProfit": fmt(unrealized, 8),
-                    "liquidationPrice": fmt(_liquidation(state.size, state.entry_price), 8),
+                    "liquidationPrice": fmt(ctx.exchange.liquidation_price(rules.market_id), 8),
                     "leverage": str(leverage),
                     "maxNotionalValue": "50000000",
                     "marginType": "cross",
@@ -822,11 +822,6 @@ def _break_even(size: Decimal, entry: Decimal) -> Decimal:
         return ZERO
     # Entry plus the taker fee of opening and closing, in the position's direction.
     return entry * (1 + Decimal("0.001") * (1 if size > 0 else -1))
-
-
-def _liquidation(size: Decimal, entry: Decimal) -> Decimal:
-    # The wallet is large, so a cross position is practically never liquidated.
-    return ZERO
 
 
 def _int_param(

@@ -750,7 +750,7 @@ def _position_row(exchange, position, state, now_ms: int) -> dict[str, Any]:
         "leverageSysUpdatedTime": "",
         "size": fmt(abs(size), rules.quantity_precision),
         "positionStatus": "Normal",
-        "mmrSysUpdatedTime": "",
+        "mmrSysUpdatedTime": str(state.created_ms or now_ms),
         "stopLoss": "",
         "tradeMode": 0,
     }

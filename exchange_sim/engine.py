@@ -302,6 +302,28 @@ class Exchange:
         position = self.positions[market_id]
         return abs(position.state.size) * self.prices[market_id] / position.leverage
 
+    def liquidation_price(self, market_id: str) -> Decimal:
+        """Cross-margin liquidation price of one position (0 when it cannot be liquidated).
+
+        The whole wallet backs the position, plus the other positions' PnL less
+        their maintenance margin; fees and tiered brackets are ignored.
+        """
+        state = self.positions[market_id].state
+        size = state.size
+        if not size:
+            return ZERO
+        margin = self.wallet
+        for other_id, other in self.positions.items():
+            if other_id != market_id and other.state.size:
+                margin += self.unrealized_pnl(other_id)
+                margin -= abs(other.state.size) * self.prices[other_id] * MAINT_MARGIN_RATE
+        quantity, entry = abs(size), state.entry_price
+        if size > 0:
+            price = (quantity * entry - margin) / (quantity * (1 - MAINT_MARGIN_RATE))
+        else:
+            price = (margin + quantity * entry) / (quantity * (1 + MAINT_MARGIN_RATE))
+        return max(ZERO, price)
+
     def order_margin(self) -> Decimal:
         return sum((o.held_margin for book in self.resting.values() for o in book.values()), ZERO)
 

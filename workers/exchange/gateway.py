@@ -27,6 +27,7 @@ from workers.settings import ExchangeAccount, get_settings
 
 __all__ = [
     "GatewayError",
+    "build_client",
     "client_options",
     "get_client",
     "market",
@@ -97,7 +98,11 @@ def client_options(account: ExchangeAccount, timeout_ms: int) -> dict[str, Any]:
     }
 
 
-def _build(account: ExchangeAccount) -> ccxt.Exchange:
+def build_client(account: ExchangeAccount) -> ccxt.Exchange:
+    """A new, unshared client for ``account`` with markets not yet loaded (no network I/O).
+
+    ``get_client`` is what callers want; this is the construction step on its own.
+    """
     settings = get_settings()
     exchange_class = getattr(ccxt, account.ccxt_class)
     client = exchange_class(client_options(account, settings.exchange_timeout_ms))
@@ -169,7 +174,7 @@ def get_client(account_name: str) -> ccxt.Exchange:
         account = get_settings().account(account_name)
     except KeyError:
         raise GatewayError(f"no exchange account named {account_name!r}") from None
-    client = _build(account)
+    client = build_client(account)
     _share_markets(account, client)
     clients[account_name] = client
     return client

@@ -1,0 +1,207 @@
+"""Bad input gets the exchange's own error answer, never a traceback, and the simulator keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.sim.conftest import Simulator
+
+BINANCE_KEY = {"X-MBX-APIKEY": "sim-key"}
+BYBIT_AUTH = {"X-BAPI-API-KEY": "sim-key", "X-BAPI-TIMESTAMP": "1", "X-BAPI-SIGN": "ab" * 32}
+SIGNED = "timestamp=1&signature=" + "a" * 64
+
+
+def binance_error(response) -> tuple[int, int, str]:
+    body = response.json()
+    return response.status_code, body["code"], body["msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ("side=BUY&type=MARKET&quantity=1", -1102, "'symbol'"),
+        ("symbol=BTCUSDT&type=MARKET&quantity=1", -1102, "'side'"),
+        ("symbol=BTCUSDT&side=UP&type=MARKET&quantity=1", -1117, "Invalid side."),
+        ("symbol=BTCUSDT&side=BUY&type=SWAP&quantity=1", -1116, "Invalid orderType."),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET", -1102, "'quantity'"),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=lots", -1100, "'quantity'"),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=-1", -1100, "'quantity'"),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0", -4003, "Quantity"),
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=0.01&price=1", -1102, "'timeInForce'"),
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=0.01&timeInForce=GTC", -1102, "'price'"),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.01&reduceOnly=maybe", -1130, "reduceOnly"),
+        (
+            "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.01&positionSide=LONG",
+            -4061,
+            "position side",
+        ),
+        ("symbol=BTCUSDT&side=BUY&type=STOP_MARKET&quantity=0.01", -4120, "Algo Order"),
+        ("symbol=NOPE&side=BUY&type=MARKET&quantity=1", -1121, "Invalid symbol."),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=1e3", -1100, "'quantity'"),
+    ],
+)
+def test_binance_malformed_orders_get_binance_errors(sim: Simulator, body, code, message):
+    response = sim.raw(
+        "POST",
+        "/fapi/v1/order",
+        data=f"{body}&{SIGNED}",
+        headers={**BINANCE_KEY, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    status, got_code, got_message = binance_error(response)
+    assert (status, got_code) == (400, code)
+    assert message in got_message
+    assert sim.ledger() == []
+
+
+def test_binance_lookup_without_any_id(sim: Simulator):
+    response = sim.raw("GET", f"/fapi/v1/order?symbol=BTCUSDT&{SIGNED}", headers=BINANCE_KEY)
+    assert binance_error(response)[:2] == (400, -1102)
+    response = sim.raw(
+        "GET", f"/fapi/v1/order?symbol=BTCUSDT&orderId=abc&{SIGNED}", headers=BINANCE_KEY
+    )
+    assert binance_error(response)[:2] == (400, -1100)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "1"}', "category"),
+        ('{"category": "linear", "side": "Buy", "orderType": "Market", "qty": "1"}', "symbol"),
+        (
+            '{"category": "linear", "symbol": "BTCUSDT", "side": "Up", "orderType": "Market", "qty": "1"}',
+            "side",
+        ),
+        (
+            '{"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Stop", "qty": "1"}',
+            "orderType",
+        ),
+        (
+            '{"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market"}',
+            "qty",
+        ),
+        (
+            '{"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "x"}',
+            "qty",
+        ),
+        (
+            '{"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "1", "positionIdx": 1}',
+            "position idx",
+        ),
+        (
+            '{"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "1", "orderLinkId": "has space"}',
+            "orderLinkId",
+        ),
+        (
+            '{"category": "spot", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "1"}',
+            "linear",
+        ),
+    ],
+)
+def test_bybit_malformed_orders_get_bybit_errors(sim: Simulator, body, message):
+    response = sim.raw("POST", "/v5/order/create", data=body, headers=BYBIT_AUTH)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["retCode"] == 10001
+    assert message in answer["retMsg"]
+    assert set(answer) == {"retCode", "retMsg", "result", "retExtInfo", "time"}
+
+
+def test_unknown_endpoints_are_404_pages(sim: Simulator):
+    assert sim.raw("GET", "/fapi/v9/teleport").status_code == 404
+    assert sim.raw("PUT", "/v5/order/create").status_code == 404
+    assert sim.raw("GET", "/nothing").status_code == 404
+    assert sim.raw("GET", "/_sim/nothing").status_code == 404
+
+
+def test_admin_api_refuses_malformed_requests(sim: Simulator):
+    cases = [
+        ("POST", "/_sim/prices", {"symbol": "BTC/USDT:USDT"}),
+        ("POST", "/_sim/prices", {"symbol": "NOPE/USDT:USDT", "price": "1"}),
+        ("POST", "/_sim/prices", {"symbol": "BTC/USDT:USDT", "price": "-5"}),
+        ("POST", "/_sim/prices", {"symbol": "BTC/USDT:USDT", "walk": {"steps": -1}}),
+        ("POST", "/_sim/positions", {"exchange": "kraken", "symbol": "BTC/USDT:USDT", "size": "1"}),
+        (
+            "POST",
+            "/_sim/positions",
+            {"exchange": "binance", "symbol": "BTC/USDT:USDT", "size": "x"},
+        ),
+        (
+            "POST",
+            "/_sim/positions",
+            {"exchange": "binance", "symbol": "BTC/USDT:USDT", "size": "0.0001"},
+        ),
+        ("POST", "/_sim/reset", {"seed": "seven"}),
+        ("POST", "/_sim/faults", {"rules": "all"}),
+    ]
+    for method, path, payload in cases:
+        response = sim.raw(method, path, json=payload)
+        assert response.status_code == 400, (path, payload)
+        assert response.json()["error"]
+    assert sim.raw("POST", "/_sim/faults", data="{oops").status_code == 400
+
+
+PATHS = st.sampled_from(
+    [
+        ("POST", "/fapi/v1/order"),
+        ("GET", "/fapi/v1/order"),
+        ("DELETE", "/fapi/v1/order"),
+        ("GET", "/fapi/v1/openOrders"),
+        ("GET", "/fapi/v1/allOrders"),
+        ("GET", "/fapi/v3/positionRisk"),
+        ("GET", "/fapi/v1/ticker/24hr"),
+        ("POST", "/v5/order/create"),
+        ("POST", "/v5/order/cancel"),
+        ("GET", "/v5/order/realtime"),
+        ("GET", "/v5/order/history"),
+        ("GET", "/v5/position/list"),
+        ("GET", "/v5/market/tickers"),
+    ]
+)
+KEYS = st.sampled_from(
+    [
+        "symbol", "side", "type", "quantity", "price", "timeInForce", "orderId",
+        "origClientOrderId", "newClientOrderId", "reduceOnly", "limit", "category",
+        "orderType", "qty", "orderLinkId", "settleCoin", "cursor", "openOnly", "startTime",
+    ]
+)  # fmt: skip
+VALUES = st.one_of(
+    st.sampled_from(["BTCUSDT", "BUY", "Sell", "MARKET", "Limit", "linear", "GTC", "true", "0"]),
+    st.text(max_size=12),
+    st.integers(-(10**30), 10**30).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(route=PATHS, params=st.dictionaries(KEYS, VALUES, max_size=8))
+def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, params):
+    method, path = route
+    if path.startswith("/fapi"):
+        response = sim.raw(
+            method,
+            path,
+            params={**params, "timestamp": "1", "signature": "a" * 64},
+            headers=BINANCE_KEY,
+        )
+        assert response.status_code < 500, response.text
+        body = response.json()
+        assert isinstance(body, list) or "code" not in body or body["code"] < 0
+    else:
+        if method == "POST":
+            response = sim.raw(method, path, data=json.dumps(params), headers=BYBIT_AUTH)
+        else:
+            response = sim.raw(method, path, params=params, headers=BYBIT_AUTH)
+        assert response.status_code == 200, response.text
+        assert response.json()["retCode"] != 10016, response.text
+
+
+def test_the_simulator_is_still_serving(sim: Simulator):
+    assert sim.raw("GET", "/fapi/v1/time").json()["serverTime"] > 0
