@@ -376,7 +376,10 @@ class BybitV5:
         client_id = ctx.params.get("orderLinkId") or None
         if order_id is None and client_id is None:
             return None
-        return ctx.exchange.lookup(market_id, ctx.now_ms, order_id, client_id)
+        # Bybit's priority: orderId, then orderLinkId.
+        return ctx.exchange.lookup(
+            market_id, ctx.now_ms, order_id, None if order_id is not None else client_id
+        )
 
     def realtime(self, ctx: Ctx) -> dict[str, Any]:
         self._linear_only(ctx)
@@ -388,8 +391,10 @@ class BybitV5:
         if scope == "-":
             found = []
         elif named is not None:
-            # By id Bybit finds any of the account's recent orders, whatever the status.
-            found = named
+            # By id Bybit finds open orders and the account's 500 most recent
+            # finished ones; anything older only order history knows.
+            oldest_kept = len(exchange.ledger) - RECENT_CLOSED
+            found = [o for o in named if o.is_open or o.seq >= oldest_kept]
         elif str(ctx.params.get("openOnly", "0")) == "1":
             recent = (o for o in exchange.history(market_id, ctx.now_ms) if not o.is_open)
             found = list(itertools.islice(recent, RECENT_CLOSED))

@@ -108,6 +108,8 @@ class Order:
     fee: Decimal = ZERO
     # Initial margin held while the order rests on the book.
     held_margin: Decimal = ZERO
+    # Position in the account's ledger (0 = first order since reset).
+    seq: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -438,6 +440,7 @@ class Exchange:
         self.orders[order.order_id] = order
         if order.client_order_id:
             self.orders_by_client_id.setdefault(order.client_order_id, []).append(order)
+        order.seq = len(self.ledger)
         self.ledger.append(order)
 
         if crosses:

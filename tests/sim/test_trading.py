@@ -240,3 +240,27 @@ def test_stats_count_exchange_calls_per_operation(binance: ccxt.Exchange, sim: S
     requests = sim.stats()["requests"]["binance"]
     assert requests["create_order"] == 1
     assert requests["positions"] == 2
+
+
+def test_bybit_realtime_knows_only_the_500_most_recent_finished_orders(
+    bybit: ccxt.Exchange, sim: Simulator
+):
+    # Given an order that filled, followed by 500 more finished orders
+    first = bybit.create_order(BTC, "market", "buy", 0.005, None, {"clientOrderId": "old-one"})
+    headers = {"X-BAPI-API-KEY": "sim-key", "X-BAPI-TIMESTAMP": "1", "X-BAPI-SIGN": "ab" * 32}
+    for index in range(500):
+        body = {
+            "category": "linear",
+            "symbol": "BTCUSDT",
+            "side": "Sell" if index % 2 == 0 else "Buy",
+            "orderType": "Market",
+            "qty": "0.005",
+        }
+        assert (
+            sim.raw("POST", "/v5/order/create", json=body, headers=headers).json()["retCode"] == 0
+        )
+    # Then fetch_order (the realtime endpoint) no longer finds it ...
+    with pytest.raises(ccxt.OrderNotFound):
+        bybit.fetch_order(first["id"], BTC, {"acknowledged": True})
+    # ... while order history still does
+    assert bybit.fetch_closed_order(first["id"], BTC)["clientOrderId"] == "old-one"
