@@ -6,6 +6,9 @@ runs many threads). Markets are loaded once per process and exchange mode,
 then shared by reference with every other client of the same kind, because a
 worker process with 32 threads would otherwise hold 32 copies.
 
+Per-account facts ccxt would look up again in every client (Bybit's unified
+account detection, Binance's leverage brackets) are fetched once per account.
+
 Every client carries an ``ExchangeTransport`` on its HTTP session: it runs
 the request hook (``set_request_hook``; the shared rate limiter) before every
 request, and in ``sim`` mode routes the exchange's real URLs to the simulator.
@@ -42,15 +45,20 @@ class GatewayError(Exception):
 
 _hook: RequestHook | None = None
 _local = threading.local()
+# Guards the caches below; each cache entry has its own lock for the network I/O,
+# so a slow exchange does not hold up clients of another one.
 _lock = threading.Lock()
-# (pid, generation) -> {(ccxt_class, mode): client whose markets the others share}
+_key_locks: dict[tuple[str, ...], threading.Lock] = {}
+# (ccxt_class, mode) -> the client whose markets later clients share by reference
 _market_sources: dict[tuple[str, str], ccxt.Exchange] = {}
-_sources_owner: tuple[int, int] = (0, 0)
+# account name -> per-account facts ccxt would otherwise look up in every client
+_account_facts: dict[str, dict[str, Any]] = {}
+_caches_owner: tuple[int, int] = (0, 0)
 _generation = 0
 
 # Per-account facts ccxt looks up lazily, once per client: Bybit's unified-account
 # detection (two requests) and Binance's leverage brackets (needed by
-# fetch_positions). The first client of a process fetches them; the rest copy.
+# fetch_positions). The first client of an account fetches them; the rest copy.
 _SHARED_OPTIONS = (
     "enableUnifiedMargin",
     "enableUnifiedAccount",
@@ -134,29 +142,44 @@ def _thread_clients() -> dict[str, ccxt.Exchange]:
     return _local.clients
 
 
-def _share_markets(account: ExchangeAccount, client: ccxt.Exchange) -> None:
-    global _sources_owner
-    key = (account.ccxt_class, account.mode)
+def _key_lock(*key: str) -> threading.Lock:
+    global _caches_owner
     with _lock:
         owner = (os.getpid(), _generation)
-        if _sources_owner != owner:
+        if _caches_owner != owner:
+            _key_locks.clear()
             _market_sources.clear()
-            _sources_owner = owner
-        source = _market_sources.get(key)
+            _account_facts.clear()
+            _caches_owner = owner
+        return _key_locks.setdefault(key, threading.Lock())
+
+
+def _share_markets(account: ExchangeAccount, client: ccxt.Exchange) -> None:
+    kind = (account.ccxt_class, account.mode)
+    with _key_lock("markets", *kind):
+        source = _market_sources.get(kind)
         if source is None:
             # fetch_markets + set_markets rather than load_markets: load_markets
             # would also fetch currencies (a private call on Bybit) for nothing.
             client.set_markets(client.fetch_markets())
+            _market_sources[kind] = client
+        else:
+            client.set_markets_from_exchange(source)
+    with _key_lock("account", account.name):
+        facts = _account_facts.get(account.name)
+        if facts is None:
             if account.ccxt_class == "bybit":
                 client.is_unified_enabled()
             else:
                 client.load_leverage_brackets()
-            _market_sources[key] = client
-            return
-    client.set_markets_from_exchange(source)
-    for option in _SHARED_OPTIONS:
-        if source.options.get(option) is not None:
-            client.options[option] = source.options[option]
+            facts = {
+                option: client.options[option]
+                for option in _SHARED_OPTIONS
+                if client.options.get(option) is not None
+            }
+            _account_facts[account.name] = facts
+        else:
+            client.options.update(facts)
 
 
 def get_client(account_name: str) -> ccxt.Exchange:
@@ -191,3 +214,15 @@ def reset_clients() -> None:
     with _lock:
         _generation += 1
         _market_sources.clear()
+        _account_facts.clear()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would stay locked forever in
+    # the child; the caches are dropped anyway (keyed by pid).
+    global _lock
+    _lock = threading.Lock()
+    _key_locks.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
