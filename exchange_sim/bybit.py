@@ -103,6 +103,9 @@ class BybitV5:
                 raise _error(10001, "Request parameter error: invalid JSON body.") from None
             if not isinstance(params, dict):
                 raise _error(10001, "Request parameter error: body must be a JSON object.")
+            for key, value in params.items():
+                if not isinstance(value, str | int | float | bool | None):
+                    raise _error(10001, f"params error: {key} has the wrong type")
             return params
         return parse_query(request.rel_url.raw_query_string)
 

@@ -131,6 +131,8 @@ async def handle_exchange(request: web.BaseRequest, state: SimState) -> web.Stre
         params = await front.read_params(request)
     except ApiError as error:
         return _render(front, error)
+    except web.HTTPException:
+        raise  # e.g. 413 for a body over 1 MiB: aiohttp answers it properly
     except Exception:
         log.exception("unreadable request %s %s", request.method, request.path_qs)
         return _render(front, front.internal_error())
@@ -266,6 +268,15 @@ async def get_faults(request: web.BaseRequest, state: SimState) -> web.Response:
     return _json(state.faults.describe())
 
 
+def _walks(state: SimState) -> list[dict[str, str]]:
+    """The background walks running now."""
+    return [
+        {"exchange": name, "symbol": state.exchanges[name].rules_by_id[market_id].symbol}
+        for (name, market_id), task in state.walk_tasks.items()
+        if not task.done()
+    ]
+
+
 def _prices(state: SimState) -> dict[str, dict[str, str]]:
     return {
         name: {
@@ -284,7 +295,7 @@ async def set_prices(request: web.BaseRequest, state: SimState) -> web.Response:
         raise AdminError("'prices' must be a list of price changes")
     for change in changes:
         _apply_price_change(state, change)
-    return _json({"ok": True, "prices": _prices(state)})
+    return _json({"ok": True, "prices": _prices(state), "walks": _walks(state)})
 
 
 def _apply_price_change(state: SimState, change: object) -> None:
@@ -349,7 +360,7 @@ async def _walk_forever(
 
 @admin
 async def get_prices(request: web.BaseRequest, state: SimState) -> web.Response:
-    return _json({"prices": _prices(state)})
+    return _json({"prices": _prices(state), "walks": _walks(state)})
 
 
 @admin

@@ -176,6 +176,14 @@ VALUES = st.one_of(
     st.integers(-(10**30), 10**30).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
 )
+JSON_VALUES = st.one_of(
+    VALUES,
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 @settings(
@@ -201,6 +209,24 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
             response = sim.raw(method, path, params=params, headers=BYBIT_AUTH)
         assert response.status_code == 200, response.text
         assert response.json()["retCode"] != 10016, response.text
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/v5/order/create", "/v5/order/cancel", "/v5/position/set-leverage"]),
+    body=st.dictionaries(KEYS, JSON_VALUES, max_size=8),
+)
+def test_random_bybit_json_bodies_never_cause_an_internal_error(sim: Simulator, path, body):
+    response = sim.raw("POST", path, data=json.dumps(body), headers=BYBIT_AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["retCode"] != 10016, response.text
+
+
+def test_an_oversized_body_is_refused(sim: Simulator):
+    response = sim.raw("POST", "/v5/order/create", data="x" * (2 * 1024 * 1024), headers=BYBIT_AUTH)
+    assert response.status_code == 413
 
 
 def test_the_simulator_is_still_serving(sim: Simulator):

@@ -264,3 +264,27 @@ def test_bybit_realtime_knows_only_the_500_most_recent_finished_orders(
         bybit.fetch_order(first["id"], BTC, {"acknowledged": True})
     # ... while order history still does
     assert bybit.fetch_closed_order(first["id"], BTC)["clientOrderId"] == "old-one"
+
+
+def test_reset_can_set_prices_and_balances(exchange: ccxt.Exchange, sim: Simulator):
+    sim.reset(prices={ETH: "4000"}, balances={sim_name(exchange): "2500"})
+    assert exchange.fetch_ticker(ETH)["last"] == pytest.approx(4000)
+    assert exchange.fetch_balance()["USDT"]["total"] == pytest.approx(2500)
+
+
+def test_a_background_walk_moves_the_price_until_reset(binance: ccxt.Exchange, sim: Simulator):
+    from tests.conftest import wait_for
+
+    sim.prices(
+        {
+            "exchange": "binance",
+            "symbol": ETH,
+            "walk": {"steps": 0, "volatility": 0.01, "interval_ms": 20},
+        }
+    )
+    # The price moves by itself ...
+    wait_for(lambda: binance.fetch_ticker(ETH)["last"] != pytest.approx(3500), timeout_s=5)
+    # ... and a fixed price stops the walk
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3000"})
+    prices = {sim.prices({"prices": []})["prices"]["binance"][ETH] for _ in range(3)}
+    assert prices == {"3000.00"}
