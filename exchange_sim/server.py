@@ -29,7 +29,7 @@ from exchange_sim.api import ApiError, Ctx, FrontEnd, fmt, parse_decimal, plain
 from exchange_sim.binance import BinanceFutures
 from exchange_sim.bybit import BybitV5
 from exchange_sim.engine import DEFAULT_BALANCE, Exchange, Rejected, Status, now_ms
-from exchange_sim.faults import NO_FAULTS, FaultPlan, FaultPlanError, parse_plan
+from exchange_sim.faults import FaultPlan, FaultPlanError, parse_plan
 from exchange_sim.markets import EXCHANGES, MARKETS, default_prices
 
 log = logging.getLogger("exchange_sim")
@@ -87,14 +87,16 @@ class SimState:
 
 # --- exchange requests -------------------------------------------------------------------
 
-FRONT_ENDS: dict[str, FrontEnd] = {"/fapi/": BinanceFutures(), "/v5/": BybitV5()}
+BINANCE: FrontEnd = BinanceFutures()
+BYBIT: FrontEnd = BybitV5()
 
 
 def _front_end(path: str) -> FrontEnd | None:
+    # The path tells the exchanges apart, so the gateway needs no extra header.
     if path.startswith("/fapi/"):
-        return FRONT_ENDS["/fapi/"]
+        return BINANCE
     if path.startswith("/v5/"):
-        return FRONT_ENDS["/v5/"]
+        return BYBIT
     return None
 
 
@@ -530,4 +532,4 @@ def main(host: str, port: int, seed: int | None = None) -> None:
         runner.run(serve(host, port, seed))
 
 
-__all__ = ["NO_FAULTS", "SimState", "create_app", "main"]
+__all__ = ["SimState", "create_app", "main", "serve"]
