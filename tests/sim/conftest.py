@@ -31,19 +31,22 @@ HANG_MS = 1500
 class Simulator(SimulatorClient):
     """The admin API plus what these tests need beyond the shared client."""
 
-    def stats(self) -> dict:
+    def full_stats(self) -> dict:
+        """GET /_sim/stats as sent: requests per exchange and operation, total, fault rules."""
         response = self.http.get(f"{self.base_url}/_sim/stats", timeout=10)
         response.raise_for_status()
         return response.json()
 
     def requests_for(self, exchange: str, operation: str) -> int:
-        return self.stats()["requests"].get(exchange, {}).get(operation, 0)
+        return self.full_stats()["requests"].get(exchange, {}).get(operation, 0)
 
-    def set_position(self, exchange: str, symbol: str, size: str, entry_price: str) -> dict:
-        return self._post(
-            "/_sim/positions",
-            {"exchange": exchange, "symbol": symbol, "size": size, "entryPrice": entry_price},
-        )
+    def set_position(
+        self, exchange: str, symbol: str, size: str, entry_price: str | None = None
+    ) -> dict:
+        body = {"exchange": exchange, "symbol": symbol, "size": size}
+        if entry_price is not None:
+            body["entryPrice"] = entry_price
+        return self._post("/_sim/positions", body)
 
     def position(self, exchange: str, symbol: str) -> dict | None:
         for position in self.positions():

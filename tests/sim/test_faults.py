@@ -256,7 +256,7 @@ def test_count_and_probability_together_cap_the_firings(binance: ccxt.Exchange, 
         except ccxt.DDoSProtection:
             failures += 1
     assert failures == 2
-    assert sim.stats()["faults"][0]["fired"] == 2
+    assert sim.full_stats()["faults"][0]["fired"] == 2
 
 
 def test_posting_a_plan_replaces_the_previous_one(binance: ccxt.Exchange, sim: Simulator):

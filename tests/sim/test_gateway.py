@@ -93,7 +93,7 @@ def test_a_hook_that_raises_stops_the_request(sim: Simulator):
         pass
 
     client = gateway.get_client("binance")
-    before = sim.stats()["total"]
+    before = sim.full_stats()["total"]
 
     def refuse(account: str, request: requests.PreparedRequest) -> None:
         raise Throttled(account)
@@ -102,7 +102,7 @@ def test_a_hook_that_raises_stops_the_request(sim: Simulator):
     gateway.set_request_hook(refuse)
     with pytest.raises(Throttled):
         client.fetch_ticker("BTC/USDT:USDT")
-    assert sim.stats()["total"] == before
+    assert sim.full_stats()["total"] == before
 
 
 def test_the_simulator_is_told_the_original_host(sim: Simulator):

@@ -237,7 +237,7 @@ def test_stats_count_exchange_calls_per_operation(binance: ccxt.Exchange, sim: S
     binance.create_order(BTC, "market", "buy", 0.01)
     binance.fetch_positions([BTC])
     binance.fetch_positions([BTC])
-    requests = sim.stats()["requests"]["binance"]
+    requests = sim.full_stats()["requests"]["binance"]
     assert requests["create_order"] == 1
     assert requests["positions"] == 2
 
