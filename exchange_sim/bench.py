@@ -137,7 +137,14 @@ async def _drive(base_url: str, seconds: float, concurrency: int, start_at: floa
     tally = _Tally()
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # No cookies, no compression: work a trading client does not need per request.
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    ) as session:
         # Every process starts at the same wall-clock moment, after its imports.
         await asyncio.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()
