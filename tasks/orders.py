@@ -125,11 +125,11 @@ class OrderIntent:
 
 def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
-    deadline = time.monotonic() + settings.task_soft_time_limit_s * 0.6
+    deadline = time.monotonic() + settings.run_budget_s
     intent = _validate_or_reject(request)
     cid = intent.client_order_id
     # One run per order at a time; a redelivery while the first run is alive waits its turn.
-    lock = try_lock(redis_keys.order_lock(cid), settings.task_hard_time_limit_s + 30)
+    lock = try_lock(redis_keys.order_lock(cid), settings.order_lock_ttl_s)
     if lock is None:
         raise task.retry(countdown=1.0)
     try:

@@ -52,9 +52,16 @@ os.environ.update(
         "REDIS_URL": TEST_REDIS_URL,
         "EXECQ_SIM_URL": f"http://127.0.0.1:{SIM_PORT}",
         # Compressed time and short windows so tests finish in seconds.
-        "EXECQ_VISIBILITY_TIMEOUT_S": os.environ.get("EXECQ_VISIBILITY_TIMEOUT_S", "20"),
-        "EXECQ_TASK_SOFT_TIME_LIMIT_S": "10",
-        "EXECQ_TASK_HARD_TIME_LIMIT_S": "15",
+        "EXECQ_VISIBILITY_TIMEOUT_S": os.environ.get("EXECQ_VISIBILITY_TIMEOUT_S", "60"),
+        "EXECQ_TASK_SOFT_TIME_LIMIT_S": "15",
+        "EXECQ_TASK_HARD_TIME_LIMIT_S": "25",
+        # The simulator's hang faults last 1.5 s: a 1 s client timeout sees them as timeouts.
+        "EXECQ_EXCHANGE_TIMEOUT_MS": "1000",
+        "EXECQ_RETRY__LOOKUP_BASE_S": "0.25",
+        "EXECQ_VERIFY_BUDGET_S": "8",
+        "EXECQ_FLAT_CHECK_BUDGET_S": "5",
+        # Tests that want the start-up recovery sweep turn it on themselves.
+        "EXECQ_RECOVER_ON_WORKER_START": "false",
         "EXECQ_RETRY__RATE_LIMITED__BASE_S": "0.2",
         "EXECQ_RETRY__RATE_LIMITED__CAP_S": "1",
         "EXECQ_RETRY__TRANSIENT__BASE_S": "0.1",
@@ -230,6 +237,25 @@ class SimulatorClient:
         body = response.json()
         return body["orders"] if isinstance(body, dict) else body
 
+    def stats(self) -> dict:
+        """Requests the simulator served: {"binance": {"create_order": n, ...}, ...}."""
+        response = self.http.get(f"{self.base_url}/_sim/stats", timeout=10)
+        response.raise_for_status()
+        return response.json()["requests"]
+
+    def calls(self, exchange: str, operation: str) -> int:
+        return self.stats().get(exchange, {}).get(operation, 0)
+
+    def set_position(self, exchange: str, symbol: str, size: str, entry_price: str | None = None):
+        """Open, change or close a position by hand, outside execq."""
+        body = {"exchange": exchange, "symbol": symbol, "size": size}
+        if entry_price is not None:
+            body["entryPrice"] = entry_price
+        return self._post("/_sim/positions", body)
+
+    def orders_for(self, client_order_id: str) -> list[dict]:
+        return [row for row in self.ledger() if row["clientOrderId"] == client_order_id]
+
     def positions(self) -> list[dict]:
         response = self.http.get(f"{self.base_url}/_sim/positions", timeout=10)
         response.raise_for_status()
@@ -320,18 +346,50 @@ class WorkerPool:
         self.workers.clear()
 
 
-@pytest.fixture
-def workers(database: str, redis_server: str) -> Iterator[WorkerPool]:
-    """Start workers with ``workers.start()``; all are stopped after the test."""
+def wait_until_idle(timeout_s: float = 60) -> None:
+    """Wait until no task is queued or running, so one test's tasks never touch the next."""
+    from workers.app import app
+    from workers.redis_client import get_redis
+
+    def idle() -> bool:
+        if get_redis().llen("celery"):
+            return False
+        inspector = app.control.inspect(timeout=0.5)
+        active = inspector.active() or {}
+        reserved = inspector.reserved() or {}
+        scheduled = inspector.scheduled() or {}
+        return not any([*active.values(), *reserved.values(), *scheduled.values()])
+
+    wait_for(idle, timeout_s, interval_s=0.2, message="tasks still running after the test")
+
+
+@pytest.fixture(scope="session")
+def shared_worker(database: str, redis_server: str) -> Iterator[WorkerPool]:
     pool = WorkerPool()
     yield pool
     pool.stop_all()
 
 
 @pytest.fixture
-def worker(workers: WorkerPool, db: None, redis_clean: None) -> ManagedProcess:
-    """One running worker on clean state (messages left by an earlier test are purged)."""
+def workers(shared_worker: WorkerPool) -> Iterator[WorkerPool]:
+    """Start workers with ``workers.start()``; all are stopped after the test.
+
+    The session's shared worker is stopped first, so only the test's own
+    workers consume its tasks (it restarts when a later test needs it).
+    """
+    shared_worker.stop_all()
+    pool = WorkerPool()
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def worker(shared_worker: WorkerPool, db: None, redis_clean: None) -> Iterator[ManagedProcess]:
+    """A running worker on clean state, shared by the session and drained after each test."""
     from workers.app import app
 
     app.control.purge()
-    return workers.start()
+    running = [w for w in shared_worker.workers.values() if w.alive]
+    process = running[0] if running else shared_worker.start()
+    yield process
+    wait_until_idle()

@@ -282,7 +282,7 @@ def close_aged(aged_id: int, settings: Settings) -> dict[str, Any]:
 
 
 def _close_locked(view: AgedView, settings: Settings) -> dict[str, Any]:
-    deadline = time.monotonic() + settings.task_soft_time_limit_s * 0.6
+    deadline = time.monotonic() + settings.run_budget_s
     order = _in_flight_close(view.id)
     if order is None:
         size = _exchange_size(view.account, view.symbol)
@@ -465,7 +465,7 @@ def close_in_chunks(view: AgedView, settings: Settings) -> dict[str, Any]:
     When the position is too small to split, widen the accepted loss instead
     (+2 points, capped) and keep tracking.
     """
-    deadline = time.monotonic() + settings.task_soft_time_limit_s * 0.6
+    deadline = time.monotonic() + settings.run_budget_s
     step, minimum = _market_limits(view.account, view.symbol)
     plan = plan_chunks(view.size, settings.aged.chunk_count, step, minimum)
     if not plan.can_help:

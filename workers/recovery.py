@@ -102,7 +102,7 @@ def _stuck_orders(before: datetime) -> list[OrderSnapshot]:
 
 
 def _resolve_stuck(order: OrderSnapshot, settings: Settings, now: datetime) -> str:
-    lock = try_lock(redis_keys.order_lock(order.client_order_id), 60)
+    lock = try_lock(redis_keys.order_lock(order.client_order_id), settings.order_lock_ttl_s)
     if lock is None:
         return "orders_busy"  # a task is working on it right now
     try:

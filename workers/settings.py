@@ -255,6 +255,20 @@ class Settings(BaseSettings):
                 return account
         raise KeyError(name)
 
+    @property
+    def run_budget_s(self) -> float:
+        """How long one task run may work before it requeues itself: well inside the soft limit."""
+        return self.task_soft_time_limit_s * 0.6
+
+    @property
+    def order_lock_ttl_s(self) -> float:
+        """A run holds its order lock at most its budget plus one exchange call in flight.
+
+        Short on purpose: a SIGKILLed worker's lock must expire soon, so the
+        recovery sweep can take over its order.
+        """
+        return self.run_budget_s + self.exchange_timeout_ms / 1000 + 5
+
     def rate_limit_for(self, account: ExchangeAccount) -> float:
         if self.rate_limit_per_s is not None:
             return self.rate_limit_per_s
