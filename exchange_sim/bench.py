@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import time
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -165,29 +166,52 @@ def _drive_in_process(base_url: str, seconds: float, concurrency: int, start_at:
         return runner.run(_drive(base_url, seconds, concurrency, start_at))
 
 
-def run_load(base_url: str, seconds: float, concurrency: int) -> dict[str, float | int]:
+def _server_counters(base_url: str) -> tuple[int, float] | None:
+    """(requests served, CPU seconds used) from the simulator's stats, if it answers."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/_sim/stats", timeout=5) as answer:
+            stats = orjson.loads(answer.read())
+        return int(stats["total"]), float(stats["process"]["cpu_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an older or remote simulator: skip the server-side figures
+
+
+def run_load(
+    base_url: str, seconds: float, concurrency: int, processes: int | None = None
+) -> dict[str, float | int]:
     """Drive mixed create/fetch load for ``seconds``; return throughput and latency.
 
-    The clients are spread over up to two processes (one Python process cannot
-    both sign and parse fast enough to saturate the server). Keys:
+    The clients are spread over ``processes`` processes (default: two, or one
+    on a single core), because one Python process cannot sign and parse fast
+    enough to saturate the server. Keys:
     ``requests`` (answered), ``req_per_s``, ``errors`` (non-200, non-zero
     ``retCode``, connection errors), ``p50_ms``, ``p99_ms``, ``seconds``,
-    ``concurrency``, ``processes``.
+    ``concurrency``, ``processes``; and, read from the simulator's stats,
+    ``server_cpu_ms_per_request`` and ``server_req_per_s_per_core`` (its own
+    cost, which does not depend on how busy the machine is).
     """
     if seconds <= 0 or concurrency < 1:
         raise ValueError("seconds must be > 0 and concurrency >= 1")
-    processes = max(1, min(2, os.cpu_count() or 1, concurrency))
+    if processes is None:
+        processes = min(2, os.cpu_count() or 1)
+    processes = max(1, min(processes, concurrency))
     shares = [
         concurrency // processes + (1 if i < concurrency % processes else 0)
         for i in range(processes)
     ]
-    start_at = time.time() + 1.5
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-        futures = [
-            pool.submit(_drive_in_process, base_url, seconds, share, start_at) for share in shares
-        ]
-        results = [future.result() for future in futures]
+    before = _server_counters(base_url)
+    if processes == 1:
+        results = [_drive_in_process(base_url, seconds, concurrency, time.time())]
+    else:
+        # Spawned (not forked) workers: the caller may be a threaded process.
+        start_at = time.time() + 1.5
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            futures = [
+                pool.submit(_drive_in_process, base_url, seconds, share, start_at)
+                for share in shares
+            ]
+            results = [future.result() for future in futures]
     latencies = sorted(latency for result in results for latency in result["latencies_s"])
     elapsed = max(result["elapsed_s"] for result in results)
 
@@ -197,7 +221,7 @@ def run_load(base_url: str, seconds: float, concurrency: int) -> dict[str, float
         index = min(len(latencies) - 1, int(fraction * len(latencies)))
         return round(latencies[index] * 1000, 2)
 
-    return {
+    result: dict[str, float | int] = {
         "requests": len(latencies),
         "req_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
         "errors": sum(result["errors"] for result in results),
@@ -207,6 +231,14 @@ def run_load(base_url: str, seconds: float, concurrency: int) -> dict[str, float
         "concurrency": concurrency,
         "processes": processes,
     }
+    after = _server_counters(base_url)
+    if before is not None and after is not None and after[0] > before[0]:
+        cpu_per_request_s = (after[1] - before[1]) / (after[0] - before[0])
+        result["server_cpu_ms_per_request"] = round(cpu_per_request_s * 1000, 3)
+        if cpu_per_request_s > 0:
+            # What one core of simulator could serve if the clients cost nothing.
+            result["server_req_per_s_per_core"] = round(1 / cpu_per_request_s)
+    return result
 
 
 if __name__ == "__main__":
