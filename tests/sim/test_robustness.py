@@ -187,7 +187,7 @@ JSON_VALUES = st.one_of(
 
 
 @settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(route=PATHS, params=st.dictionaries(KEYS, VALUES, max_size=8))
 def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, params):
@@ -212,7 +212,7 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
 
 
 @settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     path=st.sampled_from(["/v5/order/create", "/v5/order/cancel", "/v5/position/set-leverage"]),
