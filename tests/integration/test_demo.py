@@ -1,0 +1,177 @@
+"""``execq demo`` in its short form: the scenario's checks hold, and its figures are true.
+
+The demo runs as the operator runs it (``python -m workers.cli demo --json``)
+on the test run's Postgres server and Redis database number, in a database
+of its own that this test drops. It is kept running at the end so this test
+can read the simulator's ledger itself and compare every summary figure with
+Postgres and the ledger; then the test stops it the documented way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import requests
+
+from tests.conftest import ADMIN_DATABASE_URL, ROOT, TEST_REDIS_DB, TEST_REDIS_URL
+
+pytestmark = pytest.mark.services
+
+DEMO_DATABASE = f"execq_demo_test_{os.getpid()}"
+# The short scenario takes about a minute; the margin covers a loaded CI machine.
+DEMO_TIMEOUT_S = 240
+
+
+def _demo_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "EXECQ_DEMO_SHORT": "1",
+        "EXECQ_DEMO_DATABASE": DEMO_DATABASE,
+        "EXECQ_DEMO_REDIS_DB": str(TEST_REDIS_DB),
+    }
+
+
+def _drop_demo_database() -> None:
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+
+
+@pytest.fixture
+def demo_run(workers: Any) -> Iterator[tuple[subprocess.CompletedProcess[str], dict[str, Any]]]:
+    """Run the short demo (``--keep-running``); stop it and drop its database afterwards.
+
+    Depends on ``workers`` so the session's shared test worker is stopped: it
+    consumes the same Redis database and would take the demo's tasks.
+    """
+    env = _demo_env()
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "demo", "--json", "--keep-running"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEMO_TIMEOUT_S,
+        )
+        lines = completed.stdout.strip().splitlines()
+        assert lines, f"no JSON on stdout; stderr:\n{completed.stderr[-4000:]}"
+        yield completed, json.loads(lines[-1])
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "workers.demo", "--stop"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        _drop_demo_database()
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        client.flushdb()
+        client.close()
+
+
+def _query(sql: str) -> list[tuple[Any, ...]]:
+    url = ADMIN_DATABASE_URL.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}"
+    with psycopg.connect(url) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def _by_key(sql: str) -> dict[str, int]:
+    return {str(key): int(count) for key, count in _query(sql)}
+
+
+def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
+    demo_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    completed, result = demo_run
+    failed = [check for check in result.get("checks", []) if not check["ok"]]
+    assert completed.returncode == 0 and result["ok"], (
+        f"exit {completed.returncode}; failed checks {failed}; error {result.get('error')}\n"
+        f"{completed.stderr[-4000:]}"
+    )
+    assert result["profile"] == "short"
+    assert result["kept_running"] is True
+    # The progress view went to stderr; stdout is the one JSON object.
+    assert len(completed.stdout.strip().splitlines()) == 1
+    assert "[ok  ] no duplicate orders" in completed.stderr
+    assert result["flower_url"] in completed.stderr
+
+    figures = result["figures"]
+    # Nothing the demo touched is the test run's own database.
+    assert result["database_url"].endswith(f"/{DEMO_DATABASE}")
+    assert result["redis_url"].endswith(f"/{TEST_REDIS_DB}")
+
+    # --- the simulator's ledger, read here independently ---------------------------------
+    sim_url = result["sim_url"]
+    ledger = requests.get(f"{sim_url}/_sim/ledger", timeout=10).json()["orders"]
+    positions = requests.get(f"{sim_url}/_sim/positions", timeout=10).json()["positions"]
+    per_client_id = Counter((row["exchange"], row["clientOrderId"]) for row in ledger)
+    duplicates = sum(count - 1 for count in per_client_id.values() if count > 1)
+    assert duplicates == figures["duplicates"] == 0
+    assert len(ledger) == figures["ledger_orders"]
+    assert dict(Counter(row["exchange"] for row in ledger)) == figures["ledger_by_exchange"]
+    assert positions == [] and figures["open_positions_exchange"] == 0
+    # Both exchanges were traded on.
+    assert set(figures["ledger_by_exchange"]) == {"binance", "bybit"}
+
+    # --- Postgres, read here independently ----------------------------------------------
+    assert _query("SELECT count(*) FROM orders")[0][0] == figures["orders"]
+    assert _by_key("SELECT status, count(*) FROM orders GROUP BY 1") == figures["orders_by_status"]
+    attempts = _by_key(
+        "SELECT coalesce(error_class, 'success'), count(*) FROM events "
+        "WHERE type = 'order_attempt' GROUP BY 1"
+    )
+    assert attempts == figures["attempts_by_class"]
+    # The injected faults show up as their retry classes.
+    assert attempts.get("rate_limited", 0) >= 1
+    assert attempts.get("ambiguous", 0) >= 1
+    assert attempts.get("permanent", 0) >= 3  # the refused closes before the chunk fallback
+    closes = _by_key(
+        "SELECT close_reason, count(*) FROM aged_positions WHERE status = 'closed' GROUP BY 1"
+    )
+    assert closes == figures["aged_closes_by_reason"]
+    assert closes.get("profitable", 0) >= 2  # grace close and the chunked close
+    assert any(reason.startswith("progressive_") for reason in closes)
+    alerts = _by_key("SELECT kind, count(*) FROM alerts GROUP BY 1")
+    assert alerts == figures["alerts_by_kind"]
+    assert alerts.get("aged_close_failing", 0) >= 1
+    assert (
+        _query("SELECT count(*) FROM orders WHERE verification = 'verified'")[0][0]
+        == figures["orders_verified"]
+    )
+    assert _query("SELECT count(*) FROM positions WHERE status = 'open'")[0][0] == 0
+    assert _query("SELECT count(*) FROM orders WHERE purpose = 'aged_chunk' AND status = 'filled'")[
+        0
+    ][0] == figures["chunk_orders"].get("aged_chunk filled")
+
+    # The killed worker's order: one order on the exchange, filled by the recovery sweep.
+    killed = figures["killed_order"]
+    cid = killed["client_order_id"]
+    assert per_client_id[("binance", cid)] == 1
+    assert _query(
+        f"SELECT status FROM orders WHERE client_order_id = '{cid}'"  # noqa: S608 - our own id
+    ) == [("filled",)]
+    assert (
+        _query(
+            "SELECT count(*) FROM events WHERE client_order_id = "
+            f"'{cid}' AND payload->>'source' = 'recovery'"  # noqa: S608
+        )[0][0]
+        >= 1
+    )
+
+    # The open under the kill switch never reached an exchange.
+    refused = figures["refused_order"]
+    assert not any(row["clientOrderId"] == refused["client_order_id"] for row in ledger)
+    liquidation = _query(
+        "SELECT payload FROM events WHERE type = 'liquidation_summary' ORDER BY id DESC LIMIT 1"
+    )[0][0]
+    assert liquidation["failed"] == 0 and liquidation["closed"] == liquidation["total"] > 0
