@@ -622,8 +622,12 @@ def counts(statement: str, **params: Any) -> dict[str, int]:
 
 
 def _num(value: Decimal | None) -> str:
-    """A price or amount for the progress view: at most 8 significant digits."""
-    return "-" if value is None else format(Decimal(value).normalize(), ".8g")
+    """A price or amount for the progress view: about 8 significant digits, never exponents."""
+    if value is None:
+        return "-"
+    number = Decimal(value)
+    places = max(0, 8 - len(str(abs(int(number)))))
+    return format(round(number, places).normalize(), "f")
 
 
 def fmt_counts(values: dict[str, int]) -> str:
@@ -920,7 +924,7 @@ class Demo:
         # A short closes at or below its target: put the price on the target's tick.
         target = Decimal(aged["target_price"])
         self.sim.set_prices([self._price_change(leg, target, ROUND_FLOOR)])
-        self.progress.note(f"{leg.key} price moved to its progressive target {target:.6g}")
+        self.progress.note(f"{leg.key} price moved to its progressive target {_num(target)}")
         closed = wait_until(
             self.progress,
             f"{leg.key} closed by the aged monitor",
