@@ -27,6 +27,7 @@ TASK_MODULES = [
     "tasks.positions",
     "tasks.sweeps",
     "tasks.emergency",
+    "tasks.bench",
 ]
 
 app = Celery("execq")

@@ -1,0 +1,778 @@
+"""``execq bench``: the real order pipeline against a no-op Celery task, on one machine.
+
+One run starts its own simulator and workers (``workers.stack.Stack``) on a
+*scratch* Redis database number and a *scratch* PostgreSQL database created
+for the run and dropped after it (``scratch``; ``chaos`` uses the same), so a
+user's data is never read or written. Phases, in order:
+
+1. **warm-up**: a burst of orders and no-ops, so every worker thread has its
+   ccxt clients and the reference prices are cached (not measured);
+2. **baseline**: ``--orders`` no-op tasks (``tasks.bench.noop``) through the
+   same broker and workers; ``baseline_noop_per_s``;
+3. **throughput**: ``--orders`` market orders (enqueue → worker → simulator →
+   Postgres), across both accounts and all five symbols so no per-symbol
+   lock serialises them; ``orders_per_s`` counts orders that reached a
+   terminal state, ``verified_per_s`` their verification as well;
+4. **latency**: orders paced open-loop at ``--rate`` per second for
+   ``--rate-seconds``; ``p50_ms``/``p99_ms`` are enqueue → exchange ack, the
+   ack being the simulator ledger's acceptance timestamp (``worker_ack_*``:
+   the worker's ``orders.acked_at``; ``verify_*``: enqueue → verdict event).
+
+Phases 2 and 3 preload the queue with the workers' consumers cancelled and
+then re-add them, so the figure is the workers' drain rate, not the
+producer's send rate. Exchange latency is a simulator ``latency`` fault rule.
+
+``--sim-only`` instead measures the simulator alone (issue 3):
+``exchange_sim.bench.run_load``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+import requests
+from psycopg import sql
+
+from workers.services import Services, ensure_services, libpq_url
+from workers.stack import Stack
+
+# Redis database numbers used when none is given: tests use 9-13 and users 0.
+BENCH_REDIS_DB = 15
+CHAOS_REDIS_DB = 14
+# Marks a Redis database as taken by a bench or chaos run (value: kind:host:pid).
+SCRATCH_MARKER = "execq:scratch-owner"
+# Seconds to wait for a phase to drain before giving up on it.
+PHASE_TIMEOUT_S = 600.0
+_POLL_S = 0.05
+TERMINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
+
+# Per symbol, the smallest amount valid on both exchanges (step, min qty, min notional).
+BENCH_AMOUNTS = {
+    "BTC/USDT:USDT": "0.005",
+    "ETH/USDT:USDT": "0.01",
+    "SOL/USDT:USDT": "1",
+    "XRP/USDT:USDT": "10",
+    "DOGE/USDT:USDT": "40",
+}
+ACCOUNTS = ("binance", "bybit")
+
+
+class ScratchInUse(RuntimeError):
+    """The scratch Redis database holds someone else's keys; the message says which."""
+
+
+# --- the scratch environment (shared with chaos) -------------------------------------------
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def database_url_with_name(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_redis(url: str, owner: str, *, flush: bool = False) -> None:
+    """Take the Redis database at ``url`` for this run, or raise ScratchInUse.
+
+    An empty database, or one left by a bench/chaos run whose process is gone,
+    is flushed and marked. ``flush=True`` means the caller owns the database
+    (a test's): it is flushed whatever it holds.
+    """
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        marker = client.get(SCRATCH_MARKER)
+        size = client.dbsize()
+        if not flush and size:
+            if marker is None:
+                raise ScratchInUse(
+                    f"Redis database {redact(url)} holds {size} keys that are not from an "
+                    "execq bench/chaos run; choose another with --redis-db"
+                )
+            kind, host, pid = (marker.split(":") + ["", "", "0"])[:3]
+            if host == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid)):
+                raise ScratchInUse(
+                    f"Redis database {redact(url)} is in use by a running {kind} "
+                    f"(pid {pid}); choose another with --redis-db"
+                )
+        client.flushdb()
+        client.set(SCRATCH_MARKER, owner)
+    finally:
+        client.close()
+
+
+def release_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.RedisError:
+        pass  # a private Redis may already be gone; nothing of the user's is there
+    finally:
+        client.close()
+
+
+def redact(url: str) -> str:
+    from workers.settings import redact_url
+
+    return redact_url(url)
+
+
+def migrate(database_url: str) -> None:
+    """Apply the Alembic migrations to ``database_url`` (not to the configured database)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from workers.cli import alembic_config
+
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+def drop_database(database_url: str) -> None:
+    name = _database_name(database_url)
+    admin_url = libpq_url(database_url_with_name(database_url, "postgres"))
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def _reset_process_caches() -> None:
+    """Forget settings, engine, Redis client and exchange clients built from the old env."""
+    from workers import redis_client
+    from workers.exchange import gateway
+    from workers.settings import get_settings
+    from workers.store.db import dispose_engine
+
+    dispose_engine()
+    with redis_client._lock:
+        if redis_client._client is not None:
+            redis_client._client.close()
+        redis_client._client = None
+        redis_client._client_pid = None
+    gateway.reset_clients()
+    get_settings.cache_clear()
+
+
+@contextlib.contextmanager
+def process_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Point this process's execq settings at ``values`` for the block, then restore.
+
+    ``audit`` and the store read ``get_settings()``; the scratch run must be
+    what they see, and the caller's configuration must come back afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    _reset_process_caches()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reset_process_caches()
+
+
+@dataclass
+class Scratch:
+    """Where a bench or chaos run lives: its Redis database, its PostgreSQL database."""
+
+    kind: str
+    redis_url: str
+    database_url: str
+    services: Services
+    workdir: Path
+    notes: list[str] = field(default_factory=list)
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for the run's processes (workers, beat)."""
+        return {
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": self.database_url,
+            # Workers of a scratch run never serve metrics on the user's port.
+            "EXECQ_METRICS_PORT": "0",
+            **(extra or {}),
+        }
+
+
+@contextlib.contextmanager
+def scratch(
+    kind: str,
+    *,
+    redis_db: int,
+    workdir: Path,
+    redis_url: str | None = None,
+    database_url: str | None = None,
+    flush_redis: bool = False,
+) -> Iterator[Scratch]:
+    """A migrated scratch PostgreSQL database and a claimed Redis database for one run.
+
+    Without ``redis_url``/``database_url`` the configured servers are used
+    with database number ``redis_db`` and a new database
+    ``execq_<kind>_<pid>_<random>``; when a server does not answer, a private
+    one is started (``ensure_services``). The database is dropped and the
+    Redis database flushed at the end. A given ``database_url`` is used as is
+    and kept.
+    """
+    from workers.settings import load_settings
+
+    configured = load_settings()
+    owns_database = database_url is None
+    redis_target = redis_url or redis_url_with_db(configured.redis_url, redis_db)
+    database_target = database_url or database_url_with_name(
+        configured.database_url, f"execq_{kind}_{os.getpid()}_{secrets.token_hex(3)}"
+    )
+    services = ensure_services(redis_target, database_target, workdir / "services")
+    claimed = False
+    try:
+        claim_redis(
+            services.redis_url, f"{kind}:{socket.gethostname()}:{os.getpid()}", flush=flush_redis
+        )
+        claimed = True
+        migrate(services.database_url)
+        run = Scratch(
+            kind=kind,
+            redis_url=services.redis_url,
+            database_url=services.database_url,
+            services=services,
+            workdir=workdir,
+            notes=list(services.notes),
+        )
+        with process_env({"REDIS_URL": run.redis_url, "DATABASE_URL": run.database_url}):
+            yield run
+    finally:
+        if claimed:
+            release_redis(services.redis_url)
+        if owns_database and "postgres" not in services.started:
+            with contextlib.suppress(psycopg.Error):
+                drop_database(services.database_url)
+        services.stop()
+
+
+def client_app(redis_url: str) -> Any:
+    """A Celery client on the run's broker (not ``workers.app``, bound to the configured one)."""
+    from celery import Celery
+
+    app = Celery("execq-bench-client", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        result_extended=True,
+    )
+    return app
+
+
+def market_order_kwargs(
+    signal_id: str,
+    account: str,
+    symbol: str,
+    side: str,
+    amount: str,
+    *,
+    reduce_only: bool = False,
+    purpose: str = "open",
+    enqueued_at_ms: float | None = None,
+) -> dict[str, Any]:
+    """What ``workers.producer.submit_market_order`` sends, built without ``workers.app``."""
+    return {
+        "signal_id": signal_id,
+        "exchange": account,
+        "symbol": symbol,
+        "side": side,
+        "amount": amount,
+        "reduce_only": reduce_only,
+        "purpose": purpose,
+        "metadata": {
+            "enqueued_at_ms": round(enqueued_at_ms or time.time() * 1000, 3),
+        },
+    }
+
+
+def post_sim(sim_url: str, path: str, payload: object) -> dict[str, Any]:
+    response = requests.post(f"{sim_url}{path}", json=payload, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def get_sim(sim_url: str, path: str) -> dict[str, Any]:
+    response = requests.get(f"{sim_url}{path}", timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def process_tree_peak_rss_mb(pid: int) -> float:
+    """Largest peak RSS (VmHWM) of ``pid`` and its children, in MB; 0 when it is gone."""
+    pids = [pid, *_children(pid)]
+    peaks = [_vm_hwm_kb(p) for p in pids]
+    return round(max(peaks, default=0) / 1024, 1)
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: split after the last ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (the value at or below which ``fraction`` of them lie)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, int(-(-fraction * len(ordered) // 1)) - 1))
+    return round(ordered[index], 2)
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    orders: int = 2000
+    latency_ms: int = 0
+    rate: float = 50.0
+    rate_seconds: float = 10.0
+    workers: int = 1
+    concurrency: int = 32
+    pool: str = "threads"
+    loglevel: str = "WARNING"
+    redis_db: int = BENCH_REDIS_DB
+    redis_url: str | None = None
+    database_url: str | None = None
+    flush_redis: bool = False
+    workdir: Path | None = None
+    sim_only: bool = False
+    sim_seconds: float = 10.0
+    sim_concurrency: int = 32
+    skip_throughput: bool = False
+    skip_latency: bool = False
+
+
+@dataclass
+class _Pairs:
+    """Round-robin over (account, symbol, amount) so load spreads over all ten books."""
+
+    items: list[tuple[str, str, str]] = field(
+        default_factory=lambda: [
+            (account, symbol, amount)
+            for symbol, amount in BENCH_AMOUNTS.items()
+            for account in ACCOUNTS
+        ]
+    )
+
+    def __getitem__(self, index: int) -> tuple[str, str, str]:
+        return self.items[index % len(self.items)]
+
+
+class BenchRun:
+    """One bench run on a started stack; each phase returns its figures."""
+
+    def __init__(self, scratch_run: Scratch, stack: Stack, options: BenchOptions) -> None:
+        self.scratch = scratch_run
+        self.stack = stack
+        self.options = options
+        self.app = client_app(scratch_run.redis_url)
+        self.redis = redis.Redis.from_url(scratch_run.redis_url)
+        self.run_id = secrets.token_hex(3)
+        self.nodes: list[str] = []
+        self.pairs = _Pairs()
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(scratch_run.database_url, pool_size=2)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.redis.close()
+        self.app.close()
+
+    # --- plumbing ---
+
+    def start_workers(self) -> None:
+        for index in range(self.options.workers):
+            name = f"bench{index + 1}-{os.getpid()}@localhost"
+            self.stack.start_worker(
+                name,
+                concurrency=self.options.concurrency,
+                pool=self.options.pool,
+                loglevel=self.options.loglevel,
+            )
+            self.nodes.append(name)
+
+    def _consumers(self, on: bool) -> None:
+        control = self.app.control
+        if on:
+            control.add_consumer("celery", destination=self.nodes, reply=True, timeout=5)
+        else:
+            control.cancel_consumer("celery", destination=self.nodes, reply=True, timeout=5)
+
+    def send_order(self, signal_id: str, index: int) -> float:
+        account, symbol, amount = self.pairs[index]
+        enqueued_ms = time.time() * 1000
+        self.app.send_task(
+            "execute_market_order",
+            kwargs=market_order_kwargs(
+                signal_id, account, symbol, "buy", amount, enqueued_at_ms=enqueued_ms
+            ),
+        )
+        return enqueued_ms
+
+    def _scalar_row(self, query: str, **params: Any) -> Any:
+        from sqlalchemy import text
+
+        with self.engine.connect() as connection:
+            return connection.execute(text(query), params).one()
+
+    def _orders_done(self, prefix: str) -> tuple[int, datetime | None]:
+        count, last = self._scalar_row(
+            "SELECT count(*), max(terminal_at) FROM orders "
+            "WHERE signal_id LIKE :prefix AND status = ANY(:terminal)",
+            prefix=prefix + "%",
+            terminal=list(TERMINAL_STATUSES),
+        )
+        return int(count), last
+
+    def _verified_done(self, prefix: str) -> tuple[int, datetime | None]:
+        count, last = self._scalar_row(
+            "SELECT count(DISTINCT client_order_id), max(occurred_at) FROM events "
+            "WHERE signal_id LIKE :prefix AND type LIKE 'verification\\_%' "
+            "AND type <> 'verification_source'",
+            prefix=prefix + "%",
+        )
+        return int(count), last
+
+    def _wait(self, done: Any, total: int, what: str) -> Any:
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+        while True:
+            count, last = done()
+            if count >= total:
+                return last
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: {count}/{total} done after {PHASE_TIMEOUT_S:.0f}s")
+            time.sleep(_POLL_S)
+
+    # --- phases ---
+
+    def warm_up(self) -> None:
+        burst = max(20, self.options.workers * self.options.concurrency * 2)
+        prefix = f"bench-{self.run_id}-warm-"
+        for index in range(burst):
+            self.send_order(f"{prefix}{index}", index)
+        ids = [self.app.send_task("noop").id for _ in range(burst)]
+        self._wait(lambda: self._orders_done(prefix), burst, "warm-up orders")
+        self._wait(lambda: self._verified_done(prefix), burst, "warm-up verification")
+        self._wait(lambda: self._noops_done(ids), burst, "warm-up no-ops")
+
+    def _noops_done(self, ids: list[str]) -> tuple[int, float | None]:
+        done = 0
+        last: float | None = None
+        for start in range(0, len(ids), 500):
+            keys = [f"celery-task-meta-{task_id}" for task_id in ids[start : start + 500]]
+            for raw in self.redis.mget(keys):
+                if raw is None:
+                    continue
+                meta = json.loads(raw)
+                if meta.get("status") != "SUCCESS":
+                    continue
+                done += 1
+                finished = datetime.fromisoformat(meta["date_done"]).timestamp()
+                last = finished if last is None else max(last, finished)
+        return done, last
+
+    def baseline(self) -> dict[str, Any]:
+        count = self.options.orders
+        self._consumers(False)
+        ids = [self.app.send_task("noop").id for _ in range(count)]
+        started = time.time()
+        self._consumers(True)
+        last = self._wait(lambda: self._noops_done(ids), count, "no-op baseline")
+        seconds = max(1e-6, last - started)
+        return {
+            "baseline_noops": count,
+            "baseline_seconds": round(seconds, 3),
+            "rate": count / seconds,
+        }
+
+    def throughput(self) -> dict[str, Any]:
+        count = self.options.orders
+        prefix = f"bench-{self.run_id}-tput-"
+        self._consumers(False)
+        for index in range(count):
+            self.send_order(f"{prefix}{index}", index)
+        started = time.time()
+        self._consumers(True)
+        last_terminal = self._wait(lambda: self._orders_done(prefix), count, "orders")
+        last_verified = self._wait(lambda: self._verified_done(prefix), count, "verification")
+        seconds = max(1e-6, last_terminal.timestamp() - started)
+        verified_seconds = max(1e-6, last_verified.timestamp() - started)
+        statuses = dict(
+            self._rows(
+                "SELECT status, count(*) FROM orders WHERE signal_id LIKE :prefix GROUP BY status",
+                prefix=prefix + "%",
+            )
+        )
+        return {
+            "orders": count,
+            "seconds": round(seconds, 3),
+            "rate": count / seconds,
+            "verified_rate": count / verified_seconds,
+            "statuses": statuses,
+        }
+
+    def _rows(self, query: str, **params: Any) -> list[Any]:
+        from sqlalchemy import text
+
+        with self.engine.connect() as connection:
+            return list(connection.execute(text(query), params).all())
+
+    def latency(self) -> dict[str, Any]:
+        """Orders paced open-loop at ``rate``; enqueue → ack from the ledger and the worker."""
+        rate = self.options.rate
+        count = max(1, int(rate * self.options.rate_seconds))
+        prefix = f"bench-{self.run_id}-lat-"
+        enqueued: dict[str, float] = {}
+        from workers.execution.client_ids import client_order_id
+
+        start = time.monotonic() + 0.2
+        for index in range(count):
+            # Open-loop pacing: each order leaves at its slot, whatever the earlier ones did.
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            signal_id = f"{prefix}{index}"
+            enqueued[client_order_id(signal_id, "open")] = self.send_order(signal_id, index)
+        self._wait(lambda: self._orders_done(prefix), count, "paced orders")
+        self._wait(lambda: self._verified_done(prefix), count, "paced verification")
+        ledger = get_sim(self.stack.env["EXECQ_SIM_URL"], "/_sim/ledger")["orders"]
+        exchange_ack = [
+            row["timestamp"] - enqueued[row["clientOrderId"]]
+            for row in ledger
+            if row.get("clientOrderId") in enqueued
+        ]
+        worker_ack = [
+            acked.timestamp() * 1000 - enqueued[cid]
+            for cid, acked in self._rows(
+                "SELECT client_order_id, acked_at FROM orders "
+                "WHERE signal_id LIKE :prefix AND acked_at IS NOT NULL",
+                prefix=prefix + "%",
+            )
+        ]
+        verdict = [
+            occurred.timestamp() * 1000 - enqueued[cid]
+            for cid, occurred in self._rows(
+                "SELECT client_order_id, min(occurred_at) FROM events "
+                "WHERE signal_id LIKE :prefix AND type LIKE 'verification\\_%' "
+                "AND type <> 'verification_source' GROUP BY client_order_id",
+                prefix=prefix + "%",
+            )
+        ]
+        return {
+            "paced_orders": count,
+            "rate": rate,
+            "p50_ms": percentile(exchange_ack, 0.50),
+            "p99_ms": percentile(exchange_ack, 0.99),
+            "max_ms": percentile(exchange_ack, 1.0),
+            "mean_ms": round(statistics.fmean(exchange_ack), 2) if exchange_ack else None,
+            "worker_ack_p50_ms": percentile(worker_ack, 0.50),
+            "worker_ack_p99_ms": percentile(worker_ack, 0.99),
+            "verify_p50_ms": percentile(verdict, 0.50),
+            "verify_p99_ms": percentile(verdict, 0.99),
+        }
+
+    def worker_rss_mb(self) -> float:
+        pids = [self.stack.worker(node).pid for node in self.nodes]
+        return max((process_tree_peak_rss_mb(pid) for pid in pids if pid), default=0.0)
+
+
+def set_latency(sim_url: str, latency_ms: int) -> None:
+    rules = [{"kind": "latency", "latency_ms": latency_ms}] if latency_ms else []
+    post_sim(sim_url, "/_sim/faults", {"rules": rules})
+
+
+def _machine() -> dict[str, Any]:
+    load1, load5, _ = os.getloadavg()
+    return {"cpus": os.cpu_count(), "load1": round(load1, 2), "load5": round(load5, 2)}
+
+
+def run_sim_only(options: BenchOptions, workdir: Path) -> dict[str, Any]:
+    from exchange_sim.bench import run_load
+
+    with Stack(env={}, workdir=workdir) as stack:
+        url = stack.start_simulator()
+        before = _machine()
+        result = run_load(url, options.sim_seconds, options.sim_concurrency)
+    return {"mode": "sim-only", **result, "target_req_per_s": 2000, "machine": before}
+
+
+def run_bench(**overrides: Any) -> dict[str, Any]:
+    """Run the benchmark; returns the figures (the JSON ``execq bench --json`` prints)."""
+    options = BenchOptions(**overrides)
+    with contextlib.ExitStack() as cleanup:
+        workdir = options.workdir
+        if workdir is None:
+            workdir = Path(
+                cleanup.enter_context(tempfile.TemporaryDirectory(prefix="execq-bench-"))
+            )
+        if options.sim_only:
+            return run_sim_only(options, workdir)
+        return _run_pipeline(options, workdir)
+    raise AssertionError("unreachable")
+
+
+def _run_pipeline(options: BenchOptions, workdir: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    with (
+        scratch(
+            "bench",
+            redis_db=options.redis_db,
+            workdir=workdir,
+            redis_url=options.redis_url,
+            database_url=options.database_url,
+            flush_redis=options.flush_redis,
+        ) as run,
+        Stack(env=run.env(), workdir=workdir / "stack") as stack,
+    ):
+        sim_url = stack.start_simulator()
+        bench = BenchRun(run, stack, options)
+        try:
+            bench.start_workers()
+            set_latency(sim_url, options.latency_ms)
+            machine_before = _machine()
+            bench.warm_up()
+            baseline = bench.baseline()
+            result: dict[str, Any] = {
+                "mode": "pipeline",
+                "latency_ms": options.latency_ms,
+                "workers": options.workers,
+                "concurrency": options.concurrency,
+                "pool": options.pool,
+                "baseline_noop_per_s": round(baseline["rate"], 1),
+            }
+            if not options.skip_throughput:
+                throughput = bench.throughput()
+                result.update(
+                    orders=throughput["orders"],
+                    orders_per_s=round(throughput["rate"], 1),
+                    verified_per_s=round(throughput["verified_rate"], 1),
+                    ratio=round(throughput["rate"] / baseline["rate"], 3),
+                    throughput_seconds=throughput["seconds"],
+                    statuses=throughput["statuses"],
+                )
+            if not options.skip_latency:
+                latency = bench.latency()
+                result.update({key: value for key, value in latency.items() if key != "rate"})
+                result["latency_rate"] = latency["rate"]
+            result["worker_rss_mb"] = bench.worker_rss_mb()
+            result["machine"] = {"before": machine_before, "after": _machine()}
+            result["services"] = run.notes
+            result["seconds"] = round(time.monotonic() - started, 1)
+            return result
+        finally:
+            bench.close()
+
+
+# --- targets (issue 3 and issue 4) ---------------------------------------------------------
+
+SIM_TARGET_REQ_PER_S = 2000
+RATIO_TARGET = 0.5
+LATENT_ORDERS_TARGET_PER_S = 200
+P99_SLACK_MS = 10
+P99_TARGET_RATE = 50
+RSS_TARGET_MB = 150
+
+
+def _check(met: bool | None, detail: str) -> dict[str, Any]:
+    return {"met": met, "detail": detail}
+
+
+def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each speed target that applies to this run: met (True/False) or not measured (None)."""
+    if result.get("mode") == "sim-only":
+        rate = result["req_per_s"]
+        return {
+            "sim_req_per_s": _check(
+                rate >= SIM_TARGET_REQ_PER_S, f"{rate} >= {SIM_TARGET_REQ_PER_S} req/s"
+            )
+        }
+    checks: dict[str, dict[str, Any]] = {}
+    latency = result["latency_ms"]
+    if "ratio" in result and latency == 0:
+        checks["ratio"] = _check(
+            result["ratio"] >= RATIO_TARGET, f"{result['ratio']} >= {RATIO_TARGET} at 0 ms"
+        )
+    if "orders_per_s" in result and latency >= 50:
+        checks["orders_per_s"] = _check(
+            result["orders_per_s"] >= LATENT_ORDERS_TARGET_PER_S,
+            f"{result['orders_per_s']} >= {LATENT_ORDERS_TARGET_PER_S}/s at {latency} ms",
+        )
+    if result.get("p99_ms") is not None and result.get("latency_rate", 0) <= P99_TARGET_RATE:
+        bound = latency + P99_SLACK_MS
+        checks["p99_ms"] = _check(
+            result["p99_ms"] <= bound,
+            f"{result['p99_ms']} <= {bound} ms at {result['latency_rate']}/s",
+        )
+    checks["worker_rss_mb"] = _check(
+        result["worker_rss_mb"] <= RSS_TARGET_MB, f"{result['worker_rss_mb']} <= {RSS_TARGET_MB} MB"
+    )
+    return checks

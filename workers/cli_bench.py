@@ -1,0 +1,321 @@
+"""``execq bench`` and ``execq chaos``; registered on the main group with ``cli.add_command``.
+
+Both print a short human summary, or with ``--json`` one JSON object as the
+last line. Exit codes follow ``workers.cli``: 0 targets met / audit clean,
+1 a target missed or the audit found a problem, 2 services unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _emit(result: dict[str, Any], as_json: bool, summary: list[str]) -> None:
+    if not as_json:
+        for line in summary:
+            click.echo(line)
+        return
+    click.echo(json.dumps(result, default=str))
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the run stops its processes and drops its database."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _services_error(exc: BaseException) -> None:
+    click.echo(f"execq: {exc}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--orders",
+    type=click.IntRange(1),
+    default=2000,
+    show_default=True,
+    help="Orders (and no-op tasks) in the throughput phase.",
+)
+@click.option(
+    "--latency-ms",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Exchange latency injected by the simulator (latency fault rule).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1),
+    default=50.0,
+    show_default=True,
+    help="Orders per second in the paced latency phase (open loop).",
+)
+@click.option(
+    "--rate-seconds",
+    type=click.FloatRange(0.5),
+    default=10.0,
+    show_default=True,
+    help="Length of the paced latency phase.",
+)
+@click.option(
+    "--workers",
+    "worker_count",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Worker processes.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Threads (or processes) per worker; default EXECQ_WORKER_CONCURRENCY.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+)
+@click.option(
+    "--redis-db",
+    type=click.IntRange(0),
+    default=None,
+    help="Scratch Redis database number (default 15); must be empty or a bench's.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep logs here instead of a temporary directory.",
+)
+@click.option("--sim-only", is_flag=True, help="Measure the exchange simulator alone (issue 3).")
+@click.option("--sim-seconds", type=click.FloatRange(1), default=10.0, show_default=True)
+@click.option("--sim-concurrency", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--skip-throughput", is_flag=True, help="Only the baseline and the paced phase.")
+@click.option("--skip-latency", is_flag=True, help="Only the baseline and the throughput phase.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
+def bench(
+    orders: int,
+    latency_ms: int,
+    rate: float,
+    rate_seconds: float,
+    worker_count: int,
+    concurrency: int | None,
+    pool: str,
+    redis_db: int | None,
+    workdir: Path | None,
+    sim_only: bool,
+    sim_seconds: float,
+    sim_concurrency: int,
+    skip_throughput: bool,
+    skip_latency: bool,
+    as_json: bool,
+) -> None:
+    """Benchmark the order pipeline against a no-op Celery task (and the simulator alone).
+
+    Uses its own Redis database number and its own PostgreSQL database
+    (created and dropped), its own simulator and workers. Exit 1 when a
+    target of issue 4 (or issue 3 with --sim-only) is missed.
+    """
+    from workers.bench import BENCH_REDIS_DB, ScratchInUse, run_bench, targets
+    from workers.services import ServicesUnavailable
+    from workers.settings import load_settings
+
+    options: dict[str, Any] = {
+        "orders": orders,
+        "latency_ms": latency_ms,
+        "rate": rate,
+        "rate_seconds": rate_seconds,
+        "workers": worker_count,
+        "concurrency": concurrency or load_settings().worker_concurrency,
+        "pool": pool,
+        "redis_db": BENCH_REDIS_DB if redis_db is None else redis_db,
+        "workdir": workdir,
+        "sim_only": sim_only,
+        "sim_seconds": sim_seconds,
+        "sim_concurrency": sim_concurrency,
+        "skip_throughput": skip_throughput,
+        "skip_latency": skip_latency,
+    }
+    _stop_on_sigterm()
+    try:
+        result = run_bench(**options)
+    except (ServicesUnavailable, ScratchInUse) as exc:
+        _services_error(exc)
+        return
+    result["targets"] = targets(result)
+    missed = [name for name, check in result["targets"].items() if check["met"] is False]
+    _emit(result, as_json, _bench_summary(result))
+    sys.exit(EXIT_CHECK_FAILED if missed else EXIT_OK)
+
+
+def _bench_summary(result: dict[str, Any]) -> list[str]:
+    if result.get("mode") == "sim-only":
+        lines = [
+            f"simulator: {result['req_per_s']} req/s over {result['seconds']} s "
+            f"({result['requests']} requests, {result['errors']} errors, "
+            f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms)"
+        ]
+    else:
+        lines = [
+            f"latency injected: {result['latency_ms']} ms; {result['workers']} worker(s) x "
+            f"{result['concurrency']} {result['pool']}",
+            f"baseline no-op: {result['baseline_noop_per_s']} tasks/s",
+        ]
+        if "orders_per_s" in result:
+            lines.append(
+                f"orders: {result['orders']} at {result['orders_per_s']} orders/s "
+                f"(ratio {result['ratio']}; verified {result['verified_per_s']}/s)"
+            )
+        if "p99_ms" in result:
+            lines.append(
+                f"enqueue -> exchange ack at {result['latency_rate']}/s: "
+                f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms"
+            )
+        lines.append(f"worker peak RSS: {result['worker_rss_mb']} MB")
+    for name, check in result.get("targets", {}).items():
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[check["met"]]
+        lines.append(f"target {name}: {verdict} ({check['detail']})")
+    return lines
+
+
+# --- chaos ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--signals", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--workers", "worker_count", type=click.IntRange(1), default=2, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Threads per worker.",
+)
+@click.option(
+    "--kills",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Worker SIGKILLs (each followed by a restart).",
+)
+@click.option(
+    "--restart-redis/--no-restart-redis",
+    default=True,
+    show_default=True,
+    help="Restart Redis once (only when this run started it).",
+)
+@click.option(
+    "--restart-postgres/--no-restart-postgres",
+    default=True,
+    show_default=True,
+    help="Restart PostgreSQL once (only when this run started it).",
+)
+@click.option(
+    "--private-services",
+    is_flag=True,
+    help="Always start private Redis and PostgreSQL (so both restarts happen).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1),
+    default=100.0,
+    show_default=True,
+    help="Signals per second sent.",
+)
+@click.option(
+    "--faults/--no-faults",
+    "with_faults",
+    default=True,
+    show_default=True,
+    help="Apply the default fault plan.",
+)
+@click.option(
+    "--dust",
+    is_flag=True,
+    help="Partial fills on BTC too (can leave positions below the minimum order size).",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--redis-db",
+    type=click.IntRange(0),
+    default=None,
+    help="Scratch Redis database number (default 14); must be empty or a chaos run's.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep logs here instead of a temporary directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
+def chaos(
+    signals: int,
+    worker_count: int,
+    concurrency: int,
+    kills: int,
+    restart_redis: bool,
+    restart_postgres: bool,
+    private_services: bool,
+    rate: float,
+    with_faults: bool,
+    dust: bool,
+    seed: int,
+    redis_db: int | None,
+    workdir: Path | None,
+    as_json: bool,
+) -> None:
+    """Send a stream of signals under faults, kills and restarts; audit exactly-once.
+
+    Exit 1 when the audit finds duplicates, lost signals, orphans or stuck orders.
+    """
+    from workers.bench import CHAOS_REDIS_DB, ScratchInUse
+    from workers.chaos import run_chaos
+    from workers.services import ServicesUnavailable
+
+    _stop_on_sigterm()
+    try:
+        result = run_chaos(
+            signals=signals,
+            workers=worker_count,
+            concurrency=concurrency,
+            kills=kills,
+            restart_redis=restart_redis,
+            restart_postgres=restart_postgres,
+            private_services=private_services,
+            rate=rate,
+            faults=with_faults,
+            dust=dust,
+            seed=seed,
+            redis_db=CHAOS_REDIS_DB if redis_db is None else redis_db,
+            workdir=workdir,
+        )
+    except (ServicesUnavailable, ScratchInUse) as exc:
+        _services_error(exc)
+        return
+    summary = [
+        f"signals {result['signals']}, terminal {result['terminal']}, "
+        f"duplicates {result['duplicates']}, lost {result['lost']}, "
+        f"orphans {result['orphans']}, stuck {result['stuck']}",
+        f"kills {result['kills']}, restarts {result['restarts']}, {result['seconds']} s",
+        *[f"note: {note}" for note in result.get("notes", [])],
+        "audit: clean" if result["clean"] else "audit: FAILED",
+    ]
+    _emit(result, as_json, summary)
+    sys.exit(EXIT_OK if result["clean"] else EXIT_CHECK_FAILED)
