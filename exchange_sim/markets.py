@@ -1,6 +1,6 @@
 """The simulated linear perpetual markets and their trading rules.
 
-Both exchanges list the same five USDT-margined perpetuals. The filters are
+Both exchanges list the same ten USDT-margined perpetuals. The filters are
 close to the real ones (Binance ``exchangeInfo`` / Bybit ``instruments-info``
 in 2024-2025) with one deliberate change: BTC's minimum quantity is 0.005
 (five steps of 0.001) on both exchanges, so chunked closes have a minimum to
@@ -77,6 +77,11 @@ BINANCE_MARKETS = (
     _rules("SOL", "0.0100", "1", "1", "1000000", "5000", "5", 75, "150"),
     _rules("XRP", "0.0001", "0.1", "0.1", "10000000", "2000000", "5", 75, "0.6"),
     _rules("DOGE", "0.000010", "1", "1", "50000000", "30000000", "5", 75, "0.15"),
+    _rules("ADA", "0.00010", "1", "1", "10000000", "1000000", "5", 75, "0.45"),
+    _rules("LINK", "0.001", "0.01", "0.01", "200000", "30000", "5", 75, "15"),
+    _rules("AVAX", "0.0010", "1", "1", "500000", "50000", "5", 75, "30"),
+    _rules("LTC", "0.01", "0.001", "0.001", "100000", "5000", "20", 75, "80"),
+    _rules("BNB", "0.010", "0.01", "0.01", "10000", "2000", "5", 75, "580"),
 )
 
 # Bybit v5 linear: min order value 5 USDT everywhere (real value).
@@ -86,6 +91,11 @@ BYBIT_MARKETS = (
     _rules("SOL", "0.010", "0.1", "0.1", "79770", "31900", "5", 100, "150"),
     _rules("XRP", "0.0001", "1", "1", "2900000", "1160000", "5", 75, "0.6"),
     _rules("DOGE", "0.00001", "1", "1", "31000000", "12400000", "5", 75, "0.15"),
+    _rules("ADA", "0.0001", "1", "1", "4700000", "1880000", "5", 75, "0.45"),
+    _rules("LINK", "0.001", "0.1", "0.1", "160000", "64000", "5", 75, "15"),
+    _rules("AVAX", "0.001", "0.1", "0.1", "60000", "24000", "5", 75, "30"),
+    _rules("LTC", "0.01", "0.1", "0.1", "35000", "14000", "5", 75, "80"),
+    _rules("BNB", "0.01", "0.01", "0.01", "2000", "800", "5", 75, "580"),
 )
 
 MARKETS: dict[str, tuple[MarketRules, ...]] = {

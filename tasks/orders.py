@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from workers import redis_keys
 from workers.app import app
-from workers.coordination import try_lock
 from workers.exchange.prices import find_market, reference_price
+from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
 from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
@@ -25,7 +24,7 @@ from workers.settings import get_settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
-from workers.submission import Requeue, Submission
+from workers.submission import Requeue, Submission, describe_error
 
 MAX_REQUEUES = 50
 
@@ -126,26 +125,24 @@ class OrderIntent:
 def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     deadline = time.monotonic() + settings.run_budget_s
-    intent = _validate_or_reject(request)
-    cid = intent.client_order_id
-    # One run per order at a time; a redelivery while the first run is alive waits its turn.
-    lock = try_lock(redis_keys.order_lock(cid), settings.order_lock_ttl_s)
-    if lock is None:
-        raise task.retry(countdown=1.0)
     try:
-        order, _ = order_store.ensure_intent(_intent_values(intent))
-        try:
-            order = Submission(order=order, settings=settings, deadline=deadline).run()
-        except Requeue as requeue:
-            order_store.touch(cid)
-            order_store.record_order_event(
-                cid,
-                "order_requeued",
-                {"reason": requeue.reason, "countdown_s": requeue.countdown_s},
-            )
-            raise task.retry(countdown=max(0.1, requeue.countdown_s)) from None
-    finally:
-        lock.release()
+        intent = _validate_or_reject(request)
+    except EXCHANGE_ERRORS as exc:
+        # Markets or the reference price could not be read: nothing was sent, try later.
+        if task.request.retries >= MAX_REQUEUES:
+            _record_rejection(request, "exchange", f"exchange unreachable: {describe_error(exc)}")
+            raise SignalRejected(f"signal rejected: exchange unreachable: {exc}") from None
+        raise task.retry(countdown=1.0 + task.request.retries) from None
+    cid = intent.client_order_id
+    order, _ = order_store.ensure_intent(_intent_values(intent))
+    try:
+        order = Submission(order=order, settings=settings, deadline=deadline).run()
+    except Requeue as requeue:
+        order_store.touch(cid)
+        order_store.record_order_event(
+            cid, "order_requeued", {"reason": requeue.reason, "countdown_s": requeue.countdown_s}
+        )
+        raise task.retry(countdown=max(0.1, requeue.countdown_s)) from None
     if order.terminal and order.status != OrderStatus.REJECTED:
         app.send_task("verify_position", kwargs={"client_order_id": cid})
     return order.summary()
@@ -197,15 +194,7 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
             reference_price=price_hint,
         )
     except InvalidSignal as invalid:
-        with session_scope() as session:
-            record_event(
-                session,
-                "signal_rejected",
-                signal_id=str(request.get("signal_id"))[:256],
-                account=str(request.get("exchange"))[:32],
-                symbol=str(request.get("symbol"))[:64],
-                payload={"field": invalid.field, "reason": invalid.message},
-            )
+        _record_rejection(request, invalid.field, invalid.message)
         raise SignalRejected(f"signal rejected: {invalid.field}: {invalid.message}") from None
     return OrderIntent(
         order=validated,
@@ -214,6 +203,18 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
         position_id=request["position_id"],
         aged_id=request["aged_id"],
     )
+
+
+def _record_rejection(request: dict[str, Any], field: str, reason: str) -> None:
+    with session_scope() as session:
+        record_event(
+            session,
+            "signal_rejected",
+            signal_id=str(request.get("signal_id"))[:256],
+            account=str(request.get("exchange"))[:32],
+            symbol=str(request.get("symbol"))[:64],
+            payload={"field": field, "reason": reason},
+        )
 
 
 def _intent_values(intent: OrderIntent) -> dict[str, Any]:

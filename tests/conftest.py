@@ -346,6 +346,19 @@ class WorkerPool:
         self.workers.clear()
 
 
+def reset_broker() -> None:
+    """Drop queued tasks and the messages a killed worker left unacknowledged.
+
+    kombu restores unacknowledged messages to the queue after the visibility
+    timeout; left over from an earlier test they would run in the next one.
+    """
+    from workers.app import app
+    from workers.redis_client import get_redis
+
+    app.control.purge()
+    get_redis().delete("unacked", "unacked_index", "unacked_mutex")
+
+
 def wait_until_idle(timeout_s: float = 60) -> None:
     """Wait until no task is queued or running, so one test's tasks never touch the next."""
     from workers.app import app
@@ -378,17 +391,17 @@ def workers(shared_worker: WorkerPool) -> Iterator[WorkerPool]:
     workers consume its tasks (it restarts when a later test needs it).
     """
     shared_worker.stop_all()
+    reset_broker()
     pool = WorkerPool()
     yield pool
     pool.stop_all()
+    reset_broker()
 
 
 @pytest.fixture
 def worker(shared_worker: WorkerPool, db: None, redis_clean: None) -> Iterator[ManagedProcess]:
     """A running worker on clean state, shared by the session and drained after each test."""
-    from workers.app import app
-
-    app.control.purge()
+    reset_broker()
     running = [w for w in shared_worker.workers.values() if w.alive]
     process = running[0] if running else shared_worker.start()
     yield process

@@ -24,6 +24,7 @@ from workers.coordination import LockNotAcquired, held_lock
 from workers.exchange import gateway
 from workers.exchange.positions import fetch_positions
 from workers.exchange.prices import cache_price, find_market
+from workers.exchange.reads import EXCHANGE_ERRORS, read_with_retries
 from workers.execution.aged import (
     AgedPhase,
     AgedPolicy,
@@ -44,7 +45,7 @@ from workers.store.events import raise_alert, record_event
 from workers.store.models import AgedPosition, Order, Position
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import book_order_fill
-from workers.submission import EXCHANGE_ERRORS, Requeue, Submission, describe_error
+from workers.submission import Requeue, Submission, describe_error
 from workers.verifier import check_flat
 
 logger = logging.getLogger("execq.aged")
@@ -194,7 +195,9 @@ def _prices(watch, report: SweepReport) -> dict[tuple[str, str], Decimal]:
     prices: dict[tuple[str, str], Decimal] = {}
     for account, symbols in symbols_by_account.items():
         try:
-            tickers = gateway.get_client(account).fetch_tickers(sorted(symbols))
+            client = gateway.get_client(account)
+            wanted = sorted(symbols)
+            tickers = read_with_retries(lambda c=client, w=wanted: c.fetch_tickers(w), budget_s=1.0)
         except EXCHANGE_ERRORS as exc:
             report.price_errors += 1
             logger.warning("aged sweep: tickers on %s failed: %s", account, describe_error(exc))

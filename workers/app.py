@@ -62,7 +62,7 @@ app.conf.update(
     redbeat_redis_url=settings.redis_url,
     redbeat_key_prefix=redis_keys.REDBEAT_PREFIX,
     # The standby beat takes over at most this long after the active one dies.
-    redbeat_lock_timeout=max(10, int(settings.aged_sweep_interval_s * 5)),
+    redbeat_lock_timeout=settings.beat_lock_timeout_s,
     beat_max_loop_interval=1,
 )
 

@@ -376,6 +376,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its children."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for each in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def percentile(values: Sequence[float], fraction: float) -> float | None:
     """Nearest-rank percentile (the value at or below which ``fraction`` of them lie)."""
     if not values:
@@ -459,6 +473,22 @@ class BenchRun:
                 loglevel=self.options.loglevel,
             )
             self.nodes.append(name)
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far of the workers and of the simulator."""
+        workers = sum(
+            process_tree_cpu_s(pid)
+            for pid in (self.stack.worker(node).pid for node in self.nodes)
+            if pid
+        )
+        sim = self.stack.processes["sim"].pid
+        return {"workers": workers, "sim": process_tree_cpu_s(sim) if sim else 0.0}
+
+    def _cpu_per(self, before: dict[str, float], count: int) -> dict[str, float]:
+        after = self.cpu_s()
+        return {
+            name: round((after[name] - before[name]) * 1000 / max(1, count), 2) for name in after
+        }
 
     def _consumers(self, on: bool) -> None:
         control = self.app.control
@@ -544,6 +574,7 @@ class BenchRun:
         count = self.options.orders
         self._consumers(False)
         ids = [self.app.send_task("noop").id for _ in range(count)]
+        cpu = self.cpu_s()
         started = time.time()
         self._consumers(True)
         last = self._wait(lambda: self._noops_done(ids), count, "no-op baseline")
@@ -552,6 +583,7 @@ class BenchRun:
             "baseline_noops": count,
             "baseline_seconds": round(seconds, 3),
             "rate": count / seconds,
+            "cpu_ms": self._cpu_per(cpu, count),
         }
 
     def throughput(self) -> dict[str, Any]:
@@ -560,10 +592,12 @@ class BenchRun:
         self._consumers(False)
         for index in range(count):
             self.send_order(f"{prefix}{index}", index)
+        cpu = self.cpu_s()
         started = time.time()
         self._consumers(True)
         last_terminal = self._wait(lambda: self._orders_done(prefix), count, "orders")
         last_verified = self._wait(lambda: self._verified_done(prefix), count, "verification")
+        cpu_ms = self._cpu_per(cpu, count)
         seconds = max(1e-6, last_terminal.timestamp() - started)
         verified_seconds = max(1e-6, last_verified.timestamp() - started)
         statuses = dict(
@@ -578,6 +612,7 @@ class BenchRun:
             "rate": count / seconds,
             "verified_rate": count / verified_seconds,
             "statuses": statuses,
+            "cpu_ms": cpu_ms,
         }
 
     def _rows(self, query: str, **params: Any) -> list[Any]:
@@ -718,6 +753,9 @@ def _run_pipeline(options: BenchOptions, workdir: Path) -> dict[str, Any]:
                     ratio=round(throughput["rate"] / baseline["rate"], 3),
                     throughput_seconds=throughput["seconds"],
                     statuses=throughput["statuses"],
+                    # CPU per task explains the ratio: what an order costs beyond Celery.
+                    cpu_ms_per_order=throughput["cpu_ms"],
+                    cpu_ms_per_noop=baseline["cpu_ms"],
                 )
             if not options.skip_latency:
                 latency = bench.latency()

@@ -23,6 +23,7 @@ from workers import redis_keys
 from workers.coordination import held_lock, set_kill_switch
 from workers.exchange.positions import ExchangePosition, fetch_positions
 from workers.exchange.prices import find_market
+from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
 from workers.settings import Settings
@@ -30,7 +31,7 @@ from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
 from workers.store.positions import book_order_fill
-from workers.submission import EXCHANGE_ERRORS, Requeue, Submission, describe_error
+from workers.submission import Requeue, Submission, describe_error
 from workers.verifier import check_flat
 
 logger = logging.getLogger("execq.liquidation")

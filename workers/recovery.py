@@ -33,6 +33,7 @@ from workers.coordination import kill_switch_state, lock_holder_exists, try_lock
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
 from workers.exchange.positions import HedgeModeUnsupported, fetch_positions
+from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution import reconcile as rules
 from workers.execution.order_state import (
     IN_DOUBT,
@@ -49,7 +50,7 @@ from workers.store.events import raise_alert, record_event
 from workers.store.models import AgedPosition, Order, Position
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import close_position, open_new_position
-from workers.submission import EXCHANGE_ERRORS, describe_error
+from workers.submission import describe_error, visibility_deadline
 
 logger = logging.getLogger("execq.recovery")
 
@@ -65,10 +66,13 @@ def run_recovery(settings: Settings) -> dict[str, int]:
     for cid in _unbooked_fills(stuck_before):
         app.send_task("verify_position", kwargs={"client_order_id": cid})
         counts["reverify_enqueued"] += 1
-    busy = _busy_symbols(stuck_before)
+    # Positions first, then the busy symbols: an order whose intent row appears
+    # after this read may already have filled on the exchange, and must not be
+    # taken for an orphan (its own verification books it).
+    exchange_positions: dict[str, list] = {}
     for account in settings.accounts:
         try:
-            counts.update(_reconcile_account(account.name, settings, busy, now))
+            exchange_positions[account.name] = fetch_positions(account.name)
         except HedgeModeUnsupported as exc:
             counts["hedge_mode_refused"] += 1
             with session_scope() as session:
@@ -78,6 +82,9 @@ def run_recovery(settings: Settings) -> dict[str, int]:
             logger.warning(
                 "recovery: positions on %s failed: %s", account.name, describe_error(exc)
             )
+    busy = _busy_symbols(stuck_before)
+    for account_name, positions in exchange_positions.items():
+        counts.update(_reconcile_account(account_name, positions, settings, busy, now))
     counts["aged_closes_reenqueued"] += _reenqueue_aged_closes(stuck_before)
     with session_scope() as session:
         record_event(session, "recovery_sweep", payload=dict(counts))
@@ -120,6 +127,8 @@ def _resolve_stuck(order: OrderSnapshot, settings: Settings, now: datetime) -> s
                 return "lookups_failed"
         if seen is not None:
             return _adopt_found(order, seen)
+        if order.status in IN_DOUBT and now < visibility_deadline(order, settings):
+            return "orders_in_visibility_window"
         return _absent(order, settings, now)
     finally:
         lock.release()
@@ -226,12 +235,16 @@ def _busy_symbols(before: datetime) -> set[tuple[str, str]]:
 
 
 def _reconcile_account(
-    account: str, settings: Settings, busy: set[tuple[str, str]], now: datetime
+    account: str,
+    positions: list,
+    settings: Settings,
+    busy: set[tuple[str, str]],
+    now: datetime,
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     on_exchange = [
         rules.ExchangePosition(account, p.symbol, p.size, p.entry_price or Decimal(0))
-        for p in fetch_positions(account)
+        for p in positions
     ]
     with session_scope() as session:
         book_rows = session.scalars(
@@ -329,14 +342,6 @@ def _apply(action: Any, now: datetime) -> str:
             position.updated_at = now
             return "conflicts_corrected"
         close_position(session, position, reason="closed_externally", now=now, order=None)
-        for aged in session.scalars(
-            select(AgedPosition).where(
-                AgedPosition.position_id == position.id,
-                AgedPosition.status.in_(("active", "closing")),
-            )
-        ):
-            aged.status = "closed_externally"
-            aged.closed_at = now
         return "closed_externally"
 
 

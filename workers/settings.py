@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
 
     aged_sweep_interval_s: float = Field(default=2.0, gt=0)
+    # Beat holds a Redis lock renewed every second; a standby beat takes over
+    # this long after the active one dies.
+    beat_lock_timeout_s: int = Field(default=10, ge=3, le=600)
     recovery_sweep_interval_s: float = Field(default=60.0, gt=0)
     # An order in submitting/unknown younger than this is still being worked on.
     recovery_stuck_after_s: float = Field(default=30.0, ge=0)

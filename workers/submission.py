@@ -22,17 +22,17 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import ccxt
-import requests
 
-from workers.coordination import kill_switch_state
+from workers import redis_keys
+from workers.coordination import kill_switch_state, try_lock
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
 from workers.exchange.ratelimit import RateLimitWaitTooLong, set_cooldown
+from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.order_state import (
     IN_DOUBT,
     RESTING,
@@ -47,8 +47,6 @@ from workers.store import orders as order_store
 from workers.store.orders import OrderSnapshot
 
 logger = logging.getLogger("execq.submission")
-
-EXCHANGE_ERRORS = (ccxt.BaseError, requests.RequestException)
 
 
 class Requeue(Exception):
@@ -91,6 +89,23 @@ class Submission:
     # --- entry ------------------------------------------------------------------------
 
     def run(self) -> OrderSnapshot:
+        """Drive the order under its lock: one run per order at a time, cluster-wide.
+
+        Every path that submits (order tasks, aged closes, liquidation, the
+        recovery sweep's re-enqueues) goes through here, so two runs can never
+        send the same client order id side by side. The lock expires soon
+        after the run's budget, so a killed worker's order is not held for long.
+        """
+        lock = try_lock(redis_keys.order_lock(self.cid), self.settings.order_lock_ttl_s)
+        if lock is None:
+            raise Requeue(1.0, "another run is working on this order")
+        try:
+            self.order = order_store.load_order(self.cid) or self.order
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> OrderSnapshot:
         status = self.order.status
         if status in TERMINAL:
             return self.order
@@ -209,19 +224,31 @@ class Submission:
 
     # --- lookups ----------------------------------------------------------------------
 
-    def lookup_over_visibility_window(self) -> exchange_orders.ExchangeOrder | None:
-        """Look the order up by client id until found or the visibility window has passed.
+    def absent_after(self) -> datetime:
+        """When a lookup that finds nothing proves the order absent.
 
-        Raises Requeue when the window does not fit in this run: concluding
+        Measured in wall-clock time from the last moment a create may have
+        reached the exchange (``submitted_at``), plus one exchange timeout (the
+        request may be accepted as late as that) and the visibility window.
+        Because it is stored, a run that requeues mid-window is continued by
+        the next run, never restarted.
+        """
+        return visibility_deadline(self.order, self.settings)
+
+    def lookup_over_visibility_window(self) -> exchange_orders.ExchangeOrder | None:
+        """Look the order up by client id until found, or absent past the visibility window.
+
+        Raises Requeue when the window ends after this run's budget: concluding
         "absent" early is how orders get doubled.
         """
         retry = self.settings.retry
-        delays = lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor)
-        for index, delay in enumerate([0.0, *delays]):
-            if delay:
-                if delay > self.remaining_s():
-                    raise Requeue(delay, "visibility window does not fit in this run")
-                time.sleep(delay)
+        delays = iter(
+            lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor)
+        )
+        absent_after = self.absent_after()
+        index = 0
+        while True:
+            index += 1
             try:
                 found = exchange_orders.find_order_by_client_id(
                     self.client, self.order.symbol, self.cid
@@ -230,17 +257,23 @@ class Submission:
                 order_store.record_order_event(
                     self.cid,
                     "order_lookup",
-                    {"attempt": index + 1, "result": "error", "error": describe_error(exc)},
+                    {"attempt": index, "result": "error", "error": describe_error(exc)},
                 )
-                continue
-            order_store.record_order_event(
-                self.cid,
-                "order_lookup",
-                {"attempt": index + 1, "result": "found" if found else "absent"},
-            )
-            if found is not None:
-                return found
-        return None
+            else:
+                order_store.record_order_event(
+                    self.cid,
+                    "order_lookup",
+                    {"attempt": index, "result": "found" if found else "absent"},
+                )
+                if found is not None:
+                    return found
+                if datetime.now(UTC) >= absent_after:
+                    return None
+            until_conclusive = (absent_after - datetime.now(UTC)).total_seconds()
+            delay = max(0.05, min(next(delays, retry.lookup_base_s * 4), until_conclusive + 0.05))
+            if delay > self.remaining_s():
+                raise Requeue(delay, "visibility window ends after this run's budget")
+            time.sleep(delay)
 
     # --- adopting the exchange's word -------------------------------------------------
 
@@ -310,10 +343,14 @@ class Submission:
         return self.order
 
 
-def enqueue_time_ms(metadata: dict[str, Any] | None) -> float | None:
-    value = (metadata or {}).get("enqueued_at_ms")
-    return float(value) if isinstance(value, int | float) else None
+def visibility_window_s(settings: Settings) -> float:
+    retry = settings.retry
+    return sum(lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor))
 
 
-def as_decimal(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+def visibility_deadline(order: OrderSnapshot, settings: Settings) -> datetime:
+    """The moment after which a lookup that finds nothing proves the order absent."""
+    anchor = order.submitted_at or order.created_at
+    return anchor + timedelta(
+        seconds=settings.exchange_timeout_ms / 1000 + visibility_window_s(settings)
+    )

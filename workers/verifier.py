@@ -19,6 +19,7 @@ from decimal import Decimal
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
 from workers.exchange.positions import cached_position_size, fetch_positions
+from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.order_state import IN_DOUBT, RESTING, OrderStatus, status_from_exchange
 from workers.execution.retry import lookup_delays
 from workers.execution.verification import (
@@ -38,7 +39,7 @@ from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
 from workers.store.orders import OrderSnapshot
-from workers.submission import EXCHANGE_ERRORS, describe_error
+from workers.submission import describe_error
 
 logger = logging.getLogger("execq.verifier")
 

@@ -30,9 +30,6 @@ AGED_ENV = {
 @pytest.fixture
 def aged_stack(workers, db, redis_clean, sim):
     """Two workers and one beat with the compressed aged settings."""
-    from workers.app import app
-
-    app.control.purge()
     workers.start(concurrency=8, env=AGED_ENV)
     beat = ManagedProcess(
         "beat",
@@ -43,8 +40,12 @@ def aged_stack(workers, db, redis_clean, sim):
     from workers.redis_client import get_redis
 
     # Positions opened before beat sweeps would skip grace: start once sweeps are running.
-    wait_for(lambda: get_redis().get(redis_keys.sweep_last_run("aged")), 60, interval_s=0.1,
-             message=f"beat never ran a sweep:\n{beat.log_tail()}")
+    wait_for(
+        lambda: get_redis().get(redis_keys.sweep_last_run("aged")),
+        60,
+        interval_s=0.1,
+        message=f"beat never ran a sweep:\n{beat.log_tail()}",
+    )
     yield workers
     beat.stop()
 
@@ -103,15 +104,16 @@ def alerts(kind: str) -> list:
 
 def sim_size(sim, exchange: str, symbol: str) -> Decimal:
     return sum(
-        (Decimal(p["size"]) for p in sim.positions()
-         if p["exchange"] == exchange and p["symbol"] == symbol),
+        (
+            Decimal(p["size"])
+            for p in sim.positions()
+            if p["exchange"] == exchange and p["symbol"] == symbol
+        ),
         Decimal(0),
     )
 
 
-def test_long_and_short_age_through_grace_into_progressive_and_close_on_the_price(
-    aged_stack, sim
-):
+def test_long_and_short_age_through_grace_into_progressive_and_close_on_the_price(aged_stack, sim):
     # Given a long on Binance and a short on Bybit at 3500, and prices well against both
     sim.prices({"symbol": ETH, "price": "3500"})
     open_position("binance", ETH, "buy", "0.1")
@@ -121,16 +123,26 @@ def test_long_and_short_age_through_grace_into_progressive_and_close_on_the_pric
 
     # When they age past grace into progressive, where the accepted loss grows each second
     for exchange in ("binance", "bybit"):
-        wait_aged(exchange, ETH, lambda row: row.phase == "progressive", 30,
-                  message=f"{exchange} never reached progressive")
+        wait_aged(
+            exchange,
+            ETH,
+            lambda row: row.phase == "progressive",
+            30,
+            message=f"{exchange} never reached progressive",
+        )
     # and the price comes back inside the widened tolerance
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3460"})
     sim.prices({"exchange": "bybit", "symbol": ETH, "price": "3540"})
 
     # Then both close with a progressive reason and the whole path on record
     for exchange in ("binance", "bybit"):
-        row = wait_aged(exchange, ETH, lambda r: r.status == "closed", 30,
-                        message=f"{exchange} aged position did not close")
+        row = wait_aged(
+            exchange,
+            ETH,
+            lambda r: r.status == "closed",
+            30,
+            message=f"{exchange} aged position did not close",
+        )
         assert row.close_reason.startswith("progressive_")
         assert row.close_reason.endswith("pct")
         assert row.close_pnl < 0
@@ -188,13 +200,29 @@ def test_three_failed_closes_alert_once_then_chunks_close_exactly(aged_stack, si
     # Given a BTC position (step 0.001, minimum 0.005) whose next three closes are refused
     sim.prices({"exchange": "bybit", "symbol": BTC, "price": "65000"})
     open_position("bybit", BTC, "buy", "0.017")
-    sim.faults({"rules": [{"exchange": "bybit", "operation": "create_order", "symbol": BTC,
-                           "kind": "insufficient_margin", "count": 3}]})
+    sim.faults(
+        {
+            "rules": [
+                {
+                    "exchange": "bybit",
+                    "operation": "create_order",
+                    "symbol": BTC,
+                    "kind": "insufficient_margin",
+                    "count": 3,
+                }
+            ]
+        }
+    )
     sim.prices({"exchange": "bybit", "symbol": BTC, "price": "66000"})
 
     # Then after three failures one critical alert, and the chunk fallback closes it exactly
-    row = wait_aged("bybit", BTC, lambda r: r.status == "closed", 60,
-                    message="chunk fallback did not close the position")
+    row = wait_aged(
+        "bybit",
+        BTC,
+        lambda r: r.status == "closed",
+        60,
+        message="chunk fallback did not close the position",
+    )
     failing = alerts("aged_close_failing")
     assert len(failing) == 1 and failing[0].severity == "critical"
     assert row.consecutive_failures == 0 and row.attempts == 4

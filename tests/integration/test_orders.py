@@ -260,11 +260,9 @@ def test_kill_switch_refuses_opens_and_lets_reduce_only_pass(worker, sim):
 
 def test_rate_limit_cooldown_holds_every_worker(workers, db, redis_clean, sim):
     # Given two workers, and the exchange answers the next create with 429 Retry-After: 2
-    from workers.app import app
     from workers.exchange.ratelimit import cooldown_remaining_s
     from workers.producer import submit_market_order
 
-    app.control.purge()
     workers.start(concurrency=2)
     workers.start(concurrency=2)
     sim.faults(
@@ -306,7 +304,6 @@ def test_worker_killed_mid_create_leaves_exactly_one_order_after_recovery(
     from workers.app import app
     from workers.producer import submit_market_order
 
-    app.control.purge()
     first = workers.start(concurrency=2)
     sim.faults(
         {

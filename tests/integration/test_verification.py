@@ -52,8 +52,9 @@ def sources_asked(client_order_id: str) -> list[str]:
             e.payload["source"]
             for e in session.scalars(
                 select(Event)
-                .where(Event.client_order_id == client_order_id,
-                       Event.type == "verification_source")
+                .where(
+                    Event.client_order_id == client_order_id, Event.type == "verification_source"
+                )
                 .order_by(Event.id)
             )
         ]
@@ -73,8 +74,12 @@ def book_position(account: str, symbol: str):
 
 def booked(account: str, symbol: str):
     """The open book position once verification has booked it."""
-    return wait_for(lambda: book_position(account, symbol), 30, interval_s=0.1,
-                    message=f"no open position booked for {account} {symbol}")
+    return wait_for(
+        lambda: book_position(account, symbol),
+        30,
+        interval_s=0.1,
+        message=f"no open position booked for {account} {symbol}",
+    )
 
 
 def test_binance_fill_is_verified_from_the_create_response_alone(worker, sim):
@@ -104,10 +109,14 @@ def test_bybit_bare_create_with_visibility_lag_is_verified_not_failed(worker, si
 
 def test_lagging_positions_do_not_matter_when_the_order_says_filled(worker, sim):
     # Given positions lag 3 s behind (cache empty, REST stale) and Bybit hides orders 1 s
-    sim.faults({"rules": [
-        {"exchange": "bybit", "kind": "positions_lag", "lag_ms": 3000},
-        {"exchange": "bybit", "kind": "visibility_lag", "lag_ms": 1000},
-    ]})
+    sim.faults(
+        {
+            "rules": [
+                {"exchange": "bybit", "kind": "positions_lag", "lag_ms": 3000},
+                {"exchange": "bybit", "kind": "visibility_lag", "lag_ms": 1000},
+            ]
+        }
+    )
 
     summary = open_order("bybit", SOL, "sell", "1")
     event = verdict_of(summary["client_order_id"])
@@ -131,8 +140,9 @@ def test_canceled_with_nothing_filled_is_a_definite_failure(worker, sim):
 
 
 def test_partial_fill_is_verified_at_the_partial_size_with_a_mismatch(worker, sim):
-    sim.faults({"rules": [{"exchange": "binance", "kind": "partial_fill", "fraction": "0.5",
-                           "count": 1}]})
+    sim.faults(
+        {"rules": [{"exchange": "binance", "kind": "partial_fill", "fraction": "0.5", "count": 1}]}
+    )
 
     summary = open_order("binance", ETH, "buy", "0.2")
     event = verdict_of(summary["client_order_id"])
@@ -171,12 +181,16 @@ def test_close_that_leaves_a_residual_raises_a_critical_alert(worker, sim):
 def test_ten_positions_opened_concurrently_are_ten_verified(worker, sim):
     from workers.producer import submit_market_order
 
-    legs = [(exchange, symbol) for exchange in ("binance", "bybit")
-            for symbol in (BTC, ETH, SOL, "XRP/USDT:USDT", "DOGE/USDT:USDT")]
-    amounts = {BTC: "0.01", ETH: "0.1", SOL: "1", "XRP/USDT:USDT": "10",
-               "DOGE/USDT:USDT": "100"}
-    results = [submit_market_order(signal(), exchange, symbol, "buy", amounts[symbol])
-               for exchange, symbol in legs]
+    legs = [
+        (exchange, symbol)
+        for exchange in ("binance", "bybit")
+        for symbol in (BTC, ETH, SOL, "XRP/USDT:USDT", "DOGE/USDT:USDT")
+    ]
+    amounts = {BTC: "0.01", ETH: "0.1", SOL: "1", "XRP/USDT:USDT": "10", "DOGE/USDT:USDT": "100"}
+    results = [
+        submit_market_order(signal(), exchange, symbol, "buy", amounts[symbol])
+        for exchange, symbol in legs
+    ]
     summaries = [result.get(timeout=90) for result in results]
 
     verdicts = [verdict_of(s["client_order_id"]).type for s in summaries]

@@ -20,6 +20,7 @@ from typing import Any
 
 from workers import redis_keys
 from workers.exchange import gateway
+from workers.exchange.reads import read_with_retries
 from workers.redis_client import get_redis
 from workers.settings import get_settings
 
@@ -74,12 +75,12 @@ def fetch_positions(account: str, symbols: list[str] | None = None) -> list[Exch
     raws: list[dict[str, Any]] = []
     if client.id == "bybit":
         if symbols is None:
-            raws = client.fetch_positions(None, {"settleCoin": "USDT"})
+            raws = read_with_retries(lambda: client.fetch_positions(None, {"settleCoin": "USDT"}))
         else:
             for symbol in symbols:
-                raws.extend(client.fetch_positions([symbol]))
+                raws.extend(read_with_retries(lambda s=symbol: client.fetch_positions([s])))
     else:
-        raws = client.fetch_positions(symbols)
+        raws = read_with_retries(lambda: client.fetch_positions(symbols))
     positions = [_parse(account, raw) for raw in raws]
     non_zero = [position for position in positions if position.size != 0]
     seen = {position.symbol: position for position in non_zero}

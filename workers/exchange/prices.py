@@ -14,6 +14,7 @@ import ccxt
 
 from workers import redis_keys
 from workers.exchange import gateway
+from workers.exchange.reads import read_with_retries
 from workers.redis_client import get_redis
 
 PRICE_CACHE_TTL_S = 5
@@ -22,7 +23,7 @@ PRICE_CACHE_TTL_S = 5
 def find_market(account: str, symbol: str) -> dict[str, Any] | None:
     """The ccxt market for ``symbol`` on ``account``, or None when the exchange has no such market."""
     try:
-        return gateway.market(account, symbol)
+        return read_with_retries(lambda: gateway.market(account, symbol))
     except (ccxt.BadSymbol, KeyError):
         return None
 
@@ -36,7 +37,8 @@ def reference_price(account: str, symbol: str) -> Decimal | None:
     cached = get_redis().get(redis_keys.price_cache(account, symbol))
     if cached is not None:
         return Decimal(cached)
-    ticker = gateway.get_client(account).fetch_ticker(symbol)
+    client = gateway.get_client(account)
+    ticker = read_with_retries(lambda: client.fetch_ticker(symbol))
     last = ticker.get("last") or ticker.get("close")
     if last is None:
         return None

@@ -58,6 +58,7 @@ class OrderSnapshot:
     last_error: str | None
     created_at: datetime
     acked_at: datetime | None
+    submitted_at: datetime | None
 
     @classmethod
     def of(cls, order: Order) -> OrderSnapshot:
@@ -86,6 +87,7 @@ class OrderSnapshot:
             last_error=order.last_error,
             created_at=order.created_at,
             acked_at=order.acked_at,
+            submitted_at=order.submitted_at,
         )
 
     @property
@@ -185,6 +187,8 @@ def transition(
         if target in TERMINAL and steps:
             order.terminal_at = now
         for step in steps:
+            if step == OrderStatus.SUBMITTING:
+                order.submitted_at = now
             metrics.observe_order_status(order.account, step.value)
             order.status = step.value
             record_event(
@@ -219,6 +223,9 @@ def record_attempt(
             select(Order).where(Order.client_order_id == client_order_id).with_for_update()
         ).one()
         order.attempts += 1
+        # The latest moment a create may have reached the exchange: the visibility
+        # window for concluding "absent" is measured from here.
+        order.submitted_at = datetime.now(UTC)
         metrics.observe_attempt(order.account, retry_class or "success")
         if error is not None:
             order.last_error_class = retry_class

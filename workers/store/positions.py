@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from workers.execution.positions import PositionState, apply_fill, side_of
 from workers.store.db import session_scope
 from workers.store.events import record_event
-from workers.store.models import Order, Position
+from workers.store.models import AgedPosition, Order, Position
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,18 @@ def close_position(
     position.closed_at = now
     position.close_reason = reason
     position.updated_at = now
+    # An aged episode ends with its position, whoever closed it; when the aged
+    # close flow was the closer it records its own outcome over this.
+    for aged in session.scalars(
+        select(AgedPosition).where(
+            AgedPosition.position_id == position.id,
+            AgedPosition.status.in_(("active", "closing")),
+        )
+    ):
+        aged.status = "closed_externally" if reason == "closed_externally" else "superseded"
+        aged.close_reason = aged.close_reason or reason
+        aged.closed_at = now
+        aged.updated_at = now
     record_event(
         session,
         "position_closed" if reason != "closed_externally" else "closed_externally",

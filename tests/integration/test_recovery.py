@@ -1,0 +1,265 @@
+"""Recovery sweep, emergency liquidation and the single beat, against real processes."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import func, select
+
+from tests.conftest import ManagedProcess, wait_for
+
+ETH = "ETH/USDT:USDT"
+SOL = "SOL/USDT:USDT"
+SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "LINK", "AVAX", "LTC", "BNB"]
+
+
+def run_recovery() -> dict:
+    from workers.app import app
+
+    return app.send_task("recovery_sweep").get(timeout=90)
+
+
+def recover_until(action: str) -> dict:
+    """Run sweeps until one reports ``action``: symbols with fresh order activity are
+    skipped on purpose (their fills may not be booked yet), so the first may pass them by."""
+    return wait_for(
+        lambda: (c := run_recovery()).get(action) and c,
+        30,
+        interval_s=0.5,
+        message=f"no recovery sweep reported {action}",
+    )
+
+
+def book(account: str, symbol: str):
+    from workers.store.db import session_scope
+    from workers.store.models import Position
+
+    with session_scope() as session:
+        return session.scalars(
+            select(Position)
+            .where(Position.account == account, Position.symbol == symbol)
+            .order_by(Position.id.desc())
+        ).first()
+
+
+def count_events(event_type: str) -> int:
+    from workers.store.db import session_scope
+    from workers.store.models import Event
+
+    with session_scope() as session:
+        return session.scalar(
+            select(func.count()).select_from(Event).where(Event.type == event_type)
+        )
+
+
+def alert_kinds() -> list[str]:
+    from workers.store.db import session_scope
+    from workers.store.models import Alert
+
+    with session_scope() as session:
+        return list(session.scalars(select(Alert.kind)))
+
+
+def test_position_opened_by_hand_is_adopted_and_alerted(worker, sim):
+    sim.set_position("bybit", SOL, "-3", "150")
+
+    counts = run_recovery()
+
+    adopted = book("bybit", SOL)
+    assert counts["orphans_adopted"] == 1
+    assert adopted.status == "open" and adopted.side == "short"
+    assert adopted.size == Decimal("3")
+    assert "orphan_adopted" in alert_kinds()
+
+
+def test_size_changed_by_hand_is_a_conflict_and_corrected(worker, sim):
+    from workers.producer import submit_market_order
+
+    submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", ETH, "buy", "0.1").get(timeout=60)
+    wait_for(lambda: book("binance", ETH), 30, message="position not booked")
+    sim.set_position("binance", ETH, "0.25", "3500")
+
+    counts = recover_until("conflicts_corrected")
+
+    assert counts["conflicts_corrected"] == 1
+    assert book("binance", ETH).size == Decimal("0.25")
+    assert count_events("position_conflict") == 1
+
+
+def test_position_closed_by_hand_is_closed_externally(worker, sim):
+    from workers.producer import submit_market_order
+
+    submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "bybit", ETH, "sell", "0.1").get(timeout=60)
+    wait_for(lambda: book("bybit", ETH), 30, message="position not booked")
+    sim.set_position("bybit", ETH, "0")
+
+    counts = recover_until("closed_externally")
+
+    assert counts["closed_externally"] == 1
+    assert book("bybit", ETH).status == "closed_externally"
+    assert count_events("closed_externally") == 1
+
+
+def _strand_an_unsent_order(workers, sim) -> str:
+    """A worker dies while its create hangs before the exchange accepted it."""
+    from workers.execution.client_ids import client_order_id
+    from workers.producer import submit_market_order
+    from workers.store.orders import load_order
+
+    first = workers.start(concurrency=2)
+    sim.faults(
+        {
+            "rules": [
+                {
+                    "exchange": "binance",
+                    "operation": "create_order",
+                    "kind": "timeout_before_accept",
+                    "count": 1,
+                    "hang_ms": 20000,
+                }
+            ]
+        }
+    )
+    signal_id = f"r-{uuid.uuid4().hex[:10]}"
+    submit_market_order(signal_id, "binance", ETH, "buy", "0.1")
+    cid = client_order_id(signal_id, "open")
+    wait_for(
+        lambda: sim.calls("binance", "create_order") == 1,
+        30,
+        message="the create never reached the exchange",
+    )
+    assert load_order(cid).status == "submitting"
+    first.kill()
+    return cid
+
+
+def test_order_never_accepted_is_sent_again_exactly_once(workers, db, redis_clean, sim):
+    from workers.store.orders import load_order
+
+    cid = _strand_an_unsent_order(workers, sim)
+    workers.start(concurrency=2)
+
+    def settled() -> bool:
+        run_recovery()
+        return load_order(cid).status == "filled"
+
+    wait_for(settled, 90, interval_s=1, message="the stranded order was not completed")
+    assert len(sim.orders_for(cid)) == 1
+    assert sim.calls("binance", "create_order") == 2
+
+
+def test_order_never_accepted_under_the_kill_switch_is_rejected_not_resent(
+    workers, db, redis_clean, sim
+):
+    from workers.coordination import set_kill_switch
+    from workers.store.orders import load_order
+
+    cid = _strand_an_unsent_order(workers, sim)
+    workers.start(concurrency=2)
+    set_kill_switch(True, "test")
+    try:
+
+        def settled() -> bool:
+            run_recovery()
+            return load_order(cid).status == "rejected"
+
+        wait_for(settled, 90, interval_s=1, message="the stranded order was not rejected")
+    finally:
+        set_kill_switch(False)
+    order = load_order(cid)
+    assert "absent on the exchange" in order.last_error
+    assert sim.orders_for(cid) == []
+    assert sim.calls("binance", "create_order") == 1
+
+
+def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(worker, sim):
+    from workers.app import app
+    from workers.coordination import kill_switch_state, set_kill_switch
+
+    # Given 20 positions over two exchanges (opened by hand, then adopted into the book)
+    amounts = {
+        "BTC": "0.01",
+        "ETH": "0.1",
+        "SOL": "1",
+        "XRP": "10",
+        "DOGE": "100",
+        "ADA": "20",
+        "LINK": "1",
+        "AVAX": "1",
+        "LTC": "0.1",
+        "BNB": "0.1",
+    }
+    for exchange in ("binance", "bybit"):
+        for base in SYMBOLS:
+            sign = "-" if base in ("ETH", "XRP", "LINK") else ""
+            sim.set_position(exchange, f"{base}/USDT:USDT", sign + amounts[base])
+    run_recovery()
+    # and 20 % of all exchange requests fail with a 5xx
+    sim.faults({"seed": 7, "rules": [{"kind": "server_error", "probability": 0.2}]})
+
+    try:
+        summary = app.send_task("emergency_liquidate_all", kwargs={"reason": "test"}).get(
+            timeout=300
+        )
+
+        assert summary["total"] == 20
+        failed = [p for p in summary["positions"] if not p["closed"]]
+        assert summary["closed"] == 20 and summary["failed"] == 0, failed
+        assert sim.positions() == []
+        assert kill_switch_state().on
+        sim.faults({})
+        # Reduce-only everywhere, one close per position
+        closes = sim.ledger()
+        assert all(order["reduceOnly"] for order in closes)
+        assert len({(o["exchange"], o["symbol"]) for o in closes}) == 20
+        assert count_events("liquidation_summary") == 1
+    finally:
+        set_kill_switch(False)
+
+
+def test_two_beats_send_each_sweep_once_and_the_standby_takes_over(workers, db, redis_clean, sim):
+    env = {"EXECQ_RECOVERY_SWEEP_INTERVAL_S": "1", "EXECQ_AGED_SWEEP_INTERVAL_S": "60"}
+    workers.start(concurrency=4, env=env)
+    beats = [
+        ManagedProcess(
+            f"beat{n}",
+            [sys.executable, "-m", "celery", "-A", "workers", "beat", "-l", "INFO"],
+            env=env,
+        ).start()
+        for n in (1, 2)
+    ]
+    try:
+        # When both beats run for a while
+        wait_for(
+            lambda: count_events("recovery_sweep") >= 8,
+            60,
+            interval_s=0.2,
+            message="sweeps did not run",
+        )
+        first, start = count_events("recovery_sweep"), _now()
+        wait_for(lambda: _now() - start >= 6, 10, interval_s=0.1)
+        per_second = (count_events("recovery_sweep") - first) / (_now() - start)
+        # Then each sweep is sent once per interval, not once per beat
+        assert per_second < 1.5
+
+        # When the active beat dies, the standby takes over
+        active = next(b for b in beats if "beat: Acquired lock" in b.log_tail(400))
+        active.kill()
+        before = count_events("recovery_sweep")
+        wait_for(
+            lambda: count_events("recovery_sweep") >= before + 3,
+            40,
+            interval_s=0.2,
+            message="the standby beat never took over",
+        )
+    finally:
+        for beat in beats:
+            beat.stop()
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
