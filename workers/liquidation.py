@@ -30,6 +30,7 @@ from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
+from workers.store.orders import OrderSnapshot
 from workers.store.positions import book_order_fill
 from workers.submission import Requeue, Submission, describe_error
 from workers.verifier import check_flat
@@ -101,42 +102,29 @@ def liquidate_all(liquidation_id: str, reason: str, settings: Settings) -> dict[
         return summary
 
 
+# A close refused for a reason that may pass (retries of one class exhausted) is
+# tried again as a new leg; a liquidation must not stop at the first bad streak.
+MAX_CLOSE_LEGS = 5
+
+
 def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settings) -> CloseResult:
     signal_id = f"liq-{liquidation_id}-{position.account}-{position.symbol}"
-    cid = client_order_id(signal_id, "liq")
     deadline = time.monotonic() + settings.task_soft_time_limit_s * 2
+    size = position.size
+    order: OrderSnapshot | None = None
     try:
-        order, _ = order_store.ensure_intent(
-            {
-                "client_order_id": cid,
-                "signal_id": signal_id,
-                "leg": "liq",
-                "account": position.account,
-                "symbol": position.symbol,
-                "side": "sell" if position.size > 0 else "buy",
-                "order_type": "market",
-                "time_in_force": None,
-                "amount": abs(position.size),
-                "price": None,
-                "reduce_only": True,
-                "purpose": "liquidation",
-                "position_id": None,
-                "aged_id": None,
-                "metadata_": {"liquidation_id": liquidation_id},
-            }
-        )
-        while True:
-            try:
-                order = Submission(order=order, settings=settings, deadline=deadline).run()
+        for leg_number in range(1, MAX_CLOSE_LEGS + 1):
+            if leg_number > 1:
+                size = _exchange_size(position.account, position.symbol)
+                if size == 0:
+                    break
+            order = _submit_close(
+                liquidation_id, signal_id, leg_number, position, size, settings, deadline
+            )
+            if order.filled > 0:
+                book_order_fill(order.client_order_id)
+            if order.status == OrderStatus.FILLED or order.last_error_class == "permanent":
                 break
-            except Requeue as requeue:
-                # In a liquidation we wait here rather than requeue: the summary needs the outcome.
-                if time.monotonic() + requeue.countdown_s > deadline:
-                    raise
-                time.sleep(requeue.countdown_s)
-                order = order_store.load_order(cid) or order
-        if order.filled > 0:
-            book_order_fill(cid)
         market = find_market(position.account, position.symbol) or {}
         minimum = Decimal(str(((market.get("limits") or {}).get("amount") or {}).get("min") or 0))
         flat = check_flat(
@@ -150,9 +138,9 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
             position.account,
             position.symbol,
             position.size,
-            closed=flat.flat and order.status == OrderStatus.FILLED,
-            status=str(order.status),
-            error=order.last_error,
+            closed=flat.flat,
+            status=str(order.status) if order else "flat",
+            error=None if flat.flat or order is None else order.last_error,
         )
     except (Requeue, *EXCHANGE_ERRORS) as exc:
         return CloseResult(
@@ -163,6 +151,53 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
             status="error",
             error=describe_error(exc),
         )
+
+
+def _exchange_size(account: str, symbol: str) -> Decimal:
+    return sum(
+        (p.size for p in fetch_positions(account, [symbol]) if p.symbol == symbol), Decimal(0)
+    )
+
+
+def _submit_close(
+    liquidation_id: str,
+    signal_id: str,
+    leg_number: int,
+    position: ExchangePosition,
+    size: Decimal,
+    settings: Settings,
+    deadline: float,
+) -> OrderSnapshot:
+    leg = "liq" if leg_number == 1 else f"liq{leg_number}"
+    cid = client_order_id(signal_id, leg)
+    order, _ = order_store.ensure_intent(
+        {
+            "client_order_id": cid,
+            "signal_id": signal_id,
+            "leg": leg,
+            "account": position.account,
+            "symbol": position.symbol,
+            "side": "sell" if size > 0 else "buy",
+            "order_type": "market",
+            "time_in_force": None,
+            "amount": abs(size),
+            "price": None,
+            "reduce_only": True,
+            "purpose": "liquidation",
+            "position_id": None,
+            "aged_id": None,
+            "metadata_": {"liquidation_id": liquidation_id},
+        }
+    )
+    while True:
+        try:
+            return Submission(order=order, settings=settings, deadline=deadline).run()
+        except Requeue as requeue:
+            # A liquidation waits here rather than requeue: the summary needs the outcome.
+            if time.monotonic() + requeue.countdown_s > deadline:
+                raise
+            time.sleep(requeue.countdown_s)
+            order = order_store.load_order(cid) or order
 
 
 def new_liquidation_id() -> str:
