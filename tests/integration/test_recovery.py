@@ -264,3 +264,42 @@ def _now() -> float:
     import time
 
     return time.monotonic()
+
+
+def test_critical_alerts_are_posted_to_the_webhook(workers, db, redis_clean, sim):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        workers.start(concurrency=2, env={
+            "EXECQ_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/alerts"})
+        # Given a close that leaves a residual (the orphan alert is critical)
+        from workers.producer import submit_market_order
+
+        submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", SOL, "buy", "2").get(
+            timeout=60)
+        wait_for(lambda: book("binance", SOL), 30, message="position not booked")
+        sim.set_position("binance", SOL, "5", "150")
+        submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", SOL, "sell", "2",
+                            reduce_only=True, purpose="close").get(timeout=60)
+
+        posted = wait_for(lambda: received, 60, interval_s=0.2, message="no webhook call")
+        assert posted[0]["kind"] == "possible_orphaned_position"
+        assert posted[0]["severity"] == "critical"
+        assert posted[0]["symbol"] == SOL
+    finally:
+        server.shutdown()

@@ -155,7 +155,9 @@ def install_request_hook() -> None:
         limit = RateLimit(
             settings.rate_limit_for(settings.account(account)), settings.rate_limit_burst
         )
-        waited = acquire(account, limit, request_weight(request.url or ""), MAX_REQUEST_WAIT_S)
+        url = request.url or ""
+        metrics.observe_exchange_request(account, urlsplit(url).path)
+        waited = acquire(account, limit, request_weight(url), MAX_REQUEST_WAIT_S)
         if waited:
             metrics.add_rate_limit_wait(account, waited)
 

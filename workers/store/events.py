@@ -11,10 +11,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from workers import metrics
 from workers.logs import log_event
+from workers.settings import get_settings
 from workers.store.models import Alert, Event
 
 logger = logging.getLogger("execq.events")
@@ -89,6 +91,37 @@ def raise_alert(
         payload={"kind": kind, "severity": severity, "message": message, **dict(payload or {})},
     )
     metrics.observe_alert(kind, severity)
+    if severity == "critical":
+        session.info.setdefault("pending_alerts", []).append(
+            {
+                "kind": kind,
+                "severity": severity,
+                "message": message,
+                "account": account,
+                "symbol": symbol,
+                "order_id": order_id,
+                "position_id": position_id,
+                "aged_id": aged_id,
+                "payload": dict(payload or {}),
+            }
+        )
     log = logger.critical if severity == "critical" else logger.warning
     log("ALERT %s [%s] %s", kind, severity, message)
     return alert
+
+
+@event.listens_for(Session, "after_commit")
+def _post_committed_alerts(session: Session) -> None:
+    """Critical alerts go to the webhook only once their transaction has committed."""
+    pending = session.info.pop("pending_alerts", None)
+    if not pending or not get_settings().alert_webhook_url:
+        return
+    from workers.app import app
+
+    for alert in pending:
+        app.send_task("send_alert_webhook", kwargs={"alert": alert})
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_rolled_back_alerts(session: Session) -> None:
+    session.info.pop("pending_alerts", None)
