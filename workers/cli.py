@@ -61,12 +61,16 @@ def migrate(revision: str) -> None:
 
 @cli.command()
 @click.option("--keep-running", is_flag=True, help="Leave the started services up at the end.")
+@click.option("--stop", is_flag=True, help="Stop what an earlier --keep-running left up.")
+@click.option("--short", is_flag=True, help="The short form of the scenario (as in the tests).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def demo(keep_running: bool, as_json: bool) -> None:
+def demo(keep_running: bool, stop: bool, short: bool, as_json: bool) -> None:
     """Bootstrap services, run the scripted scenario end to end and print what happened."""
-    from workers.demo import run_demo
+    from workers.demo import run_demo, stop_demo
 
-    sys.exit(run_demo(keep_running=keep_running, as_json=as_json))
+    if stop:
+        sys.exit(stop_demo())
+    sys.exit(run_demo(keep_running=keep_running, as_json=as_json, short=True if short else None))
 
 
 @cli.command()

@@ -1592,13 +1592,18 @@ def _fail(run: DemoRun, message: str, hint: str | None = None) -> None:
     run.result["error"] = message
 
 
+def stop_demo() -> int:
+    """Stop what ``execq demo --keep-running`` left up."""
+    targets = DemoTargets.from_environment(None, None)
+    stopped = stop_kept_stack(state_file(targets))
+    click.echo(f"stopped {len(stopped)} demo processes" if stopped else "no demo running")
+    return EXIT_OK
+
+
 def _main(argv: Sequence[str]) -> int:
     """``python -m workers.demo [--stop] [--short] [--json] [--keep-running]``."""
     if "--stop" in argv:
-        targets = DemoTargets.from_environment(None, None)
-        stopped = stop_kept_stack(state_file(targets))
-        click.echo(f"stopped {len(stopped)} demo processes" if stopped else "no demo running")
-        return EXIT_OK
+        return stop_demo()
     return run_demo(
         keep_running="--keep-running" in argv,
         as_json="--json" in argv,
