@@ -8,7 +8,6 @@ flat, checks that it really is.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -16,7 +15,6 @@ from sqlalchemy import select
 from workers import metrics
 from workers.aged import close_aged, close_in_chunks
 from workers.app import app
-from workers.exchange.prices import find_market
 from workers.execution.verification import Verdict
 from workers.settings import get_settings
 from workers.store import orders as order_store
@@ -44,15 +42,10 @@ def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
     booking = book_order_fill(client_order_id) if result.verdict == Verdict.VERIFIED else None
     flat = None
     if booking is not None and booking.closed_position_id is not None and booking.size_after == 0:
-        market = find_market(order.account, order.symbol) or {}
-        min_amount = Decimal(
-            str(((market.get("limits") or {}).get("amount") or {}).get("min") or 0)
-        )
         flat = check_flat(
             order.account,
             order.symbol,
             settings,
-            min_amount=min_amount,
             position_id=booking.closed_position_id,
             context=f"{order.purpose} {client_order_id}",
         )

@@ -23,7 +23,7 @@ from workers import metrics, redis_keys
 from workers.coordination import LockNotAcquired, held_lock
 from workers.exchange import gateway
 from workers.exchange.positions import fetch_positions
-from workers.exchange.prices import cache_price, find_market
+from workers.exchange.prices import amount_limits, cache_price
 from workers.exchange.reads import EXCHANGE_ERRORS, read_with_retries
 from workers.execution.aged import (
     AgedPhase,
@@ -214,16 +214,6 @@ def _prices(watch, report: SweepReport) -> dict[tuple[str, str], Decimal]:
 # --- the close --------------------------------------------------------------------------
 
 
-def _market_limits(account: str, symbol: str) -> tuple[Decimal, Decimal]:
-    market = find_market(account, symbol) or {}
-    step = (market.get("precision") or {}).get("amount")
-    minimum = ((market.get("limits") or {}).get("amount") or {}).get("min")
-    return (
-        Decimal(str(step)) if step else Decimal("0.001"),
-        Decimal(str(minimum)) if minimum else Decimal(0),
-    )
-
-
 def _in_flight_close(aged_id: int) -> OrderSnapshot | None:
     with session_scope() as session:
         order = session.scalars(
@@ -310,12 +300,10 @@ def _close_locked(view: AgedView, settings: Settings) -> dict[str, Any]:
 def _settle_close(view: AgedView, order: OrderSnapshot, settings: Settings) -> dict[str, Any]:
     booking = book_order_fill(order.client_order_id) if order.filled > 0 else None
     if booking is not None and booking.size_after == 0 and order.status == OrderStatus.FILLED:
-        _, min_amount = _market_limits(view.account, view.symbol)
         flat = check_flat(
             view.account,
             view.symbol,
             settings,
-            min_amount=min_amount,
             position_id=view.position_id,
             context=f"aged close {order.client_order_id}",
         )
@@ -469,7 +457,8 @@ def close_in_chunks(view: AgedView, settings: Settings) -> dict[str, Any]:
     (+2 points, capped) and keep tracking.
     """
     deadline = time.monotonic() + settings.run_budget_s
-    step, minimum = _market_limits(view.account, view.symbol)
+    limits = amount_limits(view.account, view.symbol)
+    step, minimum = limits.step, limits.minimum
     plan = plan_chunks(view.size, settings.aged.chunk_count, step, minimum)
     if not plan.can_help:
         return _widen(view, settings, plan.reason)
@@ -513,7 +502,6 @@ def close_in_chunks(view: AgedView, settings: Settings) -> dict[str, Any]:
         view.account,
         view.symbol,
         settings,
-        min_amount=minimum,
         position_id=view.position_id,
         context=f"aged chunk close {signal_id}",
     )

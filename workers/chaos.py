@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import signal as signals
 import tempfile
 import threading
@@ -358,21 +359,49 @@ class ChaosRun:
 
     # --- disruptions ---
 
-    def schedule(self, send_seconds: float) -> list[tuple[float, str]]:
-        """(offset seconds, action) for every disruption, at seeded random moments."""
+    def schedule(self) -> list[tuple[float, str]]:
+        """(share of signals processed, action) for every disruption, at seeded random moments.
+
+        Moments are measured in progress, not seconds: the backlog is worked off
+        long after the last signal is sent, and that is where the work is.
+        """
         actions = ["kill"] * self.options.kills
         if self.options.restart_redis:
             actions.append("redis")
         if self.options.restart_postgres:
             actions.append("postgres")
-        moments = sorted(self.rng.uniform(0.15, 0.9) * send_seconds for _ in actions)
+        moments = sorted(self.rng.uniform(0.1, 0.9) for _ in actions)
         self.rng.shuffle(actions)
         return list(zip(moments, actions, strict=True))
 
-    def disrupt(self, plan: list[tuple[float, str]], started: float, stop: threading.Event) -> None:
-        for offset, action in plan:
-            if stop.wait(max(0.0, started + offset - time.monotonic())):
-                return
+    def processed(self, prefix: str) -> int:
+        """Signals that have an order row or were refused by validation."""
+        (count,) = self._query(
+            "SELECT count(*) FROM (SELECT signal_id FROM orders WHERE signal_id LIKE :p "
+            "UNION SELECT signal_id FROM events WHERE type = 'signal_rejected' "
+            "AND signal_id LIKE :p) AS seen",
+            p=prefix + "%",
+        )
+        return int(count)
+
+    def wait_processed(self, prefix: str, target: int, stop: threading.Event) -> bool:
+        """Block until ``target`` signals are processed; False when ``stop`` is set first."""
+        while not stop.is_set():
+            try:
+                if self.processed(prefix) >= target:
+                    return True
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL restarting: ask again
+                logger.debug("progress query failed: %s", exc)
+            stop.wait(_POLL_S)
+        return False
+
+    def disrupt(
+        self, plan: list[tuple[float, str]], prefix: str, total: int, stop: threading.Event
+    ) -> None:
+        for share, action in plan:
+            if not self.wait_processed(prefix, max(1, int(share * total)), stop):
+                self.disruptions.notes.append(f"{action} not done: the run ended first")
+                continue
             try:
                 self._do(action)
             except (StackError, RuntimeError) as exc:
@@ -435,6 +464,16 @@ class ChaosRun:
             "unacked": int(unacked),
             "recovery_sweeps": int(sweeps),
         }
+
+    def wait_processed_until(self, prefix: str, total: int, stop: threading.Event) -> bool:
+        """``wait_processed`` with the run's deadline; keeps beat alive meanwhile."""
+        deadline = threading.Timer(self.options.quiet_timeout_s, stop.set)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            return self.wait_processed(prefix, total, stop)
+        finally:
+            deadline.cancel()
 
     def keep_beat(self) -> None:
         beat = self.stack.processes.get("beat")
@@ -582,18 +621,20 @@ def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
             if options.faults:
                 post_sim(chaos.sim_url, "/_sim/faults", fault_plan(options.seed, dust=options.dust))
             chaos.walk_prices()
-            stream = plan_signals(options.signals, chaos.rng, f"chaos-{options.seed}")
-            expected_send_s = len(stream) / options.rate
-            plan = chaos.schedule(expected_send_s)
+            prefix = f"chaos-{options.seed}-{secrets.token_hex(2)}"
+            stream = plan_signals(options.signals, chaos.rng, prefix)
             stop = threading.Event()
-            send_started = time.monotonic()
             disruptor = threading.Thread(
-                target=chaos.disrupt, args=(plan, send_started, stop), daemon=True
+                target=chaos.disrupt,
+                args=(chaos.schedule(), prefix + "-", len(stream), stop),
+                daemon=True,
             )
             disruptor.start()
             send_seconds = chaos.send_stream(stream)
-            # Disruptions planned inside the send window all happen, even if sending was quick.
-            disruptor.join()
+            # Faults stay on until every signal has reached the pipeline (its intent
+            # row or its refusal), so the whole stream runs under them.
+            processed = chaos.wait_processed_until(prefix + "-", len(stream), stop)
+            disruptor.join(timeout=options.quiet_timeout_s)
             stop.set()
             fault_stats = get_sim(chaos.sim_url, "/_sim/faults")
             post_sim(chaos.sim_url, "/_sim/faults", {})
@@ -622,6 +663,7 @@ def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
                 "workers": options.workers,
                 "restart_details": chaos.disruptions.as_dict(),
                 "send_seconds": round(send_seconds, 1),
+                "all_processed_under_faults": processed,
                 "quiet_seconds": round(quiet_seconds, 1),
                 "aged": aged,
                 "orders": report.orders,

@@ -236,7 +236,7 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
 @click.option(
     "--rate",
     type=click.FloatRange(1),
-    default=100.0,
+    default=40.0,
     show_default=True,
     help="Signals per second sent.",
 )

@@ -22,7 +22,6 @@ from typing import Any
 from workers import redis_keys
 from workers.coordination import held_lock, set_kill_switch
 from workers.exchange.positions import ExchangePosition, fetch_positions
-from workers.exchange.prices import find_market
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
@@ -125,13 +124,10 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
                 book_order_fill(order.client_order_id)
             if order.status == OrderStatus.FILLED or order.last_error_class == "permanent":
                 break
-        market = find_market(position.account, position.symbol) or {}
-        minimum = Decimal(str(((market.get("limits") or {}).get("amount") or {}).get("min") or 0))
         flat = check_flat(
             position.account,
             position.symbol,
             settings,
-            min_amount=minimum,
             context=f"liquidation {liquidation_id}",
         )
         return CloseResult(

@@ -19,6 +19,7 @@ from decimal import Decimal
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
 from workers.exchange.positions import cached_position_size, fetch_positions
+from workers.exchange.prices import amount_limits
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.order_state import IN_DOUBT, RESTING, OrderStatus, status_from_exchange
 from workers.execution.retry import lookup_delays
@@ -178,7 +179,6 @@ def check_flat(
     symbol: str,
     settings: Settings,
     *,
-    min_amount: Decimal,
     position_id: int | None = None,
     context: str = "close",
 ) -> FlatReport:
@@ -186,6 +186,7 @@ def check_flat(
 
     A residual raises a critical alert naming the possible orphan.
     """
+    min_amount = amount_limits(account, symbol).minimum
     attempts = settings.flat_check_attempts
     interval_s = settings.flat_check_budget_s / attempts
     residuals: list[Decimal] = []

@@ -7,6 +7,7 @@ seconds cluster-wide, not one per order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +27,24 @@ def find_market(account: str, symbol: str) -> dict[str, Any] | None:
         return read_with_retries(lambda: gateway.market(account, symbol))
     except (ccxt.BadSymbol, KeyError):
         return None
+
+
+@dataclass(frozen=True)
+class AmountLimits:
+    """A market's amount grid: every order amount is a multiple of ``step`` and >= ``minimum``."""
+
+    step: Decimal
+    minimum: Decimal
+
+
+def amount_limits(account: str, symbol: str) -> AmountLimits:
+    market = find_market(account, symbol) or {}
+    step = (market.get("precision") or {}).get("amount")
+    minimum = ((market.get("limits") or {}).get("amount") or {}).get("min")
+    return AmountLimits(
+        step=Decimal(str(step)) if step else Decimal("0.001"),
+        minimum=Decimal(str(minimum)) if minimum else Decimal(0),
+    )
 
 
 def cache_price(account: str, symbol: str, price: Decimal) -> None:
