@@ -189,8 +189,9 @@ def fill(exchange):
 
 
 def test_worker_hook_serves_metrics_on_the_configured_port(
-    tmp_path: Path, redis_server: str
+    tmp_path: Path, redis_server: str, workers
 ) -> None:
+    # ``workers`` stops the session's shared worker: it would take the stand-in's tasks.
     (tmp_path / "standin_metrics.py").write_text(STANDIN_METRICS_APP)
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
