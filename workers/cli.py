@@ -406,6 +406,16 @@ def sim(host: str, port: int, seed: int | None) -> None:
     run_simulator(host, port, seed)
 
 
+def _register_harnesses() -> None:
+    from workers.cli_bench import bench, chaos
+
+    cli.add_command(bench)
+    cli.add_command(chaos)
+
+
+_register_harnesses()
+
+
 def _translate_errors(function):
     """Turn foreseeable service and configuration failures into one-line errors."""
 
