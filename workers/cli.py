@@ -7,6 +7,7 @@ foreseeable mistake prints one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
+
+SYMBOL = re.compile(r"^[A-Z0-9]{2,20}/[A-Z0-9]{2,10}:[A-Z0-9]{2,10}$")
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -102,8 +105,22 @@ def signal(
     import json
     import uuid
 
+    from workers.execution.validation import InvalidSignal, parse_decimal
     from workers.producer import submit_limit_order, submit_market_order
+    from workers.settings import get_settings
 
+    names = [account.name for account in get_settings().accounts]
+    if exchange not in names:
+        raise UserFacingError(f"unknown account {exchange!r}; configured: {', '.join(names)}")
+    if not SYMBOL.match(symbol):
+        raise UserFacingError(f"symbol {symbol!r} is not a ccxt swap symbol like ETH/USDT:USDT")
+    try:
+        for name, value in (("amount", amount), ("--limit", limit_price)):
+            if value is not None and parse_decimal(name, value) <= 0:
+                raise UserFacingError(f"{name} must be positive, got {value!r}")
+    except InvalidSignal as invalid:
+        raise UserFacingError(str(invalid)) from None
+    require_broker()
     signal_id = signal_id or f"cli-{uuid.uuid4().hex[:20]}"
     if limit_price is None:
         result = submit_market_order(
@@ -149,6 +166,13 @@ def kill_switch(state: str, reason: str) -> None:
             session, f"kill_switch_{state}", payload={"reason": reason if new_state.on else None}
         )
     click.echo(f"kill switch {state}" + (f" ({reason})" if new_state.on else ""))
+
+
+def require_broker() -> None:
+    """Fail with one line (exit 2) before sending anything when Redis is down."""
+    from workers.redis_client import get_redis
+
+    get_redis().ping()
 
 
 def _json_out(payload: object) -> None:
@@ -378,6 +402,7 @@ def liquidate_all(reason: str, wait_s: float, as_json: bool) -> None:
     """Kill switch on, close every position reduce-only, verify flat, print the summary."""
     from workers.app import app
 
+    require_broker()
     result = app.send_task("emergency_liquidate_all", kwargs={"reason": reason})
     if wait_s <= 0:
         click.echo(result.id)
@@ -420,10 +445,12 @@ def _translate_errors(function):
     """Turn foreseeable service and configuration failures into one-line errors."""
 
     def wrapper() -> None:
+        from kombu.exceptions import OperationalError as KombuOperationalError
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from sqlalchemy.exc import OperationalError as SqlOperationalError
 
         from workers.settings import SettingsError
-        from workers.store.db import DatabaseUnavailable
+        from workers.store.db import DatabaseUnavailable, unavailable
 
         try:
             function(standalone_mode=True)
@@ -432,6 +459,18 @@ def _translate_errors(function):
             sys.exit(EXIT_USAGE)
         except DatabaseUnavailable as exc:
             click.echo(f"execq: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except SqlOperationalError as exc:
+            click.echo(f"execq: {unavailable(exc)}", err=True)
+            sys.exit(EXIT_USAGE)
+        except KombuOperationalError as exc:
+            from workers.settings import get_settings, redact_url
+
+            click.echo(
+                f"execq: cannot reach the broker at REDIS_URL "
+                f"({redact_url(get_settings().redis_url)}): {exc}",
+                err=True,
+            )
             sys.exit(EXIT_USAGE)
         except RedisConnectionError as exc:
             from workers.settings import get_settings, redact_url

@@ -78,12 +78,15 @@ def session_scope() -> Iterator[Session]:
 
 def check_database() -> None:
     """Raise DatabaseUnavailable with a one-line reason when Postgres cannot be reached."""
-    url = get_settings().database_url
     try:
         with get_engine().connect() as connection:
             connection.execute(text("SELECT 1"))
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseUnavailable(
-            f"cannot connect to DATABASE_URL ({redact_url(url)}): {reason}"
-        ) from None
+        raise unavailable(exc) from None
+
+
+def unavailable(exc: OperationalError) -> DatabaseUnavailable:
+    """The one-line error for a failed connection, naming DATABASE_URL (password hidden)."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+    url = redact_url(get_settings().database_url)
+    return DatabaseUnavailable(f"cannot connect to DATABASE_URL ({url}): {reason}")
