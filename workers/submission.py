@@ -301,18 +301,7 @@ class Submission:
         """Poll a resting order until it is terminal; requeue when the run's time is up."""
         delays = iter(lookup_delays(50, 0.25, 1.5))
         while self.order.status in RESTING:
-            seen = None
-            if self.order.exchange_order_id is not None:
-                try:
-                    seen = exchange_orders.fetch_order_by_id(
-                        self.client, self.order.symbol, self.order.exchange_order_id
-                    )
-                except EXCHANGE_ERRORS as exc:
-                    logger.info("follow %s: %s", self.cid, describe_error(exc))
-            else:
-                seen = exchange_orders.find_order_by_client_id(
-                    self.client, self.order.symbol, self.cid
-                )
+            seen = self._fetch_own_order()
             if seen is not None:
                 status = status_from_exchange(
                     seen.status, seen.amount or self.order.amount, seen.filled
@@ -330,6 +319,20 @@ class Submission:
                 raise Requeue(min(2.0, max(delay, 0.5)), "order still resting")
             time.sleep(delay)
         return self.order
+
+    def _fetch_own_order(self) -> exchange_orders.ExchangeOrder | None:
+        """The order as the exchange shows it now; None when not visible or the read failed."""
+        try:
+            if self.order.exchange_order_id is not None:
+                return exchange_orders.fetch_order_by_id(
+                    self.client, self.order.symbol, self.order.exchange_order_id
+                )
+            return exchange_orders.find_order_by_client_id(
+                self.client, self.order.symbol, self.cid
+            )
+        except EXCHANGE_ERRORS as exc:
+            logger.info("follow %s: %s", self.cid, describe_error(exc))
+            return None
 
     def _move(self, target: OrderStatus, *, payload: dict | None = None, **fields: Any):
         try:
