@@ -323,12 +323,8 @@ class Submission:
     def _fetch_own_order(self) -> exchange_orders.ExchangeOrder | None:
         """The order as the exchange shows it now; None when not visible or the read failed."""
         try:
-            if self.order.exchange_order_id is not None:
-                return exchange_orders.fetch_order_by_id(
-                    self.client, self.order.symbol, self.order.exchange_order_id
-                )
-            return exchange_orders.find_order_by_client_id(
-                self.client, self.order.symbol, self.cid
+            return exchange_orders.fetch_own_order(
+                self.client, self.order.symbol, self.order.exchange_order_id, self.cid
             )
         except EXCHANGE_ERRORS as exc:
             logger.info("follow %s: %s", self.cid, describe_error(exc))

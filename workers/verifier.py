@@ -92,14 +92,9 @@ def _refresh_order(order: OrderSnapshot, deadline: float) -> OrderSnapshot:
                 break
             time.sleep(delay)
         try:
-            if order.exchange_order_id:
-                seen = exchange_orders.fetch_order_by_id(
-                    client, order.symbol, order.exchange_order_id
-                )
-            else:
-                seen = exchange_orders.find_order_by_client_id(
-                    client, order.symbol, order.client_order_id
-                )
+            seen = exchange_orders.fetch_own_order(
+                client, order.symbol, order.exchange_order_id, order.client_order_id
+            )
         except EXCHANGE_ERRORS as exc:
             logger.info("verify %s: lookup failed: %s", order.client_order_id, describe_error(exc))
             continue

@@ -120,6 +120,15 @@ def find_order_by_client_id(
     return ExchangeOrder.from_ccxt(order)
 
 
+def fetch_own_order(
+    client: ccxt.Exchange, symbol: str, exchange_order_id: str | None, client_order_id: str
+) -> ExchangeOrder | None:
+    """Our order by exchange id when we know it, else by client id; None when not visible."""
+    if exchange_order_id:
+        return fetch_order_by_id(client, symbol, exchange_order_id)
+    return find_order_by_client_id(client, symbol, client_order_id)
+
+
 def cancel_order(client: ccxt.Exchange, symbol: str, order_id: str) -> ExchangeOrder | None:
     try:
         return ExchangeOrder.from_ccxt(client.cancel_order(order_id, symbol))
