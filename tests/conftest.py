@@ -359,19 +359,21 @@ def reset_broker() -> None:
     get_redis().delete("unacked", "unacked_index", "unacked_mutex")
 
 
-def wait_until_idle(timeout_s: float = 60) -> None:
+def wait_until_idle(nodename: str, timeout_s: float = 60) -> None:
     """Wait until no task is queued or running, so one test's tasks never touch the next."""
     from workers.app import app
     from workers.redis_client import get_redis
 
+    # Addressed to the one worker, each inspect returns as soon as it replies.
+    inspector = app.control.inspect(destination=[nodename], timeout=2.0)
+
     def idle() -> bool:
         if get_redis().llen("celery"):
             return False
-        inspector = app.control.inspect(timeout=0.5)
-        active = inspector.active() or {}
-        reserved = inspector.reserved() or {}
-        scheduled = inspector.scheduled() or {}
-        return not any([*active.values(), *reserved.values(), *scheduled.values()])
+        for ask in (inspector.active, inspector.reserved, inspector.scheduled):
+            if any((ask() or {}).values()):
+                return False
+        return True
 
     wait_for(idle, timeout_s, interval_s=0.2, message="tasks still running after the test")
 
@@ -405,4 +407,4 @@ def worker(shared_worker: WorkerPool, db: None, redis_clean: None) -> Iterator[M
     running = [w for w in shared_worker.workers.values() if w.alive]
     process = running[0] if running else shared_worker.start()
     yield process
-    wait_until_idle()
+    wait_until_idle(process.name)
