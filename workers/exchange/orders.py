@@ -123,9 +123,16 @@ def find_order_by_client_id(
 def fetch_own_order(
     client: ccxt.Exchange, symbol: str, exchange_order_id: str | None, client_order_id: str
 ) -> ExchangeOrder | None:
-    """Our order by exchange id when we know it, else by client id; None when not visible."""
+    """Our order by exchange id when we know it, else by client id; None when not visible.
+
+    A miss by id falls back to the client id: Bybit's by-id endpoint only knows
+    open orders and the 500 most recent finished ones, and an older filled
+    order is found in the order history only (by its orderLinkId).
+    """
     if exchange_order_id:
-        return fetch_order_by_id(client, symbol, exchange_order_id)
+        found = fetch_order_by_id(client, symbol, exchange_order_id)
+        if found is not None:
+            return found
     return find_order_by_client_id(client, symbol, client_order_id)
 
 
