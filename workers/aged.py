@@ -23,7 +23,7 @@ from workers import metrics, redis_keys
 from workers.coordination import LockNotAcquired, held_lock
 from workers.exchange import gateway
 from workers.exchange.positions import fetch_positions
-from workers.exchange.prices import amount_limits, cache_price
+from workers.exchange.prices import amount_limits, cache_prices
 from workers.exchange.reads import EXCHANGE_ERRORS, read_with_retries
 from workers.execution.aged import (
     AgedPhase,
@@ -109,7 +109,7 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
                 watch.append(
                     (aged.id, position.account, position.symbol, position.side, aged.target_price)
                 )
-    prices = _prices(watch, report)
+    prices = _prices(watch, report, settings)
     for aged_id, account, symbol, side, target in watch:
         price = prices.get((account, symbol))
         if (
@@ -187,27 +187,38 @@ def _update_phase(session, aged: AgedPosition, position: Position, assessment, n
     return changed
 
 
-def _prices(watch, report: SweepReport) -> dict[tuple[str, str], Decimal]:
-    """One fetch_tickers per account for the symbols being watched."""
-    symbols_by_account: dict[str, set[str]] = {}
+def _prices(watch, report: SweepReport, settings: Settings) -> dict[tuple[str, str], Decimal]:
+    """Last prices of the watched symbols: one fetch_tickers per exchange, not per account.
+
+    Accounts on the same exchange and mode see the same market, so their
+    symbols are asked for together through one of them.
+    """
+    accounts_by_venue: dict[tuple[str, str], set[str]] = {}
+    symbols_by_venue: dict[tuple[str, str], set[str]] = {}
     for _, account, symbol, _, _ in watch:
-        symbols_by_account.setdefault(account, set()).add(symbol)
+        configured = settings.account(account)
+        venue = (configured.ccxt_class, configured.mode)
+        accounts_by_venue.setdefault(venue, set()).add(account)
+        symbols_by_venue.setdefault(venue, set()).add(symbol)
     prices: dict[tuple[str, str], Decimal] = {}
-    for account, symbols in symbols_by_account.items():
+    for venue, symbols in symbols_by_venue.items():
+        accounts = sorted(accounts_by_venue[venue])
         try:
-            client = gateway.get_client(account)
+            client = gateway.get_client(accounts[0])
             wanted = sorted(symbols)
             tickers = read_with_retries(lambda c=client, w=wanted: c.fetch_tickers(w), budget_s=1.0)
         except EXCHANGE_ERRORS as exc:
             report.price_errors += 1
-            logger.warning("aged sweep: tickers on %s failed: %s", account, describe_error(exc))
+            logger.warning("aged sweep: tickers on %s failed: %s", venue[0], describe_error(exc))
             continue
         for symbol, ticker in tickers.items():
             last = ticker.get("last") or ticker.get("close")
-            if last is not None and symbol in symbols:
-                price = Decimal(str(last))
+            if last is None or symbol not in symbols:
+                continue
+            price = Decimal(str(last))
+            for account in accounts:
                 prices[(account, symbol)] = price
-                cache_price(account, symbol, price)
+    cache_prices(prices)
     return prices
 
 

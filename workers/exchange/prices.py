@@ -48,7 +48,15 @@ def amount_limits(account: str, symbol: str) -> AmountLimits:
 
 
 def cache_price(account: str, symbol: str, price: Decimal) -> None:
-    get_redis().set(redis_keys.price_cache(account, symbol), str(price), ex=PRICE_CACHE_TTL_S)
+    cache_prices({(account, symbol): price})
+
+
+def cache_prices(prices: dict[tuple[str, str], Decimal]) -> None:
+    """Write many reference prices in one round trip."""
+    pipe = get_redis().pipeline(transaction=False)
+    for (account, symbol), price in prices.items():
+        pipe.set(redis_keys.price_cache(account, symbol), str(price), ex=PRICE_CACHE_TTL_S)
+    pipe.execute()
 
 
 def reference_price(account: str, symbol: str) -> Decimal | None:
