@@ -431,6 +431,31 @@ def sim(host: str, port: int, seed: int | None) -> None:
     run_simulator(host, port, seed)
 
 
+@cli.command("bench-flows")
+@click.option("--orders", type=click.IntRange(2, 5000), default=100, show_default=True)
+@click.option(
+    "--latency-ms",
+    type=click.IntRange(0, 5000),
+    default=50,
+    show_default=True,
+    help="Exchange latency injected during the liquidation phase.",
+)
+@click.option("--sweep-positions", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
+def bench_flows(orders: int, latency_ms: int, sweep_positions: int, as_json: bool) -> None:
+    """Verification, aged-close, sweep, kill-recovery and liquidation figures (issues 5-7)."""
+    import json
+    import tempfile
+
+    from workers.bench_flows import run_flow_bench
+
+    with tempfile.TemporaryDirectory(prefix="execq-flows-") as workdir:
+        result = run_flow_bench(
+            Path(workdir), orders=orders, latency_ms=latency_ms, sweep_positions=sweep_positions
+        )
+    click.echo(json.dumps(result, default=str, indent=None if as_json else 2))
+
+
 def _register_harnesses() -> None:
     from workers.cli_bench import bench, chaos
 

@@ -1,0 +1,329 @@
+"""Flow benchmarks (issues 5, 6, 7): the figures the order benchmark does not cover.
+
+- ``verify``: create response -> verification verdict, p50/p99 per exchange,
+  and the exchange calls verification cost (order fetches, positions reads);
+- ``liquidation``: 20 positions over two exchanges closed at an injected
+  exchange latency (seed 002 quotes 1-2 s per position, sequentially);
+- ``aged_close``: the price crosses the target -> the close order is accepted
+  by the exchange, p50/p99, with the default 2 s sweep interval;
+- ``sweep``: one aged sweep over 1,000 open positions on 100 accounts across
+  two exchanges (first run detects them all, second is the steady state);
+- ``kill_recovery``: a worker SIGKILLed with orders in doubt -> every order
+  terminal again, with the default 60 s recovery interval.
+
+Runs in scratch Redis/Postgres databases with its own simulator, workers and
+beat, like ``execq bench``; nothing here is a test (no thresholds asserted).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from workers.bench import client_app, get_sim, percentile, post_sim, process_env, scratch
+from workers.stack import Stack
+
+FLOWS_REDIS_DB = 11
+SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "LINK", "AVAX", "LTC", "BNB"]
+AMOUNTS = {
+    "BTC": "0.01",
+    "ETH": "0.1",
+    "SOL": "1",
+    "XRP": "10",
+    "DOGE": "100",
+    "ADA": "20",
+    "LINK": "1",
+    "AVAX": "1",
+    "LTC": "0.1",
+    "BNB": "0.1",
+}
+# Aged settings for the close-latency phase: aged after 1 s, and a long grace so the
+# breakeven target holds still while the price is moved across it.
+AGED_ENV = {"EXECQ_AGED__MAX_AGE_S": "1", "EXECQ_AGED__GRACE_PERIOD_S": "600"}
+
+
+def _wait(condition, timeout_s: float, what: str, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"flow bench: {what} not reached within {timeout_s:.0f}s")
+        time.sleep(interval_s)
+
+
+def _rows(sql: str, **params: Any) -> list[Any]:
+    from workers.store.db import get_engine
+
+    with get_engine().connect() as connection:
+        return list(connection.execute(text(sql), params))
+
+
+def _ms(values: list[float]) -> dict[str, float | None]:
+    return {
+        "n": len(values),
+        "p50_ms": None if not values else round(percentile(values, 0.5), 1),
+        "p99_ms": None if not values else round(percentile(values, 0.99), 1),
+    }
+
+
+def _send_open(app, signal_id: str, exchange: str, base: str, side: str = "buy") -> None:
+    app.send_task(
+        "execute_market_order",
+        kwargs={
+            "signal_id": signal_id,
+            "exchange": exchange,
+            "symbol": f"{base}/USDT:USDT",
+            "side": side,
+            "amount": AMOUNTS[base],
+            "reduce_only": False,
+            "purpose": "open",
+        },
+    )
+
+
+def measure_verify(app, sim_url: str, orders: int) -> dict[str, Any]:
+    post_sim(sim_url, "/_sim/reset", {})
+    for index in range(orders):
+        exchange = ("binance", "bybit")[index % 2]
+        _send_open(app, f"flow-verify-{index}", exchange, SYMBOLS[(index // 2) % len(SYMBOLS)])
+    _wait(
+        lambda: (
+            _rows(
+                "SELECT count(*) FROM events WHERE type = 'verification_verified' "
+                "AND signal_id LIKE 'flow-verify-%'"
+            )[0][0]
+            >= orders
+        ),
+        180,
+        "every order verified",
+    )
+    rows = _rows(
+        "SELECT o.account, EXTRACT(EPOCH FROM (e.occurred_at - o.acked_at)) * 1000 "
+        "FROM orders o JOIN events e ON e.order_id = o.id AND e.type = 'verification_verified' "
+        "WHERE o.signal_id LIKE 'flow-verify-%'"
+    )
+    stats = get_sim(sim_url, "/_sim/stats")["requests"]
+    result: dict[str, Any] = {}
+    for exchange in ("binance", "bybit"):
+        creates = stats.get(exchange, {}).get("create_order", 0)
+        result[exchange] = {
+            **_ms([float(ms) for account, ms in rows if account == exchange]),
+            "creates": creates,
+            "order_fetches_per_order": round(
+                (
+                    stats.get(exchange, {}).get("fetch_order", 0)
+                    + stats.get(exchange, {}).get("open_orders", 0)
+                )
+                / max(creates, 1),
+                2,
+            ),
+            "positions_reads": stats.get(exchange, {}).get("positions", 0),
+        }
+    return result
+
+
+def measure_liquidation(app, sim_url: str, latency_ms: int) -> dict[str, Any]:
+    post_sim(sim_url, "/_sim/reset", {})
+    for exchange in ("binance", "bybit"):
+        for base in SYMBOLS:
+            post_sim(
+                sim_url,
+                "/_sim/positions",
+                {"exchange": exchange, "symbol": f"{base}/USDT:USDT", "size": AMOUNTS[base]},
+            )
+    app.send_task("recovery_sweep").get(timeout=120)
+    post_sim(sim_url, "/_sim/faults", {"rules": [{"kind": "latency", "latency_ms": latency_ms}]})
+    started = time.monotonic()
+    summary = app.send_task("emergency_liquidate_all", kwargs={"reason": "flow bench"}).get(
+        timeout=300
+    )
+    seconds = time.monotonic() - started
+    post_sim(sim_url, "/_sim/faults", {})
+    from workers.coordination import set_kill_switch
+
+    set_kill_switch(False)
+    return {
+        "positions": summary["total"],
+        "closed": summary["closed"],
+        "failed": summary["failed"],
+        "latency_ms": latency_ms,
+        "seconds": round(seconds, 2),
+        "seconds_per_position": round(seconds / max(summary["total"], 1), 3),
+    }
+
+
+def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
+    post_sim(sim_url, "/_sim/reset", {})
+    chosen = [(("binance", "bybit")[i % 2], SYMBOLS[i // 2]) for i in range(positions)]
+    for index, (exchange, base) in enumerate(chosen):
+        _send_open(app, f"flow-aged-{index}", exchange, base)
+    _wait(
+        lambda: (
+            _rows("SELECT count(*) FROM aged_positions WHERE status = 'active'")[0][0] >= positions
+        ),
+        120,
+        "aged positions detected",
+    )
+    # Every long's breakeven target is just above entry: a 5 % rise crosses them all at once.
+    crossed_at_ms = time.time() * 1000
+    for exchange, base in chosen:
+        price = get_sim(sim_url, "/_sim/prices")["prices"][exchange][f"{base}/USDT:USDT"]
+        post_sim(
+            sim_url,
+            "/_sim/prices",
+            {
+                "exchange": exchange,
+                "symbol": f"{base}/USDT:USDT",
+                "price": str(Decimal(price) * Decimal("1.05")),
+            },
+        )
+    _wait(
+        lambda: (
+            _rows("SELECT count(*) FROM aged_positions WHERE status = 'closed'")[0][0] >= positions
+        ),
+        120,
+        "aged closes",
+    )
+    closes = [o for o in get_sim(sim_url, "/_sim/ledger")["orders"] if o["reduceOnly"]]
+    return {
+        **_ms([o["timestamp"] - crossed_at_ms for o in closes]),
+        "sweep_interval_s": 2.0,
+        "positions": positions,
+    }
+
+
+def measure_sweep(sim_url: str, settings_env: dict[str, str], count: int) -> dict[str, Any]:
+    """The sweep in this process over ``count`` book positions on 100 simulated accounts."""
+    accounts = [
+        {"name": f"{kind}{n:02d}", "ccxt_class": cls, "mode": "sim"}
+        for kind, cls in (("bn", "binanceusdm"), ("bb", "bybit"))
+        for n in range(50)
+    ]
+    env = {**settings_env, "EXECQ_ACCOUNTS": json.dumps(accounts), "EXECQ_SIM_URL": sim_url}
+    with process_env(env):
+        from workers.aged import sweep_aged
+        from workers.settings import get_settings
+        from workers.store.db import session_scope
+        from workers.store.models import Position
+
+        opened = datetime.now(UTC) - timedelta(days=1)
+        with session_scope() as session:
+            for index in range(count):
+                account = accounts[index % len(accounts)]["name"]
+                base = SYMBOLS[(index // len(accounts)) % len(SYMBOLS)]
+                session.add(
+                    Position(
+                        account=account,
+                        symbol=f"{base}/USDT:USDT",
+                        side="long",
+                        size=Decimal(AMOUNTS[base]),
+                        entry_price=Decimal("1000000"),
+                        status="open",
+                        verification="verified",
+                        opened_at=opened,
+                        realized_pnl=Decimal(0),
+                    )
+                )
+        settings = get_settings()
+        before = get_sim(sim_url, "/_sim/stats")["requests"]
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            report = sweep_aged(settings)
+            timings.append((time.perf_counter() - started) * 1000)
+        after = get_sim(sim_url, "/_sim/stats")["requests"]
+        tickers = sum(
+            after.get(x, {}).get("tickers", 0) - before.get(x, {}).get("tickers", 0)
+            for x in ("binance", "bybit")
+        )
+        return {
+            "positions": report.positions,
+            "first_ms": round(timings[0], 1),
+            "steady_ms": round(min(timings[1:]), 1),
+            "ticker_calls_per_sweep": tickers / 3,
+            "interval_ms": settings.aged_sweep_interval_s * 1000,
+        }
+
+
+def measure_kill_recovery(app, stack: Stack, sim_url: str, orders: int) -> dict[str, Any]:
+    post_sim(sim_url, "/_sim/reset", {})
+    post_sim(
+        sim_url,
+        "/_sim/faults",
+        {
+            "rules": [
+                {
+                    "exchange": "binance",
+                    "operation": "create_order",
+                    "kind": "timeout_after_accept",
+                    "count": orders,
+                    "hang_ms": 120_000,
+                }
+            ]
+        },
+    )
+    for index in range(orders):
+        _send_open(app, f"flow-kill-{index}", "binance", SYMBOLS[index % len(SYMBOLS)])
+    _wait(
+        lambda: len(get_sim(sim_url, "/_sim/ledger")["orders"]) >= orders,
+        60,
+        "orders accepted and hanging",
+    )
+    stack.kill_worker("flows1")
+    killed = time.monotonic()
+    stack.restart_worker("flows1")
+    _wait(
+        lambda: (
+            _rows(
+                "SELECT count(*) FROM orders WHERE signal_id LIKE 'flow-kill-%' "
+                "AND status = 'filled'"
+            )[0][0]
+            >= orders
+        ),
+        400,
+        "orders resolved",
+        interval_s=0.5,
+    )
+    seconds = time.monotonic() - killed
+    post_sim(sim_url, "/_sim/faults", {})
+    ledger = get_sim(sim_url, "/_sim/ledger")["orders"]
+    return {
+        "orders_in_doubt": orders,
+        "seconds_to_resolved": round(seconds, 1),
+        "recovery_interval_s": 60.0,
+        "exchange_orders": len(ledger),
+    }
+
+
+def run_flow_bench(
+    workdir: Path, *, orders: int = 100, latency_ms: int = 50, sweep_positions: int = 1000
+) -> dict[str, Any]:
+    started = time.monotonic()
+    with (
+        scratch("flows", redis_db=FLOWS_REDIS_DB, workdir=workdir, flush_redis=True) as run,
+        Stack(env=run.env(AGED_ENV), workdir=workdir / "stack") as stack,
+    ):
+        sim_url = stack.start_simulator()
+        stack.start_worker("flows1", concurrency=32)
+        beat = stack.start_beat()
+        app = client_app(run.redis_url)
+        result: dict[str, Any] = {"verify": measure_verify(app, sim_url, orders)}
+        result["liquidation"] = measure_liquidation(app, sim_url, latency_ms)
+        result["aged_close"] = measure_aged_close(app, sim_url, 10)
+        result["kill_recovery"] = measure_kill_recovery(app, stack, sim_url, 5)
+        # The sweep is timed in this process, on a book the workers and beat must not touch.
+        beat.stop()
+        stack.kill_worker("flows1", signal.SIGTERM)
+        post_sim(sim_url, "/_sim/reset", {})
+        result["sweep"] = measure_sweep(sim_url, run.env(), sweep_positions)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        return result
