@@ -289,11 +289,13 @@ def scratch(
         services.stop()
 
 
-def client_app(redis_url: str) -> Any:
+def client_app(redis_url: str, visibility_timeout_s: int | None = None) -> Any:
     """A Celery client on the run's broker (not ``workers.app``, bound to the configured one)."""
     from celery import Celery
 
     app = Celery("execq-bench-client", broker=redis_url, backend=redis_url, set_as_current=False)
+    if visibility_timeout_s is not None:
+        app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout_s}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -60,6 +60,9 @@ logger = logging.getLogger("execq.chaos")
 # Seconds.
 QUIET_TIMEOUT_S = 600.0
 QUIET_HOLD_S = 2.0
+# No new signal reached the pipeline for this long: the missing ones are lost.
+STALL_S = 60.0
+RESTORE_EVERY_S = 5.0
 SEND_RETRY_S = 120.0
 _POLL_S = 0.5
 
@@ -274,9 +277,12 @@ class ChaosRun:
         self.stack = stack
         self.options = options
         self.rng = random.Random(options.seed)
-        self.app = client_app(run.redis_url)
+        self.app = client_app(run.redis_url, int(CHAOS_WORKER_ENV["EXECQ_VISIBILITY_TIMEOUT_S"]))
+        self._restored_at = 0.0
         self.redis = redis.Redis.from_url(run.redis_url, socket_timeout=5)
         self.disruptions = Disruptions()
+        # (seconds into the quiet wait, what was still busy) at every change.
+        self.quiet_trace: list[tuple[float, list[str]]] = []
         self.nodes: list[str] = []
         self.sim_url = ""
         from sqlalchemy import create_engine
@@ -466,14 +472,49 @@ class ChaosRun:
         }
 
     def wait_processed_until(self, prefix: str, total: int, stop: threading.Event) -> bool:
-        """``wait_processed`` with the run's deadline; keeps beat alive meanwhile."""
-        deadline = threading.Timer(self.options.quiet_timeout_s, stop.set)
-        deadline.daemon = True
-        deadline.start()
+        """Wait until every signal reached the pipeline; False when progress stalls.
+
+        A signal whose task failed before writing anything never arrives: once
+        nothing has moved for STALL_S (longer than the visibility timeout, so
+        a killed worker's messages had their redelivery), stop waiting and let
+        the audit count it lost.
+        """
+        deadline = time.monotonic() + self.options.quiet_timeout_s
+        last_count, last_change = -1, time.monotonic()
+        while not stop.is_set() and time.monotonic() < deadline:
+            self.keep_beat()
+            self.restore_unacked()
+            try:
+                count = self.processed(prefix)
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL restarting: ask again
+                logger.debug("progress query failed: %s", exc)
+                count = last_count
+            if count >= total:
+                return True
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > STALL_S:
+                break
+            time.sleep(_POLL_S)  # polling an observable state with a deadline
+        stop.set()
+        return False
+
+    def restore_unacked(self) -> None:
+        """Put a killed worker's reserved messages back once their visibility timeout passed.
+
+        Workers do this themselves, but kombu's Redis transport scans only every
+        ``unacked_restore_interval x unacked_restore_throttle`` = 100 s by default,
+        so a run would wait up to that long to be quiet. The scan is the same one
+        a worker runs (under kombu's mutex); it only brings it forward.
+        """
+        if time.monotonic() - self._restored_at < RESTORE_EVERY_S:
+            return
+        self._restored_at = time.monotonic()
         try:
-            return self.wait_processed(prefix, total, stop)
-        finally:
-            deadline.cancel()
+            with self.app.connection_for_write() as connection:
+                connection.default_channel.qos.restore_visible(num=1000, interval=1)
+        except Exception as exc:  # noqa: BLE001 - the broker may be restarting
+            logger.debug("restore of unacked messages failed: %s", exc)
 
     def keep_beat(self) -> None:
         beat = self.stack.processes.get("beat")
@@ -484,11 +525,13 @@ class ChaosRun:
 
     def wait_quiet(self, faults_lifted_at: float) -> tuple[bool, dict[str, Any]]:
         """Poll until quiet holds for QUIET_HOLD_S after a recovery sweep ran; False on timeout."""
-        deadline = time.monotonic() + self.options.quiet_timeout_s
+        started = time.monotonic()
+        deadline = started + self.options.quiet_timeout_s
         quiet_since: float | None = None
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             self.keep_beat()
+            self.restore_unacked()
             try:
                 last = self.state(faults_lifted_at)
             except Exception as exc:  # noqa: BLE001 - a server coming back: ask again
@@ -504,6 +547,13 @@ class ChaosRun:
                 and last["queued"] == 0
                 and last["unacked"] == 0
             )
+            busy = sorted(
+                key
+                for key in ("in_flight", "unbooked", "aged_closing", "queued", "unacked")
+                if last[key]
+            ) + ([] if last["recovery_sweeps"] else ["no_recovery_sweep_yet"])
+            if not self.quiet_trace or self.quiet_trace[-1][1] != busy:
+                self.quiet_trace.append((round(time.monotonic() - started, 1), busy))
             if not quiet:
                 quiet_since = None
             elif quiet_since is None:
@@ -527,6 +577,53 @@ class ChaosRun:
                 text("SELECT count(*) FROM orders WHERE aged_id IS NOT NULL")
             ).one()
         return {**{str(k): int(v) for k, v in by_status.items()}, "close_orders": int(orders)}
+
+    def diagnose_mismatches(self, mismatches: list[str]) -> dict[str, Any]:
+        """Per mismatched book: what Postgres and the exchange ledger say about its orders."""
+        from sqlalchemy import text
+
+        ledger = get_sim(self.sim_url, "/_sim/ledger")["orders"]
+        found: dict[str, Any] = {}
+        with self.engine.connect() as connection:
+            for line in mismatches[:3]:
+                account, symbol = line.split(":")[0].split(" ")[:2]
+                symbol = line.split(" ")[1].rstrip(":")
+                rows = connection.execute(
+                    text(
+                        "SELECT client_order_id, purpose, side, amount, filled, booked_filled, "
+                        "status, verification FROM orders WHERE account = :a AND symbol = :s "
+                        "ORDER BY id DESC LIMIT 12"
+                    ),
+                    {"a": account, "s": symbol},
+                ).all()
+                positions = connection.execute(
+                    text(
+                        "SELECT id, side, size, status, close_reason FROM positions "
+                        "WHERE account = :a AND symbol = :s ORDER BY id DESC LIMIT 4"
+                    ),
+                    {"a": account, "s": symbol},
+                ).all()
+                on_exchange = [
+                    f"{o['clientOrderId']} {o['side']} {o['filled']}/{o['amount']} {o['status']}"
+                    for o in ledger
+                    if o["exchange"] == account and o["symbol"] == symbol
+                ][-12:]
+                events = connection.execute(
+                    text(
+                        "SELECT type, client_order_id, payload::text FROM events "
+                        "WHERE account = :a AND symbol = :s AND (type LIKE 'position%' "
+                        "OR type IN ('orphan_adopted', 'closed_externally', 'aged_closed', "
+                        "'aged_detected')) ORDER BY id DESC LIMIT 16"
+                    ),
+                    {"a": account, "s": symbol},
+                ).all()
+                found[line] = {
+                    "events": [" ".join(map(str, row))[:220] for row in events],
+                    "orders": [" ".join(map(str, row)) for row in rows],
+                    "positions": [" ".join(map(str, row)) for row in positions],
+                    "ledger": on_exchange,
+                }
+        return found
 
     def diagnose(self, lost: list[str], stuck_aged: list[int]) -> dict[str, Any]:
         """The rows and events behind each problem the audit found (first few of each)."""
@@ -570,6 +667,36 @@ class ChaosRun:
                     "events": [f"{kind} {payload[:200]}" for kind, payload in events],
                 }
         return found
+
+    def final_recovery(self) -> dict[str, Any]:
+        """Run a recovery sweep that sees no symbol as busy, and return its counts.
+
+        The sweep leaves alone any symbol with order or position activity in
+        the last ``EXECQ_RECOVERY_STUCK_AFTER_S``, so it waits until the newest
+        change is older than that, then asks for a sweep and waits for its result.
+        """
+        from sqlalchemy import text
+
+        stuck_after_s = float(CHAOS_WORKER_ENV["EXECQ_RECOVERY_STUCK_AFTER_S"]) + 1
+        deadline = time.monotonic() + self.options.quiet_timeout_s
+        while time.monotonic() < deadline:
+            with self.engine.connect() as connection:
+                (still_for,) = connection.execute(
+                    text(
+                        "SELECT extract(epoch FROM now() - greatest("
+                        "(SELECT max(updated_at) FROM orders), "
+                        "(SELECT max(updated_at) FROM positions)))"
+                    )
+                ).one()
+            if still_for is None or float(still_for) >= stuck_after_s:
+                break
+            time.sleep(_POLL_S)  # polling an observable state with a deadline
+        while time.monotonic() < deadline:
+            counts = self.app.send_task("recovery_sweep").get(timeout=120)
+            if not (isinstance(counts, dict) and "skipped" in counts):
+                return counts if isinstance(counts, dict) else {"result": counts}
+            time.sleep(_POLL_S)  # another sweep holds the lock: ask again shortly
+        return {"error": "no recovery sweep ran before the deadline"}
 
     def trigger_recovery(self) -> None:
         self.app.send_task("recovery_sweep")
@@ -643,6 +770,12 @@ def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
             chaos.trigger_recovery()
             quiet_started = time.monotonic()
             quiet, state = chaos.wait_quiet(lifted_at)
+            final_recovery: dict[str, Any] = {}
+            if quiet:
+                # One more sweep once the book has been still long enough for the
+                # sweep to reconcile every symbol (none counts as busy any more).
+                final_recovery = chaos.final_recovery()
+                quiet, state = chaos.wait_quiet(lifted_at)
             quiet_seconds = time.monotonic() - quiet_started
             aged = chaos.aged_summary()
             report = audit(get_settings(), chaos.sim_url, [spec.signal_id for spec in stream])
@@ -673,6 +806,8 @@ def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
                 "mix": _mix(stream),
                 "faults": _fired(fault_stats.get("rules", [])),
                 "final_state": state,
+                "quiet_trace": chaos.quiet_trace[-20:],
+                "final_recovery": final_recovery,
                 "problems": {
                     key: details.get(key)
                     for key in (
@@ -684,9 +819,12 @@ def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
                     )
                     if details.get(key)
                 },
-                "diagnosis": chaos.diagnose(
-                    details.get("lost_signals") or [], details.get("stuck_aged") or []
-                ),
+                "diagnosis": {
+                    **chaos.diagnose(
+                        details.get("lost_signals") or [], details.get("stuck_aged") or []
+                    ),
+                    **chaos.diagnose_mismatches(details.get("position_mismatches") or []),
+                },
                 "notes": run.notes + chaos.disruptions.notes + chaos.disruptions.errors,
                 "workdir": str(workdir) if options.workdir else None,
             }

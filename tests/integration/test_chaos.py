@@ -67,8 +67,8 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     from workers.chaos import run_chaos
 
     result = run_chaos(
-        signals=200,
-        rate=20,
+        signals=150,
+        rate=25,
         workers=2,
         concurrency=8,
         kills=1,
@@ -81,7 +81,7 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
         quiet_timeout_s=120,
     )
     summary = json.dumps(result, default=str)[:4000]
-    assert result["signals"] == 200
+    assert result["signals"] == 150
     assert result["kills"] == 1 and result["restart_details"]["workers"] == 1
     assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
     assert any("Redis restart skipped" in note for note in result["notes"]), summary
