@@ -41,7 +41,7 @@ AMOUNTS = {
     "ADA": "20",
     "LINK": "1",
     "AVAX": "1",
-    "LTC": "0.1",
+    "LTC": "0.3",
     "BNB": "0.1",
 }
 # Aged settings for the close-latency phase: aged after 1 s, and a long grace so the
@@ -95,17 +95,16 @@ def measure_verify(app, sim_url: str, orders: int) -> dict[str, Any]:
     for index in range(orders):
         exchange = ("binance", "bybit")[index % 2]
         _send_open(app, f"flow-verify-{index}", exchange, SYMBOLS[(index // 2) % len(SYMBOLS)])
-    _wait(
-        lambda: (
-            _rows(
-                "SELECT count(*) FROM events WHERE type = 'verification_verified' "
-                "AND signal_id LIKE 'flow-verify-%'"
-            )[0][0]
-            >= orders
-        ),
-        180,
-        "every order verified",
+    verified_sql = (
+        "SELECT count(*) FROM events WHERE type = 'verification_verified' "
+        "AND signal_id LIKE 'flow-verify-%'"
     )
+    try:
+        _wait(lambda: _rows(verified_sql)[0][0] >= orders, 180, "every order verified")
+    except TimeoutError as exc:
+        states = _rows("SELECT status, verification, count(*) FROM orders GROUP BY 1, 2")
+        events = _rows("SELECT type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC LIMIT 25")
+        raise TimeoutError(f"{exc}: orders {states}; events {events}") from None
     rows = _rows(
         "SELECT o.account, EXTRACT(EPOCH FROM (e.occurred_at - o.acked_at)) * 1000 "
         "FROM orders o JOIN events e ON e.order_id = o.id AND e.type = 'verification_verified' "
