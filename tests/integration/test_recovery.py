@@ -205,8 +205,9 @@ def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(wor
         )
 
         assert summary["total"] == 20
-        failed = [(p["symbol"], p["status"], p["error"]) for p in summary["positions"]
-                  if not p["closed"]]
+        failed = [
+            (p["symbol"], p["status"], p["error"]) for p in summary["positions"] if not p["closed"]
+        ]
         assert summary["closed"] == 20 and summary["failed"] == 0, failed
         assert sim.positions() == []
         assert kill_switch_state().on
@@ -285,17 +286,27 @@ def test_critical_alerts_are_posted_to_the_webhook(workers, db, redis_clean, sim
     server = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        workers.start(concurrency=2, env={
-            "EXECQ_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/alerts"})
+        workers.start(
+            concurrency=2,
+            env={"EXECQ_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/alerts"},
+        )
         # Given a close that leaves a residual (the orphan alert is critical)
         from workers.producer import submit_market_order
 
         submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", SOL, "buy", "2").get(
-            timeout=60)
+            timeout=60
+        )
         wait_for(lambda: book("binance", SOL), 30, message="position not booked")
         sim.set_position("binance", SOL, "5", "150")
-        submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", SOL, "sell", "2",
-                            reduce_only=True, purpose="close").get(timeout=60)
+        submit_market_order(
+            f"r-{uuid.uuid4().hex[:10]}",
+            "binance",
+            SOL,
+            "sell",
+            "2",
+            reduce_only=True,
+            purpose="close",
+        ).get(timeout=60)
 
         posted = wait_for(lambda: received, 60, interval_s=0.2, message="no webhook call")
         assert posted[0]["kind"] == "possible_orphaned_position"
