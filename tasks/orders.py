@@ -25,6 +25,7 @@ from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
 from workers.submission import Requeue, Submission, describe_error
+from workers.verifier import decisive_order, verify_and_book
 
 MAX_REQUEUES = 50
 
@@ -144,8 +145,27 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
         )
         raise task.retry(countdown=max(0.1, requeue.countdown_s)) from None
     if order.terminal and order.status != OrderStatus.REJECTED:
-        app.send_task("verify_position", kwargs={"client_order_id": cid})
+        _verify(order, settings)
     return order.summary()
+
+
+def _verify(order: Any, settings: Any) -> None:
+    """Verify and book now when the order alone decides (no exchange call needed);
+    otherwise hand it to ``verify_position``, which may spend its budget asking."""
+    if not decisive_order(order):
+        app.send_task("verify_position", kwargs={"client_order_id": order.client_order_id})
+        return
+    _, booking = verify_and_book(order.client_order_id, settings)
+    if booking is not None and booking.closed_position_id is not None and booking.size_after == 0:
+        app.send_task(
+            "check_position_flat",
+            kwargs={
+                "account": order.account,
+                "symbol": order.symbol,
+                "position_id": booking.closed_position_id,
+                "context": f"{order.purpose} {order.client_order_id}",
+            },
+        )
 
 
 LEG = re.compile(r"^[a-z0-9]{1,12}$")

@@ -10,36 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
-from workers import metrics
 from workers.aged import close_aged, close_in_chunks
 from workers.app import app
-from workers.execution.verification import Verdict
 from workers.settings import get_settings
 from workers.store import orders as order_store
 from workers.store.aged import load_aged
-from workers.store.db import session_scope
-from workers.store.events import raise_alert, record_event
-from workers.store.models import Order, Position
-from workers.store.positions import book_order_fill
 from workers.submission import Requeue
-from workers.verifier import check_flat, verify_order
+from workers.verifier import check_flat, verify_and_book
 
 
 @app.task(name="verify_position", bind=True, max_retries=5)
 def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
+    """Verify and book one order's position; after a closing fill, check that it is flat."""
     settings = get_settings()
-    order = order_store.load_order(client_order_id)
-    if order is None:
-        raise LookupError(f"no order with client order id {client_order_id}")
-    result = verify_order(order, settings)
+    verification, booking = verify_and_book(client_order_id, settings)
     order = order_store.load_order(client_order_id)
     assert order is not None
-    _record_verdict(order.id, result)
-    metrics.observe_verdict(order.account, str(result.verdict))
-
-    booking = book_order_fill(client_order_id) if result.verdict == Verdict.VERIFIED else None
     flat = None
     if booking is not None and booking.closed_position_id is not None and booking.size_after == 0:
         flat = check_flat(
@@ -49,6 +35,22 @@ def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
             position_id=booking.closed_position_id,
             context=f"{order.purpose} {client_order_id}",
         )
+    return verification_summary(client_order_id, verification, booking, flat)
+
+
+@app.task(name="check_position_flat")
+def check_position_flat(
+    account: str, symbol: str, position_id: int | None, context: str
+) -> dict[str, Any]:
+    """After a close: is the position really gone (seed 004)? A residual is a critical alert."""
+    report = check_flat(account, symbol, get_settings(), position_id=position_id, context=context)
+    return {"flat": report.flat, "residual": str(report.residual), "checks": report.checks}
+
+
+def verification_summary(
+    client_order_id: str, verification: Any, booking: Any, flat: Any
+) -> dict[str, Any]:
+    result = verification.result
     return {
         "client_order_id": client_order_id,
         "verdict": str(result.verdict),
@@ -58,42 +60,6 @@ def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
         "position_id": None if booking is None else booking.position_id,
         "flat": None if flat is None else flat.flat,
     }
-
-
-def _record_verdict(order_id: int, result: Any) -> None:
-    with session_scope() as session:
-        order = session.scalars(select(Order).where(Order.id == order_id).with_for_update()).one()
-        order.verification = str(result.verdict)
-        ids = dict(
-            order_id=order.id,
-            client_order_id=order.client_order_id,
-            signal_id=order.signal_id,
-            account=order.account,
-            symbol=order.symbol,
-            position_id=order.position_id,
-        )
-        payload = {
-            "actual_size": None if result.actual_size is None else str(result.actual_size),
-            "expected_size": str(order.amount),
-            "mismatch": result.mismatch,
-            "decided_by": None if result.decided_by is None else str(result.decided_by),
-        }
-        record_event(session, f"verification_{result.verdict}", **ids, payload=payload)
-        if result.verdict == Verdict.UNKNOWN:
-            if order.position_id is not None:
-                position = session.get(Position, order.position_id)
-                if position is not None:
-                    position.verification = "unknown"
-            raise_alert(
-                session,
-                "verification_unknown",
-                f"could not verify {order.account} {order.symbol} order {order.client_order_id} "
-                "within the budget; left for the recovery sweep",
-                severity="warning",
-                account=order.account,
-                symbol=order.symbol,
-                order_id=order.id,
-            )
 
 
 @app.task(name="close_aged_position", bind=True, max_retries=50)

@@ -49,7 +49,11 @@ from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
 from workers.store.models import AgedPosition, Order, Position
 from workers.store.orders import OrderSnapshot
-from workers.store.positions import close_position, open_new_position
+from workers.store.positions import (
+    close_position,
+    open_new_position,
+    open_position_for_update,
+)
 from workers.submission import describe_error, visibility_deadline
 
 logger = logging.getLogger("execq.recovery")
@@ -285,6 +289,8 @@ def _apply(action: Any, now: datetime) -> str:
     with session_scope() as session:
         if isinstance(action, rules.Adopt):
             found = action.exchange_position
+            if open_position_for_update(session, found.account, found.symbol) is not None:
+                return "positions_booked_meanwhile"  # a fill was booked since the read
             position = open_new_position(
                 session,
                 account=found.account,

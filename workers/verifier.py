@@ -16,6 +16,10 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workers import metrics
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
 from workers.exchange.positions import cached_position_size, fetch_positions
@@ -39,7 +43,9 @@ from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
+from workers.store.models import Order, Position
 from workers.store.orders import OrderSnapshot
+from workers.store.positions import Booking, book_fill
 from workers.submission import describe_error
 
 logger = logging.getLogger("execq.verifier")
@@ -48,21 +54,6 @@ logger = logging.getLogger("execq.verifier")
 ORDER_LOOKUP_TRIES = 5
 ORDER_LOOKUP_BASE_S = 0.5
 ORDER_LOOKUP_FACTOR = 1.5
-
-
-def _record_source(order: OrderSnapshot, source: SourceName, outcome: SourceOutcome) -> None:
-    with session_scope() as session:
-        record_event(
-            session,
-            "verification_source",
-            order_id=order.id,
-            position_id=order.position_id,
-            client_order_id=order.client_order_id,
-            signal_id=order.signal_id,
-            account=order.account,
-            symbol=order.symbol,
-            payload={"source": str(source), "kind": outcome.kind, "filled": str(outcome.filled)},
-        )
 
 
 def _observation(order: OrderSnapshot) -> OrderObservation | None:
@@ -114,31 +105,57 @@ def _refresh_order(order: OrderSnapshot, deadline: float) -> OrderSnapshot:
     return order
 
 
-def verify_order(order: OrderSnapshot, settings: Settings) -> VerificationResult:
+@dataclass(frozen=True)
+class Verification:
+    """A verdict and the answers it came from (each becomes a ``verification_source`` event)."""
+
+    result: VerificationResult
+    asked: tuple[tuple[SourceName, SourceOutcome], ...]
+
+
+def decisive_order(order: OrderSnapshot) -> bool:
+    """Whether the stored order alone decides the verdict, with no exchange call.
+
+    True when the create response (Binance) or the follow-up fetch (Bybit)
+    already recorded a terminal state with its fill.
+    """
+    observation = _observation(order)
+    if observation is None:
+        return False
+    return order_verdict(observation).kind in ("filled", "partially_filled", "not_filled")
+
+
+def _decided(result: VerificationResult) -> bool:
+    return result.verdict in (Verdict.VERIFIED, Verdict.FAILED)
+
+
+def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
     """The verdict on the position this order should have produced."""
     deadline = time.monotonic() + settings.verify_budget_s
-    outcomes: list[tuple[SourceName, SourceOutcome]] = []
+    asked: list[tuple[SourceName, SourceOutcome]] = []
+
+    def judge(exhausted: bool = False) -> VerificationResult:
+        return decide(order.amount, asked, budget_exhausted=exhausted, tolerance=Decimal(0))
 
     observation = _observation(order)
     if observation is None or observation.status == "open":
         order = _refresh_order(order, deadline)
         observation = _observation(order)
-    order_outcome = order_verdict(
-        observation or OrderObservation(status=None, amount=order.amount, filled=None)
+    asked.append(
+        (
+            SourceName.ORDER,
+            order_verdict(
+                observation or OrderObservation(status=None, amount=order.amount, filled=None)
+            ),
+        )
     )
-    _record_source(order, SourceName.ORDER, order_outcome)
-    outcomes.append((SourceName.ORDER, order_outcome))
-    result = decide(order.amount, outcomes, budget_exhausted=False, tolerance=Decimal(0))
-    if result.verdict in (Verdict.VERIFIED, Verdict.FAILED):
-        return result
+    if _decided(result := judge()):
+        return Verification(result, tuple(asked))
 
     cached = cached_position_size(order.account, order.symbol)
-    cache_outcome = position_outcome(None if cached is None else abs(cached))
-    _record_source(order, SourceName.CACHE, cache_outcome)
-    outcomes.append((SourceName.CACHE, cache_outcome))
-    result = decide(order.amount, outcomes, budget_exhausted=False, tolerance=Decimal(0))
-    if result.verdict in (Verdict.VERIFIED, Verdict.FAILED):
-        return result
+    asked.append((SourceName.CACHE, position_outcome(None if cached is None else abs(cached))))
+    if _decided(result := judge()):
+        return Verification(result, tuple(asked))
 
     for delay in [0.0, *lookup_delays(10, 0.5, 1.5)]:
         if delay:
@@ -153,13 +170,77 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> VerificationResult
             )
             continue
         size = sum((abs(p.size) for p in positions if p.symbol == order.symbol), Decimal(0))
-        rest_outcome = position_outcome(size)
-        _record_source(order, SourceName.REST, rest_outcome)
-        outcomes.append((SourceName.REST, rest_outcome))
-        result = decide(order.amount, outcomes, budget_exhausted=False, tolerance=Decimal(0))
-        if result.verdict in (Verdict.VERIFIED, Verdict.FAILED):
-            return result
-    return decide(order.amount, outcomes, budget_exhausted=True, tolerance=Decimal(0))
+        asked.append((SourceName.REST, position_outcome(size)))
+        if _decided(result := judge()):
+            return Verification(result, tuple(asked))
+    return Verification(judge(exhausted=True), tuple(asked))
+
+
+def verify_and_book(
+    client_order_id: str, settings: Settings
+) -> tuple[Verification, Booking | None]:
+    """Verify the order's position, then record the sources, the verdict and the booking
+    in one transaction (a verified fill is booked exactly once)."""
+    order = order_store.load_order(client_order_id)
+    if order is None:
+        raise LookupError(f"no order with client order id {client_order_id}")
+    verification = verify_order(order, settings)
+    with session_scope() as session:
+        row = session.scalars(
+            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
+        ).one()
+        _record_verification(session, row, verification)
+        booking = None
+        if verification.result.verdict == Verdict.VERIFIED:
+            booking = book_fill(session, row)
+    metrics.observe_verdict(order.account, str(verification.result.verdict))
+    return verification, booking
+
+
+def _record_verification(session: Session, order: Order, verification: Verification) -> None:
+    result = verification.result
+    order.verification = str(result.verdict)
+    ids = {
+        "order_id": order.id,
+        "client_order_id": order.client_order_id,
+        "signal_id": order.signal_id,
+        "account": order.account,
+        "symbol": order.symbol,
+        "position_id": order.position_id,
+    }
+    for source, outcome in verification.asked:
+        record_event(
+            session,
+            "verification_source",
+            **ids,
+            payload={"source": str(source), "kind": outcome.kind, "filled": str(outcome.filled)},
+        )
+    record_event(
+        session,
+        f"verification_{result.verdict}",
+        **ids,
+        payload={
+            "actual_size": None if result.actual_size is None else str(result.actual_size),
+            "expected_size": str(order.amount),
+            "mismatch": result.mismatch,
+            "decided_by": None if result.decided_by is None else str(result.decided_by),
+        },
+    )
+    if result.verdict == Verdict.UNKNOWN:
+        if order.position_id is not None:
+            position = session.get(Position, order.position_id)
+            if position is not None:
+                position.verification = "unknown"
+        raise_alert(
+            session,
+            "verification_unknown",
+            f"could not verify {order.account} {order.symbol} order {order.client_order_id} "
+            "within the budget; left for the recovery sweep",
+            severity="warning",
+            account=order.account,
+            symbol=order.symbol,
+            order_id=order.id,
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workers.execution.positions import PositionState, apply_fill, side_of
@@ -42,6 +42,15 @@ class MissingFillPrice(Exception):
 
 
 def open_position_for_update(session: Session, account: str, symbol: str) -> Position | None:
+    """The open position, locked; with none open, the (account, symbol) slot is locked instead.
+
+    Row locks cannot guard a row that does not exist yet: two fills opening the
+    same symbol would both insert. A transaction-scoped advisory lock on the
+    pair serialises every writer of that book slot until commit.
+    """
+    session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"{account}|{symbol}", 0)))
+    )
     return session.scalars(
         select(Position)
         .where(Position.account == account, Position.symbol == symbol, Position.status == "open")
@@ -122,76 +131,81 @@ def close_position(
     )
 
 
-def book_order_fill(client_order_id: str, verification: str = "verified") -> Booking:
-    """Book the part of the order's fill not yet in the book. Idempotent."""
-    now = datetime.now(UTC)
+def book_order_fill(client_order_id: str) -> Booking:
+    """Book the part of the order's fill not yet in the book, in its own transaction."""
     with session_scope() as session:
         order = session.scalars(
             select(Order).where(Order.client_order_id == client_order_id).with_for_update()
         ).one()
-        delta = order.filled - order.booked_filled
-        if delta <= 0:
-            return Booking(order.id, order.position_id, Decimal(0), Decimal(0))
-        price = order.average_price or order.price
-        if price is None:
-            raise MissingFillPrice(client_order_id)
-        position = open_position_for_update(session, order.account, order.symbol)
-        before = state_of(position)
-        after = apply_fill(before, order.side, delta, price)
-        realized = after.realized_pnl - before.realized_pnl
-        order.booked_filled = order.filled
-        order.updated_at = now
-        closed_id: int | None = None
+        return book_fill(session, order)
 
-        if position is not None and realized:
-            position.realized_pnl += realized
-        crosses_zero = position is not None and (
-            after.size == 0 or (after.size > 0) != (before.size > 0)
-        )
-        if crosses_zero:
-            assert position is not None
-            closed_id = position.id
-            close_position(session, position, reason=order.purpose, now=now, order=order)
-            position = None
-        if after.size != 0:
-            if position is None:
-                position = open_new_position(
-                    session,
-                    account=order.account,
-                    symbol=order.symbol,
-                    size=after.size,
-                    entry_price=after.entry_price,
-                    opened_at=now,
-                    opening_order=order,
-                    verification=verification,
-                )
-                record_event(
-                    session,
-                    "position_opened",
-                    **_ids(position, order),
-                    payload={"size": str(after.size), "entry_price": str(after.entry_price)},
-                )
-            else:
-                grew = abs(after.size) > abs(before.size)
-                position.size = abs(after.size)
-                position.entry_price = after.entry_price
-                position.updated_at = now
-                record_event(
-                    session,
-                    "position_increased" if grew else "position_reduced",
-                    **_ids(position, order),
-                    payload={
-                        "size": str(after.size),
-                        "entry_price": str(after.entry_price),
-                        "realized_pnl": str(realized),
-                    },
-                )
-        order.position_id = position.id if position is not None else closed_id
-        return Booking(
-            order_id=order.id,
-            position_id=order.position_id,
-            delta=delta,
-            size_after=after.size,
-            closed_position_id=closed_id,
-            realized_pnl=realized,
-        )
+
+def book_fill(session: Session, order: Order, verification: str = "verified") -> Booking:
+    """Book ``filled - booked_filled`` of a locked order row into its position. Idempotent."""
+    now = datetime.now(UTC)
+    delta = order.filled - order.booked_filled
+    if delta <= 0:
+        return Booking(order.id, order.position_id, Decimal(0), Decimal(0))
+    price = order.average_price or order.price
+    if price is None:
+        raise MissingFillPrice(order.client_order_id)
+    position = open_position_for_update(session, order.account, order.symbol)
+    before = state_of(position)
+    after = apply_fill(before, order.side, delta, price)
+    realized = after.realized_pnl - before.realized_pnl
+    order.booked_filled = order.filled
+    order.updated_at = now
+    closed_id: int | None = None
+
+    if position is not None and realized:
+        position.realized_pnl += realized
+    crosses_zero = position is not None and (
+        after.size == 0 or (after.size > 0) != (before.size > 0)
+    )
+    if crosses_zero:
+        assert position is not None
+        closed_id = position.id
+        close_position(session, position, reason=order.purpose, now=now, order=order)
+        position = None
+    if after.size != 0:
+        if position is None:
+            position = open_new_position(
+                session,
+                account=order.account,
+                symbol=order.symbol,
+                size=after.size,
+                entry_price=after.entry_price,
+                opened_at=now,
+                opening_order=order,
+                verification=verification,
+            )
+            record_event(
+                session,
+                "position_opened",
+                **_ids(position, order),
+                payload={"size": str(after.size), "entry_price": str(after.entry_price)},
+            )
+        else:
+            grew = abs(after.size) > abs(before.size)
+            position.size = abs(after.size)
+            position.entry_price = after.entry_price
+            position.updated_at = now
+            record_event(
+                session,
+                "position_increased" if grew else "position_reduced",
+                **_ids(position, order),
+                payload={
+                    "size": str(after.size),
+                    "entry_price": str(after.entry_price),
+                    "realized_pnl": str(realized),
+                },
+            )
+    order.position_id = position.id if position is not None else closed_id
+    return Booking(
+        order_id=order.id,
+        position_id=order.position_id,
+        delta=delta,
+        size_after=after.size,
+        closed_position_id=closed_id,
+        realized_pnl=realized,
+    )
