@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.app import app
+from workers.coordination import kill_switch_state
 from workers.exchange.prices import find_market, reference_price
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id
@@ -135,9 +136,12 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
             raise SignalRejected(f"signal rejected: exchange unreachable: {exc}") from None
         raise task.retry(countdown=1.0 + task.request.retries) from None
     cid = intent.client_order_id
-    order, _ = order_store.ensure_intent(_intent_values(intent))
+    may_send = intent.order.reduce_only or not kill_switch_state().on
+    order, created = order_store.ensure_intent(_intent_values(intent), submitting=may_send)
     try:
-        order = Submission(order=order, settings=settings, deadline=deadline).run()
+        order = Submission(
+            order=order, settings=settings, deadline=deadline, fresh=created and may_send
+        ).run()
     except Requeue as requeue:
         order_store.touch(cid)
         order_store.record_order_event(

@@ -69,6 +69,9 @@ class Submission:
     order: OrderSnapshot
     settings: Settings
     deadline: float
+    # The row was just written as ``submitting`` by this run and nothing was sent
+    # yet: no earlier run can have sent it, so no lookup is needed before sending.
+    fresh: bool = False
     policies: RetryPolicies = field(init=False)
     started: float = field(default_factory=time.monotonic)
 
@@ -100,7 +103,8 @@ class Submission:
         if lock is None:
             raise Requeue(1.0, "another run is working on this order")
         try:
-            self.order = order_store.load_order(self.cid) or self.order
+            if not self.fresh:
+                self.order = order_store.load_order(self.cid) or self.order
             return self._run_locked()
         finally:
             lock.release()
@@ -111,6 +115,9 @@ class Submission:
             return self.order
         if status in RESTING:
             return self.follow()
+        if status == OrderStatus.SUBMITTING and self.fresh:
+            self.fresh = False
+            return self.submit()
         if status in IN_DOUBT:
             # An earlier run may have sent it: find out before sending anything.
             found = self.lookup_over_visibility_window()
@@ -165,10 +172,7 @@ class Submission:
                 if resolved is not None:
                     return resolved
                 continue
-            self.order = order_store.record_attempt(
-                self.cid, retry_class=None, error=None, outcome="accepted"
-            )
-            return self.adopt(response, source="create")
+            return self.adopt(response, source="create", accepted_attempt=True)
 
     def _after_failed_create(
         self, exc: BaseException, retry_class: RetryClass, attempts: Counter[RetryClass]
@@ -277,7 +281,9 @@ class Submission:
 
     # --- adopting the exchange's word -------------------------------------------------
 
-    def adopt(self, seen: exchange_orders.ExchangeOrder, *, source: str) -> OrderSnapshot:
+    def adopt(
+        self, seen: exchange_orders.ExchangeOrder, *, source: str, accepted_attempt: bool = False
+    ) -> OrderSnapshot:
         status = status_from_exchange(seen.status, seen.amount or self.order.amount, seen.filled)
         now = datetime.now(UTC)
         fields: dict[str, Any] = {}
@@ -292,7 +298,9 @@ class Submission:
         if status is None:
             # Accepted, but this response does not say how it went (Bybit's create).
             status = OrderStatus.OPEN if self.order.status in IN_DOUBT else self.order.status
-        self.order = self._move(status, payload={"source": source}, **fields)
+        self.order = self._move(
+            status, payload={"source": source}, accepted_attempt=accepted_attempt, **fields
+        )
         if self.order.status in RESTING:
             return self.follow()
         return self.order
@@ -330,9 +338,18 @@ class Submission:
             logger.info("follow %s: %s", self.cid, describe_error(exc))
             return None
 
-    def _move(self, target: OrderStatus, *, payload: dict | None = None, **fields: Any):
+    def _move(
+        self,
+        target: OrderStatus,
+        *,
+        payload: dict | None = None,
+        accepted_attempt: bool = False,
+        **fields: Any,
+    ):
         try:
-            self.order = order_store.transition(self.cid, target, payload=payload, **fields)
+            self.order = order_store.transition(
+                self.cid, target, payload=payload, accepted_attempt=accepted_attempt, **fields
+            )
         except IllegalTransition:
             # Another run moved the order on (it can only move forward): take its word.
             latest = order_store.load_order(self.cid)

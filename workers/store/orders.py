@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from workers import metrics
 from workers.execution.order_state import (
@@ -120,16 +121,22 @@ def _event_ids(order: Order) -> dict[str, Any]:
     }
 
 
-def ensure_intent(values: Mapping[str, Any]) -> tuple[OrderSnapshot, bool]:
+def ensure_intent(
+    values: Mapping[str, Any], *, submitting: bool = False
+) -> tuple[OrderSnapshot, bool]:
     """Insert the intent row unless the client order id exists; returns (order, created).
 
     The unique client order id makes this idempotent: a redelivered or
     duplicated task finds the existing row and continues from its state.
+    ``submitting`` writes a new row straight as ``submitting`` (both events in
+    this one transaction) when the caller is about to send it.
     """
+    now = datetime.now(UTC)
+    status = OrderStatus.SUBMITTING if submitting else OrderStatus.INTENT
     with session_scope() as session:
         inserted = session.execute(
             insert(Order)
-            .values(status=OrderStatus.INTENT.value, **values)
+            .values(status=status.value, submitted_at=now if submitting else None, **values)
             .on_conflict_do_nothing(index_elements=["client_order_id"])
             .returning(Order.id)
         ).scalar_one_or_none()
@@ -149,6 +156,15 @@ def ensure_intent(values: Mapping[str, Any]) -> tuple[OrderSnapshot, bool]:
                     "purpose": order.purpose,
                 },
             )
+            if submitting:
+                metrics.observe_order_status(order.account, status.value)
+                record_event(
+                    session,
+                    EVENT_FOR_STATUS[status],
+                    **_event_ids(order),
+                    attempt=0,
+                    payload={"from": OrderStatus.INTENT.value, "filled": "0"},
+                )
         return OrderSnapshot.of(order), inserted is not None
 
 
@@ -165,6 +181,7 @@ def transition(
     target: OrderStatus,
     *,
     payload: Mapping[str, Any] | None = None,
+    accepted_attempt: bool = False,
     **fields: Any,
 ) -> OrderSnapshot:
     """Move the order to ``target`` (through any required intermediate state) and
@@ -180,6 +197,10 @@ def transition(
         ).one()
         current = OrderStatus(order.status)
         steps = path_to(current, target)
+        if accepted_attempt:
+            _count_attempt(
+                session, order, retry_class=None, error=None, outcome="accepted", now=now
+            )
         previous_filled = order.filled
         for name, value in fields.items():
             setattr(order, name, value)
@@ -222,24 +243,43 @@ def record_attempt(
         order = session.scalars(
             select(Order).where(Order.client_order_id == client_order_id).with_for_update()
         ).one()
-        order.attempts += 1
-        # The latest moment a create may have reached the exchange: the visibility
-        # window for concluding "absent" is measured from here.
-        order.submitted_at = datetime.now(UTC)
-        metrics.observe_attempt(order.account, retry_class or "success")
-        if error is not None:
-            order.last_error_class = retry_class
-            order.last_error = error[:1000]
-        order.updated_at = datetime.now(UTC)
-        record_event(
+        _count_attempt(
             session,
-            "order_attempt",
-            **_event_ids(order),
-            attempt=order.attempts,
-            error_class=retry_class,
-            payload={"outcome": outcome, "error": error},
+            order,
+            retry_class=retry_class,
+            error=error,
+            outcome=outcome,
+            now=datetime.now(UTC),
         )
         return OrderSnapshot.of(order)
+
+
+def _count_attempt(
+    session: Session,
+    order: Order,
+    *,
+    retry_class: str | None,
+    error: str | None,
+    outcome: str,
+    now: datetime,
+) -> None:
+    order.attempts += 1
+    # The latest moment a create may have reached the exchange: the visibility
+    # window for concluding "absent" is measured from here.
+    order.submitted_at = now
+    metrics.observe_attempt(order.account, retry_class or "success")
+    if error is not None:
+        order.last_error_class = retry_class
+        order.last_error = error[:1000]
+    order.updated_at = now
+    record_event(
+        session,
+        "order_attempt",
+        **_event_ids(order),
+        attempt=order.attempts,
+        error_class=retry_class,
+        payload={"outcome": outcome, "error": error},
+    )
 
 
 def record_order_event(
