@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.app import app
+from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import LockNotAcquired
 from workers.liquidation import liquidate_all, new_liquidation_id
 from workers.settings import get_settings
 
 
-@app.task(name="emergency_liquidate_all", bind=True, max_retries=30)
+@app.task(name="emergency_liquidate_all", bind=True, max_retries=30, **RETRY_ON_INFRASTRUCTURE)
 def emergency_liquidate_all(
     self: Any, reason: str, liquidation_id: str | None = None
 ) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from workers.app import app
+from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import kill_switch_state
 from workers.exchange.prices import find_market, reference_price
 from workers.exchange.reads import EXCHANGE_ERRORS
@@ -35,7 +35,9 @@ class SignalRejected(Exception):
     """The signal is invalid; nothing was sent to the exchange and nothing is retried."""
 
 
-@app.task(name="execute_market_order", bind=True, max_retries=MAX_REQUEUES)
+@app.task(
+    name="execute_market_order", bind=True, max_retries=MAX_REQUEUES, **RETRY_ON_INFRASTRUCTURE
+)
 def execute_market_order(
     self: Any,
     signal_id: str,
@@ -71,7 +73,9 @@ def execute_market_order(
     )
 
 
-@app.task(name="execute_limit_order", bind=True, max_retries=MAX_REQUEUES)
+@app.task(
+    name="execute_limit_order", bind=True, max_retries=MAX_REQUEUES, **RETRY_ON_INFRASTRUCTURE
+)
 def execute_limit_order(
     self: Any,
     signal_id: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.aged import close_aged, close_in_chunks
-from workers.app import app
+from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.settings import get_settings
 from workers.store import orders as order_store
 from workers.store.aged import load_aged
@@ -19,7 +19,7 @@ from workers.submission import Requeue
 from workers.verifier import check_flat, verify_and_book
 
 
-@app.task(name="verify_position", bind=True, max_retries=5)
+@app.task(name="verify_position", bind=True, max_retries=5, **RETRY_ON_INFRASTRUCTURE)
 def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
     """Verify and book one order's position; after a closing fill, check that it is flat."""
     settings = get_settings()
@@ -38,7 +38,7 @@ def verify_position(self: Any, client_order_id: str) -> dict[str, Any]:
     return verification_summary(client_order_id, verification, booking, flat)
 
 
-@app.task(name="check_position_flat")
+@app.task(name="check_position_flat", **RETRY_ON_INFRASTRUCTURE)
 def check_position_flat(
     account: str, symbol: str, position_id: int | None, context: str
 ) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def verification_summary(
     }
 
 
-@app.task(name="close_aged_position", bind=True, max_retries=50)
+@app.task(name="close_aged_position", bind=True, max_retries=50, **RETRY_ON_INFRASTRUCTURE)
 def close_aged_position(self: Any, aged_id: int) -> dict[str, Any]:
     """Close one aged position (reduce-only market, exactly once), verify flat, record it."""
     try:
@@ -71,7 +71,7 @@ def close_aged_position(self: Any, aged_id: int) -> dict[str, Any]:
         raise self.retry(countdown=max(0.1, requeue.countdown_s)) from None
 
 
-@app.task(name="close_position_in_chunks", bind=True, max_retries=50)
+@app.task(name="close_position_in_chunks", bind=True, max_retries=50, **RETRY_ON_INFRASTRUCTURE)
 def close_position_in_chunks(self: Any, aged_id: int) -> dict[str, Any]:
     """The partial-chunk fallback on its own (the close task uses it after repeated failures)."""
     view = load_aged(aged_id)

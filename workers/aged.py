@@ -81,13 +81,15 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
                 AgedPosition,
                 and_(
                     AgedPosition.position_id == Position.id,
-                    AgedPosition.status.in_(("active", "closing")),
+                    AgedPosition.status.in_(("active", "closing", "unclosable")),
                 ),
             )
             .where(Position.status == "open")
         ).all()
         report.positions = len(rows)
         for position, aged in rows:
+            if aged is not None and aged.status == "unclosable":
+                continue  # waiting for a person; alerted once
             assessment = assess(
                 policy,
                 position.side,
@@ -293,7 +295,13 @@ def _close_locked(view: AgedView, settings: Settings) -> dict[str, Any]:
         if size == 0:
             return _record_closed_externally(view)
         if abs(size) != view.size:
+            if order_store.unsettled_orders(view.account, view.symbol):
+                # The difference is probably fills not booked yet: correcting the
+                # book now would count them twice when they are booked.
+                raise Requeue(2.0, "orders on the symbol still unsettled")
             view = _correct_size(view, size)
+        if abs(size) < amount_limits(view.account, view.symbol).minimum:
+            return _record_unclosable(view, abs(size))
         if view.consecutive_failures >= settings.aged.failures_before_chunks:
             return close_in_chunks(view, settings)
         attempt = _close_orders_count(view.id) + 1
@@ -439,6 +447,28 @@ def _record_closed_externally(view: AgedView) -> dict[str, Any]:
             payload={"context": "aged close found no position on the exchange"},
         )
     return {"aged_id": view.id, "status": "closed_externally"}
+
+
+def _record_unclosable(view: AgedView, size: Decimal) -> dict[str, Any]:
+    """Below the market's minimum order size no order can close it: stop and tell a person."""
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        aged, position = lock_aged(session, view.id)
+        aged.status = "unclosable"
+        aged.last_error = f"size {size} is below the market's minimum order size"
+        aged.closed_at = now
+        aged.updated_at = now
+        raise_alert(
+            session,
+            "aged_position_unclosable",
+            f"{position.account} {position.symbol}: aged position of {size} is below the "
+            "minimum order size and cannot be closed by an order; close it by hand",
+            account=position.account,
+            symbol=position.symbol,
+            position_id=position.id,
+            aged_id=aged.id,
+        )
+    return {"aged_id": view.id, "status": "unclosable"}
 
 
 def _correct_size(view: AgedView, exchange_size: Decimal) -> AgedView:

@@ -10,6 +10,9 @@ deadline (exchange timeouts, tenacity stop-after-delay).
 
 from __future__ import annotations
 
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 from celery import Celery
 from celery.signals import worker_init, worker_ready
 
@@ -30,8 +33,30 @@ TASK_MODULES = [
     "tasks.bench",
 ]
 
+# Postgres or Redis unreachable for a moment (a restart, a failover): every task
+# step is idempotent, so the task is retried rather than acknowledged as failed.
+INFRASTRUCTURE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+RETRY_ON_INFRASTRUCTURE = {
+    "autoretry_for": INFRASTRUCTURE_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+}
+
 app = Celery("execq")
-_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+_transport_options = {
+    "visibility_timeout": settings.visibility_timeout_s,
+    # kombu scans for expired unacknowledged messages only on every 10th sweep by
+    # default (up to 100 s late); scan on every sweep so a killed worker's tasks
+    # come back one sweep after the visibility timeout.
+    "unacked_restore_throttle": 1,
+}
 app.conf.update(
     broker_url=settings.redis_url,
     result_backend=settings.redis_url,

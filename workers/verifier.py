@@ -262,6 +262,19 @@ def check_flat(
 
     A residual raises a critical alert naming the possible orphan.
     """
+    if order_store.unsettled_orders(account, symbol):
+        # Other fills on this symbol are not booked yet: the exchange cannot be
+        # expected flat. The recovery sweep reconciles the symbol once it settles.
+        with session_scope() as session:
+            record_event(
+                session,
+                "flat_check_deferred",
+                position_id=position_id,
+                account=account,
+                symbol=symbol,
+                payload={"context": context, "reason": "orders on the symbol still unsettled"},
+            )
+        return FlatReport(flat=True, residual=Decimal(0), checks=0)
     min_amount = amount_limits(account, symbol).minimum
     attempts = settings.flat_check_attempts
     interval_s = settings.flat_check_budget_s / attempts

@@ -250,3 +250,22 @@ def test_worker_restart_mid_aging_loses_nothing(aged_stack, sim):
     row = wait_aged("binance", ETH, lambda r: r.status == "closed", 30)
     assert row.close_reason == "profitable"
     assert sim_size(sim, "binance", ETH) == 0
+
+
+def test_dust_below_the_minimum_order_size_is_marked_unclosable_and_alerted_once(aged_stack, sim):
+    # Given an aged BTC position the exchange shows at 0.003, under BTC's minimum of 0.005
+    sim.prices({"exchange": "bybit", "symbol": BTC, "price": "65000"})
+    open_position("bybit", BTC, "buy", "0.005")
+    sim.prices({"exchange": "bybit", "symbol": BTC, "price": "60000"})
+    wait_aged("bybit", BTC, lambda row: row.status == "active", 30)
+    sim.set_position("bybit", BTC, "0.003", "65000")
+
+    # When its target is reached
+    sim.prices({"exchange": "bybit", "symbol": BTC, "price": "70000"})
+
+    # Then no order is tried; the episode ends unclosable with one critical alert
+    row = wait_aged("bybit", BTC, lambda r: r.status == "unclosable", 30)
+    assert "minimum order size" in row.last_error
+    assert [o for o in sim.ledger() if o["reduceOnly"]] == []
+    unclosable = alerts("aged_position_unclosable")
+    assert len(unclosable) == 1 and unclosable[0].severity == "critical"

@@ -17,21 +17,34 @@ def test_flower_and_worker_metrics_show_a_real_order(workers, db, redis_clean, s
     workers.start(concurrency=4, env={"EXECQ_METRICS_PORT": str(metrics_port)})
     flower = ManagedProcess(
         "flower",
-        [sys.executable, "-m", "celery", "-A", "workers", "flower",
-         f"--port={flower_port}", "--address=127.0.0.1", "--basic-auth=ops:secret-pw"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "flower",
+            f"--port={flower_port}",
+            "--address=127.0.0.1",
+            "--basic-auth=ops:secret-pw",
+        ],
     ).start()
     auth = ("ops", "secret-pw")
     try:
+
         def flower_up() -> bool:
             try:
-                return requests.get(f"http://127.0.0.1:{flower_port}/api/workers",
-                                    auth=auth, timeout=1).ok
+                return requests.get(
+                    f"http://127.0.0.1:{flower_port}/api/workers", auth=auth, timeout=1
+                ).ok
             except requests.ConnectionError:
                 return False
 
         wait_for(flower_up, 60, interval_s=0.3, message=f"flower down:\n{flower.log_tail()}")
         # Basic auth is enforced
-        assert requests.get(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=5).status_code == 401
+        assert (
+            requests.get(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=5).status_code == 401
+        )
 
         from workers.producer import submit_market_order
 
@@ -40,10 +53,14 @@ def test_flower_and_worker_metrics_show_a_real_order(workers, db, redis_clean, s
         assert summary["status"] == "filled"
 
         def listed():
-            tasks = requests.get(f"http://127.0.0.1:{flower_port}/api/tasks", auth=auth,
-                                 timeout=5).json()
-            return [t for t in tasks.values()
-                    if t.get("name") == "execute_market_order" and t.get("state") == "SUCCESS"]
+            tasks = requests.get(
+                f"http://127.0.0.1:{flower_port}/api/tasks", auth=auth, timeout=5
+            ).json()
+            return [
+                t
+                for t in tasks.values()
+                if t.get("name") == "execute_market_order" and t.get("state") == "SUCCESS"
+            ]
 
         shown = wait_for(listed, 30, interval_s=0.3, message="flower did not list the order task")
         # The arguments Flower shows are the JSON the producer sent, and carry no secrets
@@ -52,8 +69,11 @@ def test_flower_and_worker_metrics_show_a_real_order(workers, db, redis_clean, s
 
         def series() -> str | None:
             text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-            return text if 'execq_verifications_total{exchange="binance",verdict="verified"}' \
-                in text else None
+            return (
+                text
+                if 'execq_verifications_total{exchange="binance",verdict="verified"}' in text
+                else None
+            )
 
         text = wait_for(series, 30, interval_s=0.3, message="no verification in /metrics")
         for line in (

@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from workers import metrics
 from workers.execution.order_state import (
     EVENT_FOR_STATUS,
+    IN_FLIGHT,
     TERMINAL,
     OrderStatus,
     path_to,
@@ -295,3 +296,25 @@ def touch(client_order_id: str) -> None:
     with session_scope() as session:
         order = session.scalars(select(Order).where(Order.client_order_id == client_order_id)).one()
         order.updated_at = datetime.now(UTC)
+
+
+def unsettled_orders(account: str, symbol: str, *, besides: str | None = None) -> int:
+    """Orders on this symbol still in flight, or filled but not yet booked.
+
+    While any exist the book may lag the exchange by their fills, so neither a
+    size difference nor a residual after a close means anything yet.
+    """
+    in_flight = [status.value for status in IN_FLIGHT]
+    with session_scope() as session:
+        query = (
+            select(func.count())
+            .select_from(Order)
+            .where(
+                Order.account == account,
+                Order.symbol == symbol,
+                or_(Order.status.in_(in_flight), Order.filled > Order.booked_filled),
+            )
+        )
+        if besides is not None:
+            query = query.where(Order.client_order_id != besides)
+        return session.scalar(query) or 0
