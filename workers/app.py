@@ -69,7 +69,7 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     broker_transport_options=_transport_options,
-    result_backend_transport_options=_transport_options,
+    result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     broker_connection_retry_on_startup=True,
     worker_cancel_long_running_tasks_on_connection_loss=True,
     task_soft_time_limit=settings.task_soft_time_limit_s,
