@@ -46,23 +46,34 @@ def test_flower_and_worker_metrics_show_a_real_order(workers, db, redis_clean, s
             requests.get(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=5).status_code == 401
         )
 
+        from workers.app import app
         from workers.producer import submit_market_order
+
+        def tasks_named(name: str) -> list[dict]:
+            tasks = requests.get(
+                f"http://127.0.0.1:{flower_port}/api/tasks", auth=auth, timeout=5
+            ).json()
+            return [
+                t for t in tasks.values() if t.get("name") == name and t.get("state") == "SUCCESS"
+            ]
+
+        # Flower's API answers before its event receiver runs: wait until events flow.
+        def events_flow() -> list[dict]:
+            app.send_task("ping", kwargs={"note": "flower"}).get(timeout=30)
+            return tasks_named("ping")
+
+        wait_for(events_flow, 60, interval_s=0.5, message="flower never saw a task event")
 
         signal_id = f"flower-{uuid.uuid4().hex[:10]}"
         summary = submit_market_order(signal_id, "binance", ETH, "buy", "0.1").get(timeout=60)
         assert summary["status"] == "filled"
 
-        def listed():
-            tasks = requests.get(
-                f"http://127.0.0.1:{flower_port}/api/tasks", auth=auth, timeout=5
-            ).json()
-            return [
-                t
-                for t in tasks.values()
-                if t.get("name") == "execute_market_order" and t.get("state") == "SUCCESS"
-            ]
-
-        shown = wait_for(listed, 30, interval_s=0.3, message="flower did not list the order task")
+        shown = wait_for(
+            lambda: tasks_named("execute_market_order"),
+            30,
+            interval_s=0.3,
+            message="flower did not list the order task",
+        )
         # The arguments Flower shows are the JSON the producer sent, and carry no secrets
         assert signal_id in shown[0]["kwargs"]
         assert "sim-secret" not in shown[0]["kwargs"] and "api_key" not in shown[0]["kwargs"]
