@@ -52,25 +52,9 @@ def execute_market_order(
     aged_id: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return _execute(
-        self,
-        dict(
-            signal_id=signal_id,
-            exchange=exchange,
-            symbol=symbol,
-            side=side,
-            amount=amount,
-            order_type="market",
-            price=None,
-            time_in_force=None,
-            reduce_only=reduce_only,
-            purpose=purpose,
-            leg=leg,
-            position_id=position_id,
-            aged_id=aged_id,
-            metadata=metadata,
-        ),
-    )
+    """One market order, exactly once; returns the order summary."""
+    request = _arguments(locals(), order_type="market", price=None, time_in_force=None)
+    return _execute(self, request)
 
 
 @app.task(
@@ -92,25 +76,13 @@ def execute_limit_order(
     aged_id: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return _execute(
-        self,
-        dict(
-            signal_id=signal_id,
-            exchange=exchange,
-            symbol=symbol,
-            side=side,
-            amount=amount,
-            order_type="limit",
-            price=price,
-            time_in_force=time_in_force,
-            reduce_only=reduce_only,
-            purpose=purpose,
-            leg=leg,
-            position_id=position_id,
-            aged_id=aged_id,
-            metadata=metadata,
-        ),
-    )
+    """One limit order (GTC rests and is followed; IOC fills what it can), exactly once."""
+    return _execute(self, _arguments(locals(), order_type="limit"))
+
+
+def _arguments(task_locals: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The task's JSON arguments as one request (the explicit signatures are what Flower shows)."""
+    return {name: value for name, value in task_locals.items() if name != "self"} | extra
 
 
 @dataclass(frozen=True)
