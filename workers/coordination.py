@@ -27,13 +27,6 @@ end
 return 0
 """
 
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
 
 class LockNotAcquired(Exception):
     """Someone else holds the lock; the caller should come back later."""
@@ -51,9 +44,6 @@ class Lock:
 
     def release(self) -> bool:
         return bool(self.client.eval(_RELEASE, 1, self.key, self.token))
-
-    def extend(self, ttl_s: float) -> bool:
-        return bool(self.client.eval(_EXTEND, 1, self.key, self.token, int(ttl_s * 1000)))
 
 
 def try_lock(key: str, ttl_s: float, client: redis.Redis | None = None) -> Lock | None:

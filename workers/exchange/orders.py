@@ -47,11 +47,6 @@ class ExchangeOrder:
             reduce_only=order.get("reduceOnly"),
         )
 
-    @property
-    def carries_fill(self) -> bool:
-        """Whether the response says how much filled (Bybit's create response does not)."""
-        return self.status is not None and self.filled is not None
-
 
 def _is_bybit(client: ccxt.Exchange) -> bool:
     return client.id == "bybit"
@@ -134,13 +129,6 @@ def fetch_own_order(
         if found is not None:
             return found
     return find_order_by_client_id(client, symbol, client_order_id)
-
-
-def cancel_order(client: ccxt.Exchange, symbol: str, order_id: str) -> ExchangeOrder | None:
-    try:
-        return ExchangeOrder.from_ccxt(client.cancel_order(order_id, symbol))
-    except ccxt.OrderNotFound:
-        return None
 
 
 def retry_after_s(client: ccxt.Exchange) -> float | None:

@@ -47,10 +47,6 @@ def amount_limits(account: str, symbol: str) -> AmountLimits:
     )
 
 
-def cache_price(account: str, symbol: str, price: Decimal) -> None:
-    cache_prices({(account, symbol): price})
-
-
 def cache_prices(prices: dict[tuple[str, str], Decimal]) -> None:
     """Write many reference prices in one round trip."""
     pipe = get_redis().pipeline(transaction=False)
@@ -70,5 +66,5 @@ def reference_price(account: str, symbol: str) -> Decimal | None:
     if last is None:
         return None
     price = Decimal(str(last))
-    cache_price(account, symbol, price)
+    cache_prices({(account, symbol): price})
     return price
