@@ -135,7 +135,7 @@ def _verify(order: Any, settings: Any) -> None:
     if not decisive_order(order):
         app.send_task("verify_position", kwargs={"client_order_id": order.client_order_id})
         return
-    _, booking = verify_and_book(order.client_order_id, settings)
+    _, booking = verify_and_book(order.client_order_id, settings, order=order)
     if booking is not None and booking.closed_position_id is not None and booking.size_after == 0:
         app.send_task(
             "check_position_flat",

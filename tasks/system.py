@@ -9,16 +9,16 @@ import requests
 from workers.app import app
 from workers.settings import get_settings
 from workers.store.db import session_scope
-from workers.store.events import record_event
+from workers.store.events import record_event, write_events
 
 
 @app.task(name="ping", bind=True)
 def ping(self: Any, note: str = "") -> dict[str, Any]:
     """Write a ``ping`` event and return its id: proves broker, worker and Postgres work."""
     with session_scope() as session:
-        event = record_event(session, "ping", payload={"note": note, "task_id": self.request.id})
-        session.flush()
-        return {"event_id": event.id, "worker": self.request.hostname}
+        record_event(session, "ping", payload={"note": note, "task_id": self.request.id})
+        (event_id,) = write_events(session)
+        return {"event_id": event_id, "worker": self.request.hostname}
 
 
 @app.task(name="send_alert_webhook", bind=True, max_retries=5)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workers import metrics
@@ -43,7 +42,7 @@ from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
-from workers.store.models import Order, Position
+from workers.store.models import Position
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import Booking, book_fill
 from workers.submission import describe_error
@@ -177,29 +176,35 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
 
 
 def verify_and_book(
-    client_order_id: str, settings: Settings
+    client_order_id: str, settings: Settings, *, order: OrderSnapshot | None = None
 ) -> tuple[Verification, Booking | None]:
     """Verify the order's position, then record the sources, the verdict and the booking
-    in one transaction (a verified fill is booked exactly once)."""
-    order = order_store.load_order(client_order_id)
+    in one transaction (a verified fill is booked exactly once).
+
+    ``order`` is the caller's fresh snapshot of it, when it has one.
+    """
+    if order is None:
+        order = order_store.load_order(client_order_id)
     if order is None:
         raise LookupError(f"no order with client order id {client_order_id}")
     verification = verify_order(order, settings)
     with session_scope() as session:
-        row = session.scalars(
-            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
-        ).one()
-        _record_verification(session, row, verification)
+        locked = order_store.lock_order(session, client_order_id)
+        _record_verification(session, locked, verification)
         booking = None
+        values: dict[str, object] = {"verification": str(verification.result.verdict)}
         if verification.result.verdict == Verdict.VERIFIED:
-            booking = book_fill(session, row)
+            booking = book_fill(session, locked)
+            values |= booking.order_values
+        order_store.write_order(session, locked.id, values)
     metrics.observe_verdict(order.account, str(verification.result.verdict))
     return verification, booking
 
 
-def _record_verification(session: Session, order: Order, verification: Verification) -> None:
+def _record_verification(
+    session: Session, order: OrderSnapshot, verification: Verification
+) -> None:
     result = verification.result
-    order.verification = str(result.verdict)
     ids = {
         "order_id": order.id,
         "client_order_id": order.client_order_id,

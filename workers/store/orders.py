@@ -10,12 +10,12 @@ change exists without its event.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -61,9 +61,12 @@ class OrderSnapshot:
     created_at: datetime
     acked_at: datetime | None
     submitted_at: datetime | None
+    # How much of ``filled`` is already in the position book.
+    booked_filled: Decimal
 
     @classmethod
-    def of(cls, order: Order) -> OrderSnapshot:
+    def of(cls, order: Any) -> OrderSnapshot:
+        """From an ``Order`` object or an ``orders`` row."""
         return cls(
             id=order.id,
             client_order_id=order.client_order_id,
@@ -90,6 +93,7 @@ class OrderSnapshot:
             created_at=order.created_at,
             acked_at=order.acked_at,
             submitted_at=order.submitted_at,
+            booked_filled=order.booked_filled,
         )
 
     @property
@@ -110,7 +114,11 @@ class OrderSnapshot:
         }
 
 
-def _event_ids(order: Order) -> dict[str, Any]:
+ORDERS = Order.__table__
+_SNAPSHOT_FIELDS = frozenset(OrderSnapshot.__dataclass_fields__)
+
+
+def _event_ids(order: Any) -> dict[str, Any]:
     return {
         "order_id": order.id,
         "position_id": order.position_id,
@@ -120,6 +128,45 @@ def _event_ids(order: Order) -> dict[str, Any]:
         "account": order.account,
         "symbol": order.symbol,
     }
+
+
+# The order hot path runs on SQLAlchemy Core rows, not ORM objects: an order
+# makes a handful of these small statements, and the ORM's unit of work cost
+# several times the statements themselves.
+
+
+# Built once: constructing a statement costs more than running it.
+_SELECT_ORDER = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
+_SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
+# The SET clause is the keys of the parameters given.
+_UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("order_id"))
+
+
+def _order_row(connection: Connection, client_order_id: str, *, for_update: bool = False) -> Any:
+    query = _SELECT_ORDER_FOR_UPDATE if for_update else _SELECT_ORDER
+    return connection.execute(query, {"cid": client_order_id}).one_or_none()
+
+
+def _update_order(connection: Connection, order_id: int, values: Mapping[str, Any]) -> None:
+    connection.execute(_UPDATE_ORDER, {"order_id": order_id, **values})
+
+
+def lock_order(session: Session, client_order_id: str) -> OrderSnapshot:
+    """The order, its row locked until the session's transaction ends."""
+    return OrderSnapshot.of(_order_row(session.connection(), client_order_id, for_update=True))
+
+
+def write_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
+    """Write columns of a row the caller locked (status changes go through ``transition``)."""
+    _update_order(session.connection(), order_id, values)
+
+
+def _changed(snapshot: OrderSnapshot, values: Mapping[str, Any]) -> OrderSnapshot:
+    """The snapshot after ``values`` were written (columns the snapshot does not carry ignored)."""
+    changes = {name: value for name, value in values.items() if name in _SNAPSHOT_FIELDS}
+    if "status" in changes:
+        changes["status"] = OrderStatus(changes["status"])
+    return replace(snapshot, **changes)
 
 
 def ensure_intent(
@@ -134,47 +181,48 @@ def ensure_intent(
     """
     now = datetime.now(UTC)
     status = OrderStatus.SUBMITTING if submitting else OrderStatus.INTENT
+    columns = {
+        ("metadata" if name == "metadata_" else name): value for name, value in values.items()
+    }
     with session_scope() as session:
-        inserted = session.execute(
-            insert(Order)
-            .values(status=status.value, submitted_at=now if submitting else None, **values)
+        connection = session.connection()
+        inserted = connection.execute(
+            insert(ORDERS)
+            .values(status=status.value, submitted_at=now if submitting else None, **columns)
             .on_conflict_do_nothing(index_elements=["client_order_id"])
-            .returning(Order.id)
-        ).scalar_one_or_none()
-        order = session.scalars(
-            select(Order).where(Order.client_order_id == values["client_order_id"])
-        ).one()
-        if inserted is not None:
+            .returning(*ORDERS.c)
+        ).one_or_none()
+        if inserted is None:
+            existing = _order_row(connection, values["client_order_id"])
+            return OrderSnapshot.of(existing), False
+        record_event(
+            session,
+            "order_intent",
+            **_event_ids(inserted),
+            payload={
+                "side": inserted.side,
+                "amount": str(inserted.amount),
+                "type": inserted.order_type,
+                "reduce_only": inserted.reduce_only,
+                "purpose": inserted.purpose,
+            },
+        )
+        if submitting:
+            metrics.observe_order_status(inserted.account, status.value)
             record_event(
                 session,
-                "order_intent",
-                **_event_ids(order),
-                payload={
-                    "side": order.side,
-                    "amount": str(order.amount),
-                    "type": order.order_type,
-                    "reduce_only": order.reduce_only,
-                    "purpose": order.purpose,
-                },
+                EVENT_FOR_STATUS[status],
+                **_event_ids(inserted),
+                attempt=0,
+                payload={"from": OrderStatus.INTENT.value, "filled": "0"},
             )
-            if submitting:
-                metrics.observe_order_status(order.account, status.value)
-                record_event(
-                    session,
-                    EVENT_FOR_STATUS[status],
-                    **_event_ids(order),
-                    attempt=0,
-                    payload={"from": OrderStatus.INTENT.value, "filled": "0"},
-                )
-        return OrderSnapshot.of(order), inserted is not None
+        return OrderSnapshot.of(inserted), True
 
 
 def load_order(client_order_id: str) -> OrderSnapshot | None:
     with session_scope() as session:
-        order = session.scalars(
-            select(Order).where(Order.client_order_id == client_order_id)
-        ).one_or_none()
-        return None if order is None else OrderSnapshot.of(order)
+        row = _order_row(session.connection(), client_order_id)
+        return None if row is None else OrderSnapshot.of(row)
 
 
 def transition(
@@ -193,43 +241,48 @@ def transition(
     """
     now = datetime.now(UTC)
     with session_scope() as session:
-        order = session.scalars(
-            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
-        ).one()
-        current = OrderStatus(order.status)
+        connection = session.connection()
+        order = OrderSnapshot.of(_order_row(connection, client_order_id, for_update=True))
+        current = order.status
         steps = path_to(current, target)
+        values: dict[str, Any] = {}
         if accepted_attempt:
-            _count_attempt(
+            values |= _attempt_values(
                 session, order, retry_class=None, error=None, outcome="accepted", now=now
             )
-        previous_filled = order.filled
-        for name, value in fields.items():
-            setattr(order, name, value)
-        order.updated_at = now
+        values |= fields
+        values["updated_at"] = now
         if target in TERMINAL and steps:
-            order.terminal_at = now
+            values["terminal_at"] = now
+        if OrderStatus.SUBMITTING in steps:
+            values["submitted_at"] = now
+        if steps:
+            values["status"] = steps[-1].value
+        changed = _changed(order, values)
         for step in steps:
-            if step == OrderStatus.SUBMITTING:
-                order.submitted_at = now
             metrics.observe_order_status(order.account, step.value)
-            order.status = step.value
             record_event(
                 session,
                 EVENT_FOR_STATUS[step],
-                **_event_ids(order),
-                attempt=order.attempts,
-                error_class=order.last_error_class if step == OrderStatus.REJECTED else None,
-                payload={"from": str(current), "filled": str(order.filled), **dict(payload or {})},
+                **_event_ids(changed),
+                attempt=changed.attempts,
+                error_class=changed.last_error_class if step == OrderStatus.REJECTED else None,
+                payload={
+                    "from": str(current),
+                    "filled": str(changed.filled),
+                    **dict(payload or {}),
+                },
             )
             current = step
-        if not steps and order.filled != previous_filled:
+        if not steps and changed.filled != order.filled:
             record_event(
                 session,
                 EVENT_FOR_STATUS[target] if target in EVENT_FOR_STATUS else "order_updated",
-                **_event_ids(order),
-                payload={"filled": str(order.filled), **dict(payload or {})},
+                **_event_ids(changed),
+                payload={"filled": str(changed.filled), **dict(payload or {})},
             )
-        return OrderSnapshot.of(order)
+        _update_order(connection, order.id, values)
+        return changed
 
 
 def record_attempt(
@@ -241,10 +294,9 @@ def record_attempt(
 ) -> OrderSnapshot:
     """Count one create attempt and write its event (class and error, or success)."""
     with session_scope() as session:
-        order = session.scalars(
-            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
-        ).one()
-        _count_attempt(
+        connection = session.connection()
+        order = OrderSnapshot.of(_order_row(connection, client_order_id, for_update=True))
+        values = _attempt_values(
             session,
             order,
             retry_class=retry_class,
@@ -252,50 +304,55 @@ def record_attempt(
             outcome=outcome,
             now=datetime.now(UTC),
         )
-        return OrderSnapshot.of(order)
+        _update_order(connection, order.id, values)
+        return _changed(order, values)
 
 
-def _count_attempt(
+def _attempt_values(
     session: Session,
-    order: Order,
+    order: OrderSnapshot,
     *,
     retry_class: str | None,
     error: str | None,
     outcome: str,
     now: datetime,
-) -> None:
-    order.attempts += 1
+) -> dict[str, Any]:
+    """The row changes for one more create attempt; records its event."""
     # The latest moment a create may have reached the exchange: the visibility
     # window for concluding "absent" is measured from here.
-    order.submitted_at = now
+    values: dict[str, Any] = {
+        "attempts": order.attempts + 1,
+        "submitted_at": now,
+        "updated_at": now,
+    }
     metrics.observe_attempt(order.account, retry_class or "success")
     if error is not None:
-        order.last_error_class = retry_class
-        order.last_error = error[:1000]
-    order.updated_at = now
+        values["last_error_class"] = retry_class
+        values["last_error"] = error[:1000]
     record_event(
         session,
         "order_attempt",
         **_event_ids(order),
-        attempt=order.attempts,
+        attempt=values["attempts"],
         error_class=retry_class,
         payload={"outcome": outcome, "error": error},
     )
+    return values
 
 
 def record_order_event(
     client_order_id: str, event_type: str, payload: Mapping[str, Any] | None = None
 ) -> None:
     with session_scope() as session:
-        order = session.scalars(select(Order).where(Order.client_order_id == client_order_id)).one()
+        order = _order_row(session.connection(), client_order_id)
         record_event(session, event_type, **_event_ids(order), payload=payload)
 
 
 def touch(client_order_id: str) -> None:
     """Mark the order as being worked on (a heartbeat for the recovery sweep)."""
     with session_scope() as session:
-        order = session.scalars(select(Order).where(Order.client_order_id == client_order_id)).one()
-        order.updated_at = datetime.now(UTC)
+        order = _order_row(session.connection(), client_order_id)
+        _update_order(session.connection(), order.id, {"updated_at": datetime.now(UTC)})
 
 
 def unsettled_orders(account: str, symbol: str, *, besides: str | None = None) -> int:

@@ -11,14 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workers.execution.positions import PositionState, apply_fill, side_of
+from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
-from workers.store.models import AgedPosition, Order, Position
+from workers.store.models import AgedPosition, Position
+from workers.store.orders import OrderSnapshot
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,23 @@ class Booking:
     size_after: Decimal  # signed; 0 when the fill closed the position
     closed_position_id: int | None = None
     realized_pnl: Decimal = Decimal(0)
+    booked_filled: Decimal = Decimal(0)
+    booked_at: datetime | None = None
 
     @property
     def booked(self) -> bool:
         return self.delta != 0
+
+    @property
+    def order_values(self) -> dict[str, Any]:
+        """What booking changes on the order row (nothing when nothing was booked)."""
+        if not self.booked:
+            return {}
+        return {
+            "booked_filled": self.booked_filled,
+            "position_id": self.position_id,
+            "updated_at": self.booked_at,
+        }
 
 
 class MissingFillPrice(Exception):
@@ -65,7 +81,7 @@ def state_of(position: Position | None) -> PositionState:
     return PositionState(size=signed, entry_price=position.entry_price, realized_pnl=Decimal(0))
 
 
-def _ids(position: Position, order: Order | None = None) -> dict:
+def _ids(position: Position, order: OrderSnapshot | None = None) -> dict:
     return {
         "position_id": position.id,
         "account": position.account,
@@ -84,7 +100,7 @@ def open_new_position(
     size: Decimal,
     entry_price: Decimal,
     opened_at: datetime,
-    opening_order: Order | None,
+    opening_order: OrderSnapshot | None,
     verification: str,
 ) -> Position:
     position = Position(
@@ -105,7 +121,12 @@ def open_new_position(
 
 
 def close_position(
-    session: Session, position: Position, *, reason: str, now: datetime, order: Order | None
+    session: Session,
+    position: Position,
+    *,
+    reason: str,
+    now: datetime,
+    order: OrderSnapshot | None,
 ) -> None:
     position.status = "closed" if reason != "closed_externally" else "closed_externally"
     position.closed_at = now
@@ -134,14 +155,19 @@ def close_position(
 def book_order_fill(client_order_id: str) -> Booking:
     """Book the part of the order's fill not yet in the book, in its own transaction."""
     with session_scope() as session:
-        order = session.scalars(
-            select(Order).where(Order.client_order_id == client_order_id).with_for_update()
-        ).one()
-        return book_fill(session, order)
+        order = order_store.lock_order(session, client_order_id)
+        booking = book_fill(session, order)
+        order_store.write_order(session, order.id, booking.order_values)
+        return booking
 
 
-def book_fill(session: Session, order: Order, verification: str = "verified") -> Booking:
-    """Book ``filled - booked_filled`` of a locked order row into its position. Idempotent."""
+def book_fill(session: Session, order: OrderSnapshot, verification: str = "verified") -> Booking:
+    """Book ``filled - booked_filled`` of a locked order into its position. Idempotent.
+
+    Changes the position book; the order row's side of it (``booked_filled``,
+    ``position_id``) is ``Booking.order_values``, for the caller to write with
+    whatever else it changes on the row.
+    """
     now = datetime.now(UTC)
     delta = order.filled - order.booked_filled
     if delta <= 0:
@@ -153,8 +179,6 @@ def book_fill(session: Session, order: Order, verification: str = "verified") ->
     before = state_of(position)
     after = apply_fill(before, order.side, delta, price)
     realized = after.realized_pnl - before.realized_pnl
-    order.booked_filled = order.filled
-    order.updated_at = now
     closed_id: int | None = None
 
     if position is not None and realized:
@@ -200,12 +224,13 @@ def book_fill(session: Session, order: Order, verification: str = "verified") ->
                     "realized_pnl": str(realized),
                 },
             )
-    order.position_id = position.id if position is not None else closed_id
     return Booking(
         order_id=order.id,
-        position_id=order.position_id,
+        position_id=position.id if position is not None else closed_id,
         delta=delta,
         size_after=after.size,
         closed_position_id=closed_id,
         realized_pnl=realized,
+        booked_filled=order.filled,
+        booked_at=now,
     )
