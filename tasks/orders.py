@@ -26,7 +26,7 @@ from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
 from workers.submission import Requeue, Submission, describe_error
-from workers.verifier import decisive_order, verify_and_book
+from workers.verifier import InlineSettlement, decisive_order, verify_and_book
 
 MAX_REQUEUES = 50
 
@@ -114,9 +114,14 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     cid = intent.client_order_id
     may_send = intent.order.reduce_only or not kill_switch_state().on
     order, created = order_store.ensure_intent(_intent_values(intent), submitting=may_send)
+    settlement = InlineSettlement()
     try:
         order = Submission(
-            order=order, settings=settings, deadline=deadline, fresh=created and may_send
+            order=order,
+            settings=settings,
+            deadline=deadline,
+            fresh=created and may_send,
+            on_terminal=settlement,
         ).run()
     except Requeue as requeue:
         order_store.touch(cid)
@@ -124,18 +129,30 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
             cid, "order_requeued", {"reason": requeue.reason, "countdown_s": requeue.countdown_s}
         )
         raise task.retry(countdown=max(0.1, requeue.countdown_s)) from None
-    if order.terminal and order.status != OrderStatus.REJECTED:
+    if settlement.settled:
+        _check_flat_after(order, settlement.booking)
+    elif order.terminal and order.status != OrderStatus.REJECTED:
         _verify(order, settings)
     return order.summary()
 
 
 def _verify(order: Any, settings: Any) -> None:
     """Verify and book now when the order alone decides (no exchange call needed);
-    otherwise hand it to ``verify_position``, which may spend its budget asking."""
+    otherwise hand it to ``verify_position``, which may spend its budget asking.
+
+    Reached when this run did not settle the order as it became terminal
+    (``InlineSettlement``): it was terminal before (a redelivery), another run
+    moved it, or the order alone does not decide.
+    """
     if not decisive_order(order):
         app.send_task("verify_position", kwargs={"client_order_id": order.client_order_id})
         return
     _, booking = verify_and_book(order.client_order_id, settings, order=order)
+    _check_flat_after(order, booking)
+
+
+def _check_flat_after(order: Any, booking: Any) -> None:
+    """A fill that closed the position: check on the exchange that it really is flat."""
     if booking is not None and booking.closed_position_id is not None and booking.size_after == 0:
         app.send_task(
             "check_position_flat",

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import ccxt
+from sqlalchemy.orm import Session
 
 from workers import redis_keys
 from workers.coordination import kill_switch_state, try_lock
@@ -72,6 +74,8 @@ class Submission:
     # The row was just written as ``submitting`` by this run and nothing was sent
     # yet: no earlier run can have sent it, so no lookup is needed before sending.
     fresh: bool = False
+    # Runs in the transaction that makes the order terminal (``transition``'s ``then``).
+    on_terminal: Callable[[Session, OrderSnapshot], Mapping[str, Any]] | None = None
     policies: RetryPolicies = field(init=False)
     started: float = field(default_factory=time.monotonic)
 
@@ -348,7 +352,12 @@ class Submission:
     ):
         try:
             self.order = order_store.transition(
-                self.cid, target, payload=payload, accepted_attempt=accepted_attempt, **fields
+                self.cid,
+                target,
+                payload=payload,
+                accepted_attempt=accepted_attempt,
+                then=self.on_terminal if target in TERMINAL else None,
+                **fields,
             )
         except IllegalTransition:
             # Another run moved the order on (it can only move forward): take its word.

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -199,6 +200,43 @@ def verify_and_book(
         order_store.write_order(session, locked.id, values)
     metrics.observe_verdict(order.account, str(verification.result.verdict))
     return verification, booking
+
+
+class InlineSettlement:
+    """Verdict and booking written in the very transaction that makes the order terminal.
+
+    Pass as ``Submission(on_terminal=...)``. Only when the order alone decides
+    (what the exchange told us of its fill, no call needed): anything else is
+    left for ``verify_and_book``. ``booking`` is what was booked, if anything.
+    """
+
+    def __init__(self) -> None:
+        self.settled = False
+        self.booking: Booking | None = None
+
+    def __call__(self, session: Session, order: OrderSnapshot) -> dict[str, Any]:
+        verification = _order_only_verification(order)
+        if verification is None:
+            return {}
+        _record_verification(session, order, verification)
+        values: dict[str, Any] = {"verification": str(verification.result.verdict)}
+        if verification.result.verdict == Verdict.VERIFIED:
+            self.booking = book_fill(session, order)
+            values |= self.booking.order_values
+        metrics.observe_verdict(order.account, str(verification.result.verdict))
+        self.settled = True
+        return values
+
+
+def _order_only_verification(order: OrderSnapshot) -> Verification | None:
+    """The verdict from the stored order alone, when it decides one."""
+    if order.status == OrderStatus.REJECTED or not decisive_order(order):
+        return None
+    observation = _observation(order)
+    assert observation is not None
+    asked = ((SourceName.ORDER, order_verdict(observation)),)
+    result = decide(order.amount, list(asked), budget_exhausted=False, tolerance=Decimal(0))
+    return Verification(result, asked) if _decided(result) else None
 
 
 def _record_verification(

@@ -9,7 +9,7 @@ change exists without its event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -231,13 +231,16 @@ def transition(
     *,
     payload: Mapping[str, Any] | None = None,
     accepted_attempt: bool = False,
+    then: Callable[[Session, OrderSnapshot], Mapping[str, Any]] | None = None,
     **fields: Any,
 ) -> OrderSnapshot:
     """Move the order to ``target`` (through any required intermediate state) and
     update ``fields``; one event per status change. Raises IllegalTransition.
 
     ``target`` equal to the current status only updates the fields (a partial
-    fill growing), with an event only when ``filled`` changed.
+    fill growing), with an event only when ``filled`` changed. ``then`` runs
+    in the same transaction with the moved order and returns more columns to
+    write on its row (the verdict and booking of a fill, for one).
     """
     now = datetime.now(UTC)
     with session_scope() as session:
@@ -281,6 +284,10 @@ def transition(
                 **_event_ids(changed),
                 payload={"filled": str(changed.filled), **dict(payload or {})},
             )
+        if then is not None:
+            more = then(session, changed)
+            values |= more
+            changed = _changed(changed, more)
         _update_order(connection, order.id, values)
         return changed
 
