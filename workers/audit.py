@@ -11,7 +11,13 @@ counted in memory during a run: every figure is read back after it.
 - ``orphans``: positions on the exchange the book does not know (or with a
   different size), plus open book positions the exchange does not have;
 - ``stuck``: orders still in flight, and aged positions whose close was due
-  but did not happen.
+  but did not happen;
+- ``missing_events``: committed state without its event. An order's status
+  and its event are written in one transaction, so every order has its
+  ``order_intent`` event and the event of its current status
+  (``EVENT_FOR_STATUS``), and every order with a booked fill has a position
+  event; one missing means a state change was committed without its record
+  (or an event was lost, e.g. across a PostgreSQL restart).
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ from decimal import Decimal
 from typing import Any
 
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import case, exists, func, literal, select, union_all
+from sqlalchemy.orm import Session
 
-from workers.execution.order_state import IN_FLIGHT, TERMINAL
+from workers.execution.order_state import EVENT_FOR_STATUS, IN_FLIGHT, TERMINAL
 from workers.settings import Settings
 from workers.store.db import session_scope
 from workers.store.models import AgedPosition, Alert, Event, Order, Position
 
 SIM_EXCHANGE_OF_CLASS = {"binanceusdm": "binance", "bybit": "bybit"}
+# What booking a fill records (workers/store/positions.py, ``book_fill``).
+BOOKING_EVENTS = ("position_opened", "position_increased", "position_reduced", "position_closed")
 
 
 @dataclass
@@ -42,13 +51,16 @@ class AuditReport:
     lost: int = 0
     orphans: int = 0
     stuck: int = 0
+    missing_events: int = 0
     orders: int = 0
     ledger_orders: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
-        return not (self.duplicates or self.lost or self.orphans or self.stuck)
+        return not (
+            self.duplicates or self.lost or self.orphans or self.stuck or self.missing_events
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +76,38 @@ def ledger_duplicates(ledger: Iterable[dict[str, Any]]) -> dict[tuple[str, str],
     """(exchange, clientOrderId) -> number of accepted orders, for those accepted more than once."""
     counts = Counter((row["exchange"], row["clientOrderId"]) for row in ledger)
     return {key: count for key, count in counts.items() if count > 1}
+
+
+def missing_events(session: Session) -> list[tuple[str, str]]:
+    """(client order id, event type) for every committed order state without its event.
+
+    Checked per order: ``order_intent``; the event of its current status
+    (``intent`` has none of its own); a booking event when ``booked_filled > 0``.
+    """
+
+    def lacking(label: Any, event_matches: Any, *where: Any) -> Any:
+        has_event = exists().where(Event.order_id == Order.id, event_matches)
+        return select(Order.client_order_id, label).where(~has_event, *where)
+
+    status_event = case(
+        {status.value: event for status, event in EVENT_FOR_STATUS.items()}, value=Order.status
+    )
+    rows = session.execute(
+        union_all(
+            lacking(literal("order_intent"), Event.type == "order_intent"),
+            lacking(
+                status_event,
+                Event.type == status_event,
+                Order.status.in_([status.value for status in EVENT_FOR_STATUS]),
+            ),
+            lacking(
+                literal("position booking"),
+                Event.type.in_(BOOKING_EVENTS),
+                Order.booked_filled > 0,
+            ),
+        )
+    ).all()
+    return sorted((str(client_id), str(kind)) for client_id, kind in rows)
 
 
 def audit(
@@ -115,6 +159,9 @@ def audit(
             )
         ).all()
         report.details["alerts"] = session.scalar(select(func.count()).select_from(Alert)) or 0
+        unrecorded = missing_events(session)
+    report.missing_events = len(unrecorded)
+    report.details["missing_events"] = [f"{cid}: {kind}" for cid, kind in unrecorded[:50]]
 
     expected = set(signal_ids) if signal_ids is not None else set(by_signal) | rejected_signals
     report.signals = len(expected)
