@@ -1,10 +1,11 @@
 """``execq chaos``: exactly-once under faults, kills and restarts, audited from the sources of truth.
 
 A run (issue 9), on a scratch Redis database and a scratch PostgreSQL
-database (``workers.bench.scratch``):
+database (``workers.bench.scratch``), or on private servers it starts itself
+(``private_redis``/``private_postgres``, so that it may restart them):
 
 1. starts the simulator, ``workers`` worker processes and beat, with aged
-   time compressed to seconds and the sweeps frequent;
+   time compressed to seconds and the sweeps frequent (``chaos_stack``);
 2. installs the fault plan on the simulator's creates (timeouts before and
    after accept, 429, 5xx, visibility lag, positions lag, partial fills) and
    random-walks every price so aged positions reach their targets;
@@ -18,6 +19,10 @@ database (``workers.bench.scratch``):
    flight in Postgres, no aged close claimed, the broker queue and its unacked
    set empty, and a recovery sweep finished after the faults were lifted;
 5. audits with ``workers.audit.audit``.
+
+Steps 2-5 are ``ChaosRun.phase``; ``run_chaos`` is one phase on a fresh
+stack, and ``chaos_stack`` runs several phases on one (the tests run each
+fault kind alone that way, ``single_fault_plans``).
 
 Everything random is drawn from ``random.Random(seed)`` (and the simulator's
 fault plan uses the same seed); the process timing around it is not
@@ -34,6 +39,7 @@ import signal as signals
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -187,6 +193,20 @@ def fault_plan(seed: int, *, dust: bool = False) -> dict[str, Any]:
     return {"seed": seed, "rules": rules}
 
 
+def single_fault_plans(seed: int, probability: float = 0.4) -> dict[str, dict[str, Any]]:
+    """The default plan's kinds one at a time: kind -> a plan with that kind's rules alone.
+
+    A rule with a probability gets ``probability`` instead (alone, an outcome rule is
+    no longer conditional on the earlier ones, and a short stream should see it fire
+    many times); the lags stay as in the default plan.
+    """
+    plans: dict[str, dict[str, Any]] = {}
+    for rule in fault_plan(seed)["rules"]:
+        alone = {**rule, "probability": probability} if "probability" in rule else rule
+        plans.setdefault(rule["kind"], {"seed": seed, "rules": []})["rules"].append(alone)
+    return plans
+
+
 # Aged time compressed to seconds, sweeps frequent, retries short, so that a
 # run exercises the aged closes and the recovery sweep within minutes.
 CHAOS_WORKER_ENV = {
@@ -217,6 +237,14 @@ CHAOS_WORKER_ENV = {
 }
 
 
+# Positions never age within a run: phases about create faults need no aged closes.
+NO_AGED_ENV = {
+    "EXECQ_AGED__MAX_AGE_S": str(7 * 24 * 3600),
+    # Nothing to sweep: every second a sweep task in the broker would only break the quiet.
+    "EXECQ_AGED_SWEEP_INTERVAL_S": "3600",
+}
+
+
 # --- options and result -------------------------------------------------------------------
 
 
@@ -228,7 +256,9 @@ class ChaosOptions:
     kills: int = 3
     restart_redis: bool = True
     restart_postgres: bool = True
-    private_services: bool = False
+    # Start a private server (which the run may restart) instead of using the configured one.
+    private_redis: bool = False
+    private_postgres: bool = False
     rate: float = 40.0
     faults: bool = True
     seed: int = 1
@@ -241,6 +271,8 @@ class ChaosOptions:
     loglevel: str = "INFO"
     price_volatility: float = 0.0005
     dust: bool = False
+    # False: positions never age (``NO_AGED_ENV``), so no aged close runs.
+    aged: bool = True
 
 
 @dataclass
@@ -285,6 +317,8 @@ class ChaosRun:
         self.quiet_trace: list[tuple[float, list[str]]] = []
         self.nodes: list[str] = []
         self.sim_url = ""
+        # Every signal id of this stack starts with it; a phase adds its name.
+        self.prefix = f"chaos-{options.seed}-{secrets.token_hex(2)}"
         from sqlalchemy import create_engine
 
         self.engine = create_engine(run.database_url, pool_size=2, pool_pre_ping=True)
@@ -523,8 +557,9 @@ class ChaosRun:
             self.disruptions.beat_restarts += 1
             self.disruptions.notes.append("beat exited during the run and was started again")
 
-    def wait_quiet(self, faults_lifted_at: float) -> tuple[bool, dict[str, Any]]:
-        """Poll until quiet holds for QUIET_HOLD_S after a recovery sweep ran; False on timeout."""
+    def wait_quiet(self, sweep_after: float) -> tuple[bool, dict[str, Any]]:
+        """Poll until quiet holds for QUIET_HOLD_S and a recovery sweep ran after ``sweep_after``
+        (epoch seconds); False on timeout."""
         started = time.monotonic()
         deadline = started + self.options.quiet_timeout_s
         quiet_since: float | None = None
@@ -533,7 +568,7 @@ class ChaosRun:
             self.keep_beat()
             self.restore_unacked()
             try:
-                last = self.state(faults_lifted_at)
+                last = self.state(sweep_after)
             except Exception as exc:  # noqa: BLE001 - a server coming back: ask again
                 last = {"error": str(exc)[:200]}
                 quiet_since = None
@@ -701,136 +736,187 @@ class ChaosRun:
     def trigger_recovery(self) -> None:
         self.app.send_task("recovery_sweep")
 
+    def lift_faults(self) -> dict[str, Any]:
+        """Clear the fault plan; returns it as it was, with each rule's ``fired`` count."""
+        stats = get_sim(self.sim_url, "/_sim/faults")
+        post_sim(self.sim_url, "/_sim/faults", {})
+        return stats
 
-def _private_urls() -> tuple[str, str]:
-    """URLs where nothing listens, so ``ensure_services`` starts private servers."""
-    return (
-        f"redis://127.0.0.1:{free_port()}/0",
-        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/execq_chaos",
-    )
+    # --- one phase: a stream under a fault plan, quiet, audit ---
+
+    def phase(
+        self,
+        name: str,
+        plan: dict[str, Any] | None,
+        signals: int,
+        *,
+        disrupt: bool = False,
+        faults_until_quiet: bool = False,
+    ) -> dict[str, Any]:
+        """Send ``signals`` signals under ``plan`` (None: no faults), wait until quiet and
+        audit those signals; returns the report ``run_chaos`` returns.
+
+        ``disrupt``: the kills and restarts of the options, at seeded moments of the
+        phase (``schedule``). The faults are lifted once every signal has reached
+        the pipeline, or with ``faults_until_quiet`` once the phase is quiet, so
+        that the follow-ups, flat checks and recovery sweeps run under them too (a
+        positions lag only shows there).
+
+        Between phases the simulator keeps its orders and positions (only the
+        fault plan is replaced): duplicates, orphans, stuck orders and missing
+        events are audited over everything the stack did, ``lost`` over this
+        phase's signals; ``kills``/``restarts`` count since the stack started.
+        """
+        from workers.audit import audit
+        from workers.settings import get_settings
+
+        started = time.monotonic()
+        self.quiet_trace = []
+        post_sim(self.sim_url, "/_sim/faults", plan or {})
+        if self.options.price_volatility:
+            self.walk_prices()
+        prefix = f"{self.prefix}-{name}"
+        stream = plan_signals(signals, self.rng, prefix)
+        schedule = self.schedule() if disrupt else []
+        stop = threading.Event()
+        disruptor = threading.Thread(
+            target=self.disrupt, args=(schedule, prefix + "-", len(stream), stop), daemon=True
+        )
+        disruptor.start()
+        send_seconds = self.send_stream(stream)
+        # Faults stay on until every signal has reached the pipeline (its intent
+        # row or its refusal), so the whole stream runs under them.
+        processed = self.wait_processed_until(prefix + "-", len(stream), stop)
+        disruptor.join(timeout=self.options.quiet_timeout_s)
+        stop.set()
+        fault_stats = {} if faults_until_quiet else self.lift_faults()
+        if self.options.price_volatility:
+            self.hold_prices()
+        settling_since = time.time()
+        self.trigger_recovery()
+        quiet_started = time.monotonic()
+        quiet, state = self.wait_quiet(settling_since)
+        final_recovery: dict[str, Any] = {}
+        if quiet and self.options.aged:
+            # An aged close can leave the book off while fills are unbooked
+            # (docs/benchmarks.md, finding 4): one more sweep once the book has been
+            # still long enough for the sweep to reconcile every symbol.
+            final_recovery = self.final_recovery()
+            quiet, state = self.wait_quiet(settling_since)
+        quiet_seconds = time.monotonic() - quiet_started
+        if faults_until_quiet:
+            fault_stats = self.lift_faults()
+        report = audit(get_settings(), self.sim_url, [spec.signal_id for spec in stream])
+        details = report.details
+        return {
+            "signals": report.signals,
+            "terminal": report.terminal,
+            "duplicates": report.duplicates,
+            "lost": report.lost,
+            "orphans": report.orphans,
+            "stuck": report.stuck,
+            "missing_events": report.missing_events,
+            "kills": self.disruptions.kills,
+            "restarts": self.disruptions.restarts,
+            "seconds": round(time.monotonic() - started, 1),
+            "clean": report.clean and quiet,
+            "quiet": quiet,
+            "seed": self.options.seed,
+            "workers": self.options.workers,
+            "restart_details": self.disruptions.as_dict(),
+            "send_seconds": round(send_seconds, 1),
+            "all_processed_under_faults": processed,
+            "quiet_seconds": round(quiet_seconds, 1),
+            "aged": self.aged_summary(),
+            "orders": report.orders,
+            "ledger_orders": report.ledger_orders,
+            "rejected_signals": details.get("rejected_signals"),
+            "alerts": details.get("alerts"),
+            "mix": _mix(stream),
+            "faults": _fired(fault_stats.get("rules", [])),
+            "final_state": state,
+            "quiet_trace": self.quiet_trace[-20:],
+            "final_recovery": final_recovery,
+            "problems": {
+                key: details.get(key)
+                for key in (
+                    "duplicate_client_ids",
+                    "lost_signals",
+                    "in_flight_orders",
+                    "stuck_aged",
+                    "position_mismatches",
+                    "missing_events",
+                )
+                if details.get(key)
+            },
+            "diagnosis": {
+                **self.diagnose(details.get("lost_signals") or [], details.get("stuck_aged") or []),
+                **self.diagnose_mismatches(details.get("position_mismatches") or []),
+            },
+            "notes": self.run.notes + self.disruptions.notes + self.disruptions.errors,
+        }
+
+
+def _server_urls(options: ChaosOptions) -> tuple[str | None, str | None]:
+    """Redis and PostgreSQL URLs for ``scratch``: where nothing listens for a private server
+    (``ensure_services`` then starts one, which a run may restart), else the options' own."""
+    redis_url, database_url = options.redis_url, options.database_url
+    if options.private_redis:
+        redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    if options.private_postgres:
+        database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/execq_chaos"
+    return redis_url, database_url
+
+
+def worker_env(options: ChaosOptions) -> dict[str, str]:
+    """``CHAOS_WORKER_ENV``, without aged closes when ``options.aged`` is off."""
+    return {**CHAOS_WORKER_ENV, **({} if options.aged else NO_AGED_ENV)}
+
+
+@contextlib.contextmanager
+def chaos_stack(**overrides: Any) -> Iterator[ChaosRun]:
+    """Scratch servers, simulator, workers and beat started once; ``phase`` runs on them.
+
+    Everything is stopped and the scratch databases dropped when the block ends.
+    """
+    options = ChaosOptions(**overrides)
+    with contextlib.ExitStack() as cleanup:
+        workdir = Path(
+            options.workdir
+            or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="execq-chaos-"))
+        )
+        redis_url, database_url = _server_urls(options)
+        run = cleanup.enter_context(
+            scratch(
+                "chaos",
+                redis_db=options.redis_db,
+                workdir=workdir,
+                redis_url=redis_url,
+                database_url=database_url,
+                # A private Redis is the run's own; a configured one must be empty or stale.
+                flush_redis=options.flush_redis or options.private_redis,
+            )
+        )
+        stack = cleanup.enter_context(
+            Stack(env=run.env(worker_env(options)), workdir=workdir / "stack")
+        )
+        chaos = ChaosRun(run, stack, options)
+        cleanup.callback(chaos.close)
+        chaos.start()
+        yield chaos
 
 
 def run_chaos(**overrides: Any) -> dict[str, Any]:
     """Run the chaos scenario; returns the report (the JSON ``execq chaos --json`` prints)."""
-    options = ChaosOptions(**overrides)
-    with contextlib.ExitStack() as cleanup:
-        workdir = options.workdir
-        if workdir is None:
-            workdir = Path(
-                cleanup.enter_context(tempfile.TemporaryDirectory(prefix="execq-chaos-"))
-            )
-        return _run(options, Path(workdir))
-    raise AssertionError("unreachable")
-
-
-def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
-    from workers.audit import audit
-    from workers.settings import get_settings
-
     started = time.monotonic()
-    redis_url, database_url = options.redis_url, options.database_url
-    if options.private_services:
-        redis_url, database_url = _private_urls()
-    with (
-        scratch(
-            "chaos",
-            redis_db=options.redis_db,
-            workdir=workdir,
-            redis_url=redis_url,
-            database_url=database_url,
-            flush_redis=options.flush_redis or options.private_services,
-        ) as run,
-        Stack(env=run.env(CHAOS_WORKER_ENV), workdir=workdir / "stack") as stack,
-    ):
-        chaos = ChaosRun(run, stack, options)
-        try:
-            chaos.start()
-            if options.faults:
-                post_sim(chaos.sim_url, "/_sim/faults", fault_plan(options.seed, dust=options.dust))
-            chaos.walk_prices()
-            prefix = f"chaos-{options.seed}-{secrets.token_hex(2)}"
-            stream = plan_signals(options.signals, chaos.rng, prefix)
-            stop = threading.Event()
-            disruptor = threading.Thread(
-                target=chaos.disrupt,
-                args=(chaos.schedule(), prefix + "-", len(stream), stop),
-                daemon=True,
-            )
-            disruptor.start()
-            send_seconds = chaos.send_stream(stream)
-            # Faults stay on until every signal has reached the pipeline (its intent
-            # row or its refusal), so the whole stream runs under them.
-            processed = chaos.wait_processed_until(prefix + "-", len(stream), stop)
-            disruptor.join(timeout=options.quiet_timeout_s)
-            stop.set()
-            fault_stats = get_sim(chaos.sim_url, "/_sim/faults")
-            post_sim(chaos.sim_url, "/_sim/faults", {})
-            chaos.hold_prices()
-            lifted_at = time.time()
-            chaos.trigger_recovery()
-            quiet_started = time.monotonic()
-            quiet, state = chaos.wait_quiet(lifted_at)
-            final_recovery: dict[str, Any] = {}
-            if quiet:
-                # One more sweep once the book has been still long enough for the
-                # sweep to reconcile every symbol (none counts as busy any more).
-                final_recovery = chaos.final_recovery()
-                quiet, state = chaos.wait_quiet(lifted_at)
-            quiet_seconds = time.monotonic() - quiet_started
-            aged = chaos.aged_summary()
-            report = audit(get_settings(), chaos.sim_url, [spec.signal_id for spec in stream])
-            details = report.details
-            result: dict[str, Any] = {
-                "signals": report.signals,
-                "terminal": report.terminal,
-                "duplicates": report.duplicates,
-                "lost": report.lost,
-                "orphans": report.orphans,
-                "stuck": report.stuck,
-                "kills": chaos.disruptions.kills,
-                "restarts": chaos.disruptions.restarts,
-                "seconds": round(time.monotonic() - started, 1),
-                "clean": report.clean and quiet,
-                "quiet": quiet,
-                "seed": options.seed,
-                "workers": options.workers,
-                "restart_details": chaos.disruptions.as_dict(),
-                "send_seconds": round(send_seconds, 1),
-                "all_processed_under_faults": processed,
-                "quiet_seconds": round(quiet_seconds, 1),
-                "aged": aged,
-                "orders": report.orders,
-                "ledger_orders": report.ledger_orders,
-                "rejected_signals": details.get("rejected_signals"),
-                "alerts": details.get("alerts"),
-                "mix": _mix(stream),
-                "faults": _fired(fault_stats.get("rules", [])),
-                "final_state": state,
-                "quiet_trace": chaos.quiet_trace[-20:],
-                "final_recovery": final_recovery,
-                "problems": {
-                    key: details.get(key)
-                    for key in (
-                        "duplicate_client_ids",
-                        "lost_signals",
-                        "in_flight_orders",
-                        "stuck_aged",
-                        "position_mismatches",
-                    )
-                    if details.get(key)
-                },
-                "diagnosis": {
-                    **chaos.diagnose(
-                        details.get("lost_signals") or [], details.get("stuck_aged") or []
-                    ),
-                    **chaos.diagnose_mismatches(details.get("position_mismatches") or []),
-                },
-                "notes": run.notes + chaos.disruptions.notes + chaos.disruptions.errors,
-                "workdir": str(workdir) if options.workdir else None,
-            }
-            return result
-        finally:
-            chaos.close()
+    with chaos_stack(**overrides) as chaos:
+        options = chaos.options
+        plan = fault_plan(options.seed, dust=options.dust) if options.faults else None
+        result = chaos.phase("run", plan, options.signals, disrupt=True)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        result["workdir"] = str(options.workdir) if options.workdir else None
+        return result
+    raise AssertionError("unreachable")
 
 
 def _fired(rules: list[dict[str, Any]]) -> dict[str, int]:
@@ -849,4 +935,11 @@ def _mix(stream: list[SignalSpec]) -> dict[str, int]:
     return counts
 
 
-__all__ = ["ChaosOptions", "fault_plan", "plan_signals", "run_chaos"]
+__all__ = [
+    "ChaosOptions",
+    "chaos_stack",
+    "fault_plan",
+    "plan_signals",
+    "run_chaos",
+    "single_fault_plans",
+]

@@ -234,6 +234,16 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     help="Always start private Redis and PostgreSQL (so both restarts happen).",
 )
 @click.option(
+    "--private-redis",
+    is_flag=True,
+    help="Always start a private Redis (so its restart happens).",
+)
+@click.option(
+    "--private-postgres",
+    is_flag=True,
+    help="Always start a private PostgreSQL (so its restart happens).",
+)
+@click.option(
     "--rate",
     type=click.FloatRange(1),
     default=40.0,
@@ -273,6 +283,8 @@ def chaos(
     restart_redis: bool,
     restart_postgres: bool,
     private_services: bool,
+    private_redis: bool,
+    private_postgres: bool,
     rate: float,
     with_faults: bool,
     dust: bool,
@@ -283,7 +295,8 @@ def chaos(
 ) -> None:
     """Send a stream of signals under faults, kills and restarts; audit exactly-once.
 
-    Exit 1 when the audit finds duplicates, lost signals, orphans or stuck orders.
+    Exit 1 when the audit finds duplicates, lost signals, orphans, stuck orders or
+    committed order states without their events.
     """
     from workers.bench import CHAOS_REDIS_DB, ScratchInUse
     from workers.chaos import run_chaos
@@ -298,7 +311,8 @@ def chaos(
             kills=kills,
             restart_redis=restart_redis,
             restart_postgres=restart_postgres,
-            private_services=private_services,
+            private_redis=private_redis or private_services,
+            private_postgres=private_postgres or private_services,
             rate=rate,
             faults=with_faults,
             dust=dust,
@@ -312,7 +326,8 @@ def chaos(
     summary = [
         f"signals {result['signals']}, terminal {result['terminal']}, "
         f"duplicates {result['duplicates']}, lost {result['lost']}, "
-        f"orphans {result['orphans']}, stuck {result['stuck']}",
+        f"orphans {result['orphans']}, stuck {result['stuck']}, "
+        f"missing events {result['missing_events']}",
         f"kills {result['kills']}, restarts {result['restarts']}, {result['seconds']} s",
         *[f"note: {note}" for note in result.get("notes", [])],
         "audit: clean" if result["clean"] else "audit: FAILED",
