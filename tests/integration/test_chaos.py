@@ -1,7 +1,10 @@
-"""``execq chaos``: a short run under the default fault plan and one worker kill audits clean.
+"""``execq chaos``: short runs under the default fault plan audit clean.
 
-The full run (2,000 signals, 3 kills, Redis and PostgreSQL restarts) is
-``execq chaos --private-services``; its last figures are in docs/benchmarks.md.
+One with a worker kill against the configured servers; one restarting a private
+Redis mid-run; one restarting a private PostgreSQL mid-run. Each fault kind
+alone is ``test_chaos_faults.py``. The full run (2,000 signals, 3 kills, Redis
+and PostgreSQL restarts) is ``execq chaos --private-services``; its last
+figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
+from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -94,3 +99,122 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     ), summary
     assert result["terminal"] + result["rejected_signals"] == result["signals"], summary
     assert result["clean"], summary
+
+
+# Restart runs: a short stream at a fast rate, no kills, no aged closes (the
+# position locks they take are not held that early in a run), the default faults.
+RESTART_RUN = {
+    "signals": 120,
+    "rate": 40,
+    "workers": 2,
+    "concurrency": 8,
+    "kills": 0,
+    "aged": False,
+    "quiet_timeout_s": 120,
+}
+
+
+def assert_accounted_for(result: dict[str, Any]) -> None:
+    """Every signal sent has a terminal order or its refusal; the audit is clean."""
+    summary = json.dumps(result, default=str)[:4000]
+    assert result["all_processed_under_faults"], summary
+    assert result["quiet"], summary
+    assert (
+        result["duplicates"],
+        result["lost"],
+        result["orphans"],
+        result["stuck"],
+        result["missing_events"],
+    ) == (0, 0, 0, 0, 0), summary
+    assert result["terminal"] + result["rejected_signals"] == result["signals"], summary
+    assert result["clean"], summary
+
+
+@pytest.mark.services
+def test_redis_restart_mid_run_loses_no_signal(tmp_path) -> None:
+    from workers.chaos import run_chaos
+
+    result = run_chaos(
+        **RESTART_RUN,
+        restart_redis=True,
+        restart_postgres=False,
+        private_redis=True,
+        seed=12,
+        workdir=tmp_path,
+    )
+    assert result["signals"] == RESTART_RUN["signals"]
+    # The broker, the rate limiter and the kill switch were gone for a moment, mid-stream.
+    assert result["restart_details"] == {"workers": 0, "redis": 1, "postgres": 0, "beat": 0}, (
+        result["notes"]
+    )
+    assert_accounted_for(result)
+
+
+@pytest.mark.services
+def test_postgres_restart_mid_run_loses_no_acknowledged_event(tmp_path) -> None:
+    from workers.chaos import run_chaos
+
+    result = run_chaos(
+        **RESTART_RUN,
+        restart_redis=False,
+        restart_postgres=True,
+        private_postgres=True,
+        seed=13,
+        redis_db=CHAOS_REDIS_DB,
+        workdir=tmp_path,
+    )
+    assert result["signals"] == RESTART_RUN["signals"]
+    assert result["restart_details"] == {"workers": 0, "redis": 0, "postgres": 1, "beat": 0}, (
+        result["notes"]
+    )
+    # missing_events == 0: every committed order state has its event (written in
+    # the same transaction), across the restart.
+    assert_accounted_for(result)
+
+
+@pytest.mark.services
+def test_audit_finds_order_states_without_their_events(db: None) -> None:
+    from workers.audit import missing_events
+    from workers.store.db import session_scope
+    from workers.store.models import Event, Order
+
+    def order(client_id: str, status: str, booked: str = "0") -> Order:
+        return Order(
+            client_order_id=client_id,
+            signal_id=client_id,
+            leg="open",
+            account="binance",
+            symbol="BTC/USDT:USDT",
+            side="buy",
+            order_type="market",
+            amount=Decimal("0.01"),
+            purpose="open",
+            status=status,
+            filled=Decimal(booked),
+            booked_filled=Decimal(booked),
+        )
+
+    recorded = {
+        "complete": (
+            order("c-complete", "filled", "0.01"),
+            ("order_intent", "order_submitting", "order_filled", "position_opened"),
+        ),
+        "intent": (order("c-intent", "intent"), ("order_intent",)),
+        "unbooked": (order("c-unbooked", "filled", "0.01"), ("order_intent",)),
+        "bare": (order("c-bare", "rejected"), ()),
+    }
+    with session_scope() as session:
+        session.add_all(row for row, _ in recorded.values())
+        session.flush()
+        session.add_all(
+            Event(type=kind, order_id=row.id, client_order_id=row.client_order_id)
+            for row, kinds in recorded.values()
+            for kind in kinds
+        )
+    with session_scope() as session:
+        assert missing_events(session) == [
+            ("c-bare", "order_intent"),
+            ("c-bare", "order_rejected"),
+            ("c-unbooked", "order_filled"),
+            ("c-unbooked", "position booking"),
+        ]
