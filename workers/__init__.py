@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.exchange.lean_ccxt import install as _install_lean_ccxt
+
+# Before anything imports ccxt: a worker needs two of its exchanges, not all.
+_install_lean_ccxt()
+
 
 def __getattr__(name: str) -> Any:
     if name == "celery":

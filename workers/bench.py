@@ -547,7 +547,9 @@ class BenchRun:
     # --- phases ---
 
     def warm_up(self) -> None:
-        burst = max(20, self.options.workers * self.options.concurrency * 2)
+        # Enough that every worker thread builds its client for both accounts before
+        # anything is measured (a thread builds one the first time it sees an account).
+        burst = max(20, self.options.workers * self.options.concurrency * 6)
         prefix = f"bench-{self.run_id}-warm-"
         for index in range(burst):
             self.send_order(f"{prefix}{index}", index)

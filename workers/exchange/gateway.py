@@ -25,6 +25,7 @@ from typing import Any
 
 import ccxt
 
+from workers.exchange.lean_ccxt import exchange_class
 from workers.exchange.transport import ExchangeTransport, RequestHook
 from workers.settings import ExchangeAccount, get_settings
 
@@ -112,8 +113,9 @@ def build_client(account: ExchangeAccount) -> ccxt.Exchange:
     ``get_client`` is what callers want; this is the construction step on its own.
     """
     settings = get_settings()
-    exchange_class = getattr(ccxt, account.ccxt_class)
-    client = exchange_class(client_options(account, settings.exchange_timeout_ms))
+    client = exchange_class(account.ccxt_class)(
+        client_options(account, settings.exchange_timeout_ms)
+    )
     if account.mode == "demo":
         # Binance's futures testnet is gone; demo trading is its replacement.
         client.enable_demo_trading(True)
