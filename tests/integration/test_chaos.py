@@ -13,6 +13,7 @@ import json
 import os
 import random
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,51 +68,18 @@ def test_signal_stream_is_seeded_and_mixed() -> None:
             assert spec.reduce_only and (spec.account, spec.symbol, spec.amount) in opens
 
 
-@pytest.mark.services
-def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
+def short_run(workdir: Path, **options: Any) -> dict[str, Any]:
+    """``run_chaos`` with two workers of eight threads and a two-minute quiet deadline."""
     from workers.chaos import run_chaos
 
-    result = run_chaos(
-        signals=150,
-        rate=25,
+    return run_chaos(
         workers=2,
         concurrency=8,
-        kills=1,
-        # The test's Redis and PostgreSQL are configured ones: the run must not restart them.
-        restart_redis=True,
-        restart_postgres=True,
-        seed=11,
         redis_db=CHAOS_REDIS_DB,
-        workdir=tmp_path,
+        workdir=workdir,
         quiet_timeout_s=120,
+        **options,
     )
-    summary = json.dumps(result, default=str)[:4000]
-    assert result["signals"] == 150
-    assert result["kills"] == 1 and result["restart_details"]["workers"] == 1
-    assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
-    assert any("Redis restart skipped" in note for note in result["notes"]), summary
-    assert result["quiet"], summary
-    assert (result["duplicates"], result["lost"], result["orphans"], result["stuck"]) == (
-        0,
-        0,
-        0,
-        0,
-    ), summary
-    assert result["terminal"] + result["rejected_signals"] == result["signals"], summary
-    assert result["clean"], summary
-
-
-# Restart runs: a short stream at a fast rate, no kills, no aged closes (the
-# position locks they take are not held that early in a run), the default faults.
-RESTART_RUN = {
-    "signals": 120,
-    "rate": 40,
-    "workers": 2,
-    "concurrency": 8,
-    "kills": 0,
-    "aged": False,
-    "quiet_timeout_s": 120,
-}
 
 
 def assert_accounted_for(result: dict[str, Any]) -> None:
@@ -131,44 +99,56 @@ def assert_accounted_for(result: dict[str, Any]) -> None:
 
 
 @pytest.mark.services
-def test_redis_restart_mid_run_loses_no_signal(tmp_path) -> None:
-    from workers.chaos import run_chaos
-
-    result = run_chaos(
-        **RESTART_RUN,
+def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
+    result = short_run(
+        tmp_path,
+        signals=150,
+        rate=25,
+        kills=1,
+        # The test's Redis and PostgreSQL are configured ones: the run must not restart them.
         restart_redis=True,
-        restart_postgres=False,
-        private_redis=True,
-        seed=12,
-        workdir=tmp_path,
+        restart_postgres=True,
+        seed=11,
     )
-    assert result["signals"] == RESTART_RUN["signals"]
-    # The broker, the rate limiter and the kill switch were gone for a moment, mid-stream.
-    assert result["restart_details"] == {"workers": 0, "redis": 1, "postgres": 0, "beat": 0}, (
-        result["notes"]
-    )
+    assert result["signals"] == 150
+    assert result["kills"] == 1 and result["restart_details"]["workers"] == 1
+    assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
+    assert any("Redis restart skipped" in note for note in result["notes"]), result["notes"]
     assert_accounted_for(result)
 
 
 @pytest.mark.services
-def test_postgres_restart_mid_run_loses_no_acknowledged_event(tmp_path) -> None:
-    from workers.chaos import run_chaos
+@pytest.mark.parametrize(
+    ("server", "seed"),
+    [
+        # The broker, the rate limiter and the kill switch gone for a moment mid-stream.
+        pytest.param("redis", 12, id="redis-loses-no-signal"),
+        # missing_events 0: every committed order state kept its event (both are
+        # written in one transaction) across the restart.
+        pytest.param("postgres", 13, id="postgres-loses-no-acknowledged-event"),
+    ],
+)
+def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
+    """A private server restarted once mid-stream, the other one the configured server.
 
-    result = run_chaos(
-        **RESTART_RUN,
-        restart_redis=False,
-        restart_postgres=True,
-        private_postgres=True,
-        seed=13,
-        redis_db=CHAOS_REDIS_DB,
-        workdir=tmp_path,
+    A short stream at a fast rate, no kills, no aged closes (their position
+    locks are not held that early in a run), the default faults.
+    """
+    result = short_run(
+        tmp_path,
+        signals=120,
+        rate=40,
+        kills=0,
+        aged=False,
+        restart_redis=server == "redis",
+        restart_postgres=server == "postgres",
+        private_redis=server == "redis",
+        private_postgres=server == "postgres",
+        seed=seed,
     )
-    assert result["signals"] == RESTART_RUN["signals"]
-    assert result["restart_details"] == {"workers": 0, "redis": 0, "postgres": 1, "beat": 0}, (
-        result["notes"]
-    )
-    # missing_events == 0: every committed order state has its event (written in
-    # the same transaction), across the restart.
+    assert result["signals"] == 120
+    restarts = {"workers": 0, "redis": 0, "postgres": 0, "beat": 0} | {server: 1}
+    assert result["restart_details"] == restarts, result["notes"]
     assert_accounted_for(result)
 
 
