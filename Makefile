@@ -19,8 +19,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/execq demo $(DEMO_ARGS)
 
+# Worker processes for the suite (pytest-xdist); TEST_WORKERS=0 runs it in this one.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Pure decision tests only: no services needed.
 test-fast: $(STAMP)

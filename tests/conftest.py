@@ -3,7 +3,9 @@ the exchange simulator and real Celery workers as subprocesses.
 
 Nothing here touches a user's data: the database is ``execq_test_<pid>``
 (created and dropped here) and Redis uses database ``EXECQ_TEST_REDIS_DB``
-(default 13), flushed before and after the run.
+(default 13), flushed before and after the run. Under pytest-xdist each worker
+process is a run of its own: its own database (its pid), its own Redis
+database (``redis_db_for_worker``), its own simulator and ports (``free_port``).
 
 The environment is set at import time because ``workers.app`` reads settings
 once per process; the worker subprocesses inherit it.
@@ -11,6 +13,7 @@ once per process; the worker subprocesses inherit it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +32,30 @@ ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DATABASE_URL = os.environ.get(
     "EXECQ_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+# pytest-xdist's worker gwN is 0, 1, ...; a run without xdist is worker 0.
+WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+# Redis database numbers taken by others: a user's (0), the demo's default (9), the
+# fault-phase chaos test (10), bench-flows (11), chaos runs by hand (12), the chaos
+# test (14), the bench test (15). The suite's own workers never use these.
+RESERVED_REDIS_DBS = frozenset({0, 9, 10, 11, 12, 14, 15})
+
+
+def redis_db_for_worker(base: int, worker_index: int) -> int:
+    """Worker 0 uses ``base``; worker N the N-th unreserved number below it."""
+    if worker_index == 0:
+        return base
+    free = [db for db in range(base - 1, -1, -1) if db not in RESERVED_REDIS_DBS]
+    if worker_index > len(free):
+        raise pytest.UsageError(
+            f"no free Redis database below {base} for xdist worker {worker_index}: "
+            "use fewer workers or a higher EXECQ_TEST_REDIS_DB"
+        )
+    return free[worker_index - 1]
+
+
 TEST_DATABASE = f"execq_test_{os.getpid()}"
-TEST_REDIS_DB = int(os.environ.get("EXECQ_TEST_REDIS_DB", "13"))
+TEST_REDIS_DB = redis_db_for_worker(int(os.environ.get("EXECQ_TEST_REDIS_DB", "13")), WORKER_INDEX)
 TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
 
 
@@ -38,7 +64,40 @@ def _database_url(name: str) -> str:
     return f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+def _port_candidates() -> Iterator[int]:
+    """Ports for the run's servers: below the kernel's ephemeral range, so no outgoing
+    connection takes one between its choice and its bind, and a block per xdist worker,
+    so two workers of a run never choose the same one."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    first, size = 10000, 100
+    blocks = (ephemeral_low - first) // size
+    if blocks < 16:
+        return iter(())
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    block = (zlib.crc32(run.encode()) + WORKER_INDEX) % blocks
+    return (first + block * size + offset for offset in itertools.cycle(range(size)))
+
+
+_PORTS = _port_candidates()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    """A port no process listens on now, for one of the run's servers to bind."""
+    for port in itertools.islice(_PORTS, 100):
+        if _bindable(port):
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -71,6 +130,36 @@ os.environ.update(
         "EXECQ_RECOVERY_STUCK_AFTER_S": "2",
     }
 )
+
+
+# For a worker the test will SIGKILL mid-order: a shorter run budget makes the order
+# lock it leaves behind expire after 9 s instead of 15 s (``Settings.order_lock_ttl_s``),
+# so the recovery sweep can take the order over sooner.
+KILLED_WORKER_ENV = {"EXECQ_TASK_SOFT_TIME_LIMIT_S": "5"}
+
+# The slowest files, slowest first (measured; see DEVELOPERS.md). Under pytest-xdist
+# (``--dist loadfile``) each file runs in one worker process and files are handed
+# out in collection order: the long ones start first and the short ones fill in.
+SLOWEST_FILES = (
+    "integration/test_chaos.py",
+    "integration/test_aged.py",
+    "integration/test_recovery.py",
+    "integration/test_cli.py",
+    "integration/test_chaos_faults.py",
+    "integration/test_orders.py",
+    "integration/test_demo.py",
+    "integration/test_bench.py",
+    "integration/test_foundation.py",
+    "integration/test_services.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return SLOWEST_FILES.index(path) if path in SLOWEST_FILES else len(SLOWEST_FILES)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.05, message: str = ""):
@@ -165,6 +254,7 @@ class ManagedProcess:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    terminating: bool = False
 
     def start(self) -> ManagedProcess:
         log = tempfile.NamedTemporaryFile(prefix=f"execq-{self.name}-", suffix=".log", delete=False)
@@ -189,15 +279,26 @@ class ManagedProcess:
             os.killpg(self.process.pid, sig)
             self.process.wait(timeout=30)
 
-    def stop(self) -> None:
-        if self.alive:
+    def terminate(self) -> None:
+        """Ask for a graceful stop (one SIGTERM) without waiting; ``stop`` waits."""
+        if self.alive and not self.terminating:
             assert self.process is not None
             os.killpg(self.process.pid, signal.SIGTERM)
+            self.terminating = True
+
+    def wait_stopped(self) -> None:
+        """Wait for the process to end after ``terminate``; SIGKILL it after 15 s."""
+        if self.alive:
+            assert self.process is not None
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped()
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -304,8 +405,13 @@ class WorkerPool:
         self._counter = 0
 
     def start(self, concurrency: int = 8, env: dict[str, str] | None = None) -> ManagedProcess:
-        from workers.app import app
+        """Start a worker and wait until it answers a ping."""
+        worker = self.spawn(concurrency, env)
+        self.wait_ready(worker)
+        return worker
 
+    def spawn(self, concurrency: int = 8, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start a worker without waiting: several can boot side by side (``wait_ready``)."""
         self._counter += 1
         nodename = f"test{self._counter}-{os.getpid()}@localhost"
         worker = ManagedProcess(
@@ -331,18 +437,26 @@ class WorkerPool:
             env=env or {},
         ).start()
         self.workers[nodename] = worker
-
-        def ready() -> bool:
-            if not worker.alive:
-                raise AssertionError(f"worker exited:\n{worker.log_tail()}")
-            return bool(app.control.ping(destination=[nodename], timeout=0.3))
-
-        wait_for(ready, 30, message=f"worker {nodename} did not come up")
         return worker
 
+    def wait_ready(self, *workers: ManagedProcess) -> None:
+        from workers.app import app
+
+        for worker in workers:
+
+            def ready(worker: ManagedProcess = worker) -> bool:
+                if not worker.alive:
+                    raise AssertionError(f"worker exited:\n{worker.log_tail()}")
+                return bool(app.control.ping(destination=[worker.name], timeout=0.3))
+
+            wait_for(ready, 30, message=f"worker {worker.name} did not come up")
+
     def stop_all(self) -> None:
+        # Every worker gets SIGTERM first: their warm shutdowns run side by side.
         for worker in self.workers.values():
-            worker.stop()
+            worker.terminate()
+        for worker in self.workers.values():
+            worker.wait_stopped()
         self.workers.clear()
 
 
