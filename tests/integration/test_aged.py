@@ -29,13 +29,14 @@ AGED_ENV = {
 
 @pytest.fixture
 def aged_stack(workers, db, redis_clean, sim):
-    """Two workers and one beat with the compressed aged settings."""
-    workers.start(concurrency=8, env=AGED_ENV)
+    """A worker and a beat with the compressed aged settings, booting side by side."""
+    worker = workers.spawn(concurrency=8, env=AGED_ENV)
     beat = ManagedProcess(
         "beat",
         [sys.executable, "-m", "celery", "-A", "workers", "beat", "-l", "INFO"],
         env=AGED_ENV,
     ).start()
+    workers.wait_ready(worker)
     from workers import redis_keys
     from workers.redis_client import get_redis
 
@@ -47,7 +48,11 @@ def aged_stack(workers, db, redis_clean, sim):
         message=f"beat never ran a sweep:\n{beat.log_tail()}",
     )
     yield workers
-    beat.stop()
+    # The worker's warm shutdown (``workers``) runs beside the beat's.
+    beat.terminate()
+    for running in workers.workers.values():
+        running.terminate()
+    beat.wait_stopped()
 
 
 def open_position(exchange: str, symbol: str, side: str, amount: str) -> dict:

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import wait_for
+from tests.conftest import KILLED_WORKER_ENV, wait_for
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -263,8 +263,7 @@ def test_rate_limit_cooldown_holds_every_worker(workers, db, redis_clean, sim):
     from workers.exchange.ratelimit import cooldown_remaining_s
     from workers.producer import submit_market_order
 
-    workers.start(concurrency=2)
-    workers.start(concurrency=2)
+    workers.wait_ready(workers.spawn(concurrency=2), workers.spawn(concurrency=2))
     sim.faults(
         {
             "rules": [
@@ -304,7 +303,7 @@ def test_worker_killed_mid_create_leaves_exactly_one_order_after_recovery(
     from workers.app import app
     from workers.producer import submit_market_order
 
-    first = workers.start(concurrency=2)
+    first = workers.start(concurrency=2, env=KILLED_WORKER_ENV)
     sim.faults(
         {
             "rules": [

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from tests.conftest import ManagedProcess, wait_for
+from tests.conftest import KILLED_WORKER_ENV, ManagedProcess, wait_for
 
 ETH = "ETH/USDT:USDT"
 SOL = "SOL/USDT:USDT"
@@ -108,7 +108,7 @@ def _strand_an_unsent_order(workers, sim) -> str:
     from workers.producer import submit_market_order
     from workers.store.orders import load_order
 
-    first = workers.start(concurrency=2)
+    first = workers.start(concurrency=2, env=KILLED_WORKER_ENV)
     sim.faults(
         {
             "rules": [
@@ -222,8 +222,13 @@ def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(wor
 
 
 def test_two_beats_send_each_sweep_once_and_the_standby_takes_over(workers, db, redis_clean, sim):
-    env = {"EXECQ_RECOVERY_SWEEP_INTERVAL_S": "1", "EXECQ_AGED_SWEEP_INTERVAL_S": "60"}
-    workers.start(concurrency=4, env=env)
+    env = {
+        "EXECQ_RECOVERY_SWEEP_INTERVAL_S": "1",
+        "EXECQ_AGED_SWEEP_INTERVAL_S": "60",
+        # The standby takes over once the dead beat's lock expires: 3 s, not the default 10.
+        "EXECQ_BEAT_LOCK_TIMEOUT_S": "3",
+    }
+    worker = workers.spawn(concurrency=4, env=env)
     beats = [
         ManagedProcess(
             f"beat{n}",
@@ -233,6 +238,7 @@ def test_two_beats_send_each_sweep_once_and_the_standby_takes_over(workers, db, 
         for n in (1, 2)
     ]
     try:
+        workers.wait_ready(worker)
         # When both beats run for a while
         wait_for(
             lambda: count_events("recovery_sweep") >= 8,
