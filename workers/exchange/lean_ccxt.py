@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -52,12 +53,22 @@ def exchange_class(name: str) -> type:
 
 
 def _whole_package(package: ModuleType, spec: Any) -> Any:
+    loaded = False
+    lock = threading.Lock()
+
     def load(name: str) -> Any:
+        nonlocal loaded
         if name.startswith("__"):
             raise AttributeError(name)
-        # Something wants more of ccxt than execq loads: run the real __init__.
-        package.__dict__.pop("__getattr__", None)
-        spec.loader.exec_module(package)
-        return getattr(package, name)
+        # Something wants more of ccxt than execq loads: run the real __init__,
+        # once, while other threads asking for a missing name wait for it.
+        with lock:
+            if not loaded:
+                spec.loader.exec_module(package)
+                loaded = True
+        try:
+            return package.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module 'ccxt' has no attribute {name!r}") from None
 
     return load
