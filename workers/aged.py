@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -295,9 +295,11 @@ def _close_locked(view: AgedView, settings: Settings) -> dict[str, Any]:
         if size == 0:
             return _record_closed_externally(view)
         if abs(size) != view.size:
-            if order_store.unsettled_orders(view.account, view.symbol):
-                # The difference is probably fills not booked yet: correcting the
-                # book now would count them twice when they are booked.
+            # The difference is probably fills not booked yet, or booked but not yet
+            # in the exchange's lagging positions read: correcting the book now would
+            # count them twice, or close the wrong size. The recovery sweep's rule.
+            recent = datetime.now(UTC) - timedelta(seconds=settings.recovery_stuck_after_s)
+            if order_store.unsettled_orders(view.account, view.symbol, changed_since=recent):
                 raise Requeue(2.0, "orders on the symbol still unsettled")
             view = _correct_size(view, size)
         if abs(size) < amount_limits(view.account, view.symbol).minimum:

@@ -76,7 +76,10 @@ app.conf.update(
     task_time_limit=settings.task_hard_time_limit_s,
     worker_send_task_events=True,
     task_send_sent_event=True,
-    task_track_started=True,
+    # No STARTED state in the result backend: storing it runs before the task body,
+    # outside its retries, so a Redis outage at that moment failed (and acked) the
+    # task before it wrote anything. Flower sees task-started events regardless.
+    task_track_started=False,
     result_expires=24 * 3600,
     result_extended=True,
     worker_pool="threads",

@@ -892,13 +892,8 @@ class Demo:
         return any(row["clientOrderId"] == cid for row in self.sim.ledger())
 
     def _node_running(self, task_id: str) -> str:
-        from celery.result import AsyncResult
-
         from workers.app import app
 
-        info = AsyncResult(task_id, app=app).info
-        if isinstance(info, dict) and info.get("hostname"):
-            return str(info["hostname"])
         active = app.control.inspect(timeout=2.0).active() or {}
         for node, tasks in active.items():
             if any(task.get("id") == task_id for task in tasks):

@@ -362,22 +362,29 @@ def touch(client_order_id: str) -> None:
         _update_order(session.connection(), order.id, {"updated_at": datetime.now(UTC)})
 
 
-def unsettled_orders(account: str, symbol: str, *, besides: str | None = None) -> int:
+def unsettled_orders(
+    account: str,
+    symbol: str,
+    *,
+    besides: str | None = None,
+    changed_since: datetime | None = None,
+) -> int:
     """Orders on this symbol still in flight, or filled but not yet booked.
 
     While any exist the book may lag the exchange by their fills, so neither a
-    size difference nor a residual after a close means anything yet.
+    size difference nor a residual after a close means anything yet. With
+    ``changed_since``, orders changed since then count too: the exchange's
+    positions read may not show their fills yet (positions lag).
     """
     in_flight = [status.value for status in IN_FLIGHT]
+    unsettled = [Order.status.in_(in_flight), Order.filled > Order.booked_filled]
+    if changed_since is not None:
+        unsettled.append(Order.updated_at >= changed_since)
     with session_scope() as session:
         query = (
             select(func.count())
             .select_from(Order)
-            .where(
-                Order.account == account,
-                Order.symbol == symbol,
-                or_(Order.status.in_(in_flight), Order.filled > Order.booked_filled),
-            )
+            .where(Order.account == account, Order.symbol == symbol, or_(*unsettled))
         )
         if besides is not None:
             query = query.where(Order.client_order_id != besides)
