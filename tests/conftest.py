@@ -35,14 +35,26 @@ ADMIN_DATABASE_URL = os.environ.get(
 # pytest-xdist's worker gwN is 0, 1, ...; a run without xdist is worker 0.
 WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
-# Redis database numbers taken by others: a user's (0), the demo's default (9), the
-# fault-phase chaos test (10), bench-flows (11), chaos runs by hand (12), the chaos
-# test (14), the bench test (15). The suite's own workers never use these.
-RESERVED_REDIS_DBS = frozenset({0, 9, 10, 11, 12, 14, 15})
+# The Redis databases the chaos and bench tests take for their runs (their files read
+# the same variables), and the ones taken by others: a user's (0), the demo's default
+# (9), bench-flows (11), chaos runs by hand (12). The suite's own workers use none.
+SCRATCH_REDIS_DBS = frozenset(
+    int(os.environ.get(variable, default))
+    for variable, default in (
+        ("EXECQ_TEST_CHAOS_REDIS_DB", "14"),
+        ("EXECQ_TEST_CHAOS_FAULTS_REDIS_DB", "10"),
+        ("EXECQ_TEST_BENCH_REDIS_DB", "15"),
+    )
+)
+RESERVED_REDIS_DBS = SCRATCH_REDIS_DBS | {0, 9, 10, 11, 12, 14, 15}
 
 
 def redis_db_for_worker(base: int, worker_index: int) -> int:
     """Worker 0 uses ``base``; worker N the N-th unreserved number below it."""
+    if base in SCRATCH_REDIS_DBS:
+        raise pytest.UsageError(
+            f"EXECQ_TEST_REDIS_DB={base} is a chaos or bench test's database; choose another"
+        )
     if worker_index == 0:
         return base
     free = [db for db in range(base - 1, -1, -1) if db not in RESERVED_REDIS_DBS]
