@@ -29,7 +29,9 @@ from workers.execution.aged import (
     AgedPhase,
     AgedPolicy,
     assess,
+    book_differs,
     close_reason,
+    signed_book_size,
     target_reached,
     widen_tolerance,
 )
@@ -294,7 +296,7 @@ def _close_locked(view: AgedView, settings: Settings) -> dict[str, Any]:
         size = _exchange_size(view.account, view.symbol)
         if size == 0:
             return _record_closed_externally(view)
-        if abs(size) != view.size:
+        if book_differs(view.side, view.size, size):
             # The difference is probably fills not booked yet, or booked but not yet
             # in the exchange's lagging positions read: correcting the book now would
             # count them twice, or close the wrong size. The recovery sweep's rule.
@@ -336,7 +338,7 @@ def _settle_close(view: AgedView, order: OrderSnapshot, settings: Settings) -> d
 def _record_closed(view: AgedView, order: OrderSnapshot, realized: Decimal) -> dict[str, Any]:
     now = datetime.now(UTC)
     close_price = order.average_price or Decimal(0)
-    signed = view.size if view.side == "long" else -view.size
+    signed = signed_book_size(view.side, view.size)
     pnl_percent = roi_percent(PositionState(signed, view.entry_price, Decimal(0)), close_price)
     reason = close_reason(
         view.side,

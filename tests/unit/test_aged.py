@@ -292,3 +292,23 @@ def test_widening_adds_two_points_up_to_twenty():
     assert steps[:3] == [D(0), D(2), D(4)]
     assert steps[-1] == D(20) and max(steps) == D(20)
     assert widen_tolerance(D("19")) == D("20")
+
+
+# --- book against exchange: sides count --------------------------------------------------
+
+
+@given(
+    side=st.sampled_from(["long", "short"]),
+    size=st.decimals(min_value="0.001", max_value="1000", places=3),
+)
+def test_a_position_that_flipped_side_differs_from_the_book(side: str, size: Decimal) -> None:
+    from workers.execution.aged import book_differs
+
+    same = size if side == "long" else -size
+    # The exchange shows the book's position: no difference
+    assert not book_differs(side, size, same)
+    # The same absolute size on the other side is a difference (chaos seed 3: the
+    # close sold against a short and was refused "reduce-only rule not satisfied")
+    assert book_differs(side, size, -same)
+    # and so is any other size
+    assert book_differs(side, size, same + Decimal("0.001"))

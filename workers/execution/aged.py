@@ -203,6 +203,18 @@ def assess(
     return AgedAssessment(phase, target, tolerance, age_s, aged_for_s)
 
 
+def signed_book_size(side: PositionSide | str, size: Decimal) -> Decimal:
+    """The book's size with its side as the sign (long +, short −), as the exchange reports it."""
+    _check_side(str(side))
+    return size if str(side) == "long" else -size
+
+
+def book_differs(side: PositionSide | str, book_size: Decimal, exchange_size: Decimal) -> bool:
+    """Whether the exchange's signed size contradicts the book, side included: a
+    position that flipped with the same absolute size is a difference too."""
+    return signed_book_size(side, book_size) != exchange_size
+
+
 def target_reached(side: PositionSide, price: Decimal, target: Decimal | None) -> bool:
     """A long closes at ``price >= target``, a short at ``price <= target``."""
     _check_side(side)
