@@ -34,7 +34,8 @@ def test_ping_task_round_trips_and_its_event_lands_in_postgres(worker):
 def test_worker_lists_the_execq_tasks(worker):
     from workers.app import app
 
-    registered = app.control.inspect(timeout=5).registered()
+    # Addressed to the worker, the inspect returns as soon as it replies.
+    registered = app.control.inspect(destination=[worker.name], timeout=5).registered()
     names = set().union(*registered.values())
     assert {"ping"} <= names
 
