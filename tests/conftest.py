@@ -35,16 +35,19 @@ ADMIN_DATABASE_URL = os.environ.get(
 # pytest-xdist's worker gwN is 0, 1, ...; a run without xdist is worker 0.
 WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
-# The Redis databases the chaos and bench tests take for their runs (their files read
-# the same variables), and the ones taken by others: a user's (0), the demo's default
-# (9), bench-flows (11), chaos runs by hand (12). The suite's own workers use none.
+# The bench test's run: not 15, ``execq bench``'s default, so a bench run by hand on the
+# same Redis does not make the suite's fail with "in use by a running bench".
+BENCH_TEST_REDIS_DB = int(os.environ.get("EXECQ_TEST_BENCH_REDIS_DB", "8"))
+# The Redis databases the chaos and bench tests take for their runs (the chaos files
+# read the same variables), and the ones taken by others: a user's (0), the demo's
+# default (9), bench-flows (11), chaos runs by hand (12), ``execq chaos`` (14) and
+# ``execq bench`` (15). The suite's own workers use none of them.
 SCRATCH_REDIS_DBS = frozenset(
-    int(os.environ.get(variable, default))
-    for variable, default in (
-        ("EXECQ_TEST_CHAOS_REDIS_DB", "14"),
-        ("EXECQ_TEST_CHAOS_FAULTS_REDIS_DB", "10"),
-        ("EXECQ_TEST_BENCH_REDIS_DB", "15"),
-    )
+    [
+        int(os.environ.get("EXECQ_TEST_CHAOS_REDIS_DB", "14")),
+        int(os.environ.get("EXECQ_TEST_CHAOS_FAULTS_REDIS_DB", "10")),
+        BENCH_TEST_REDIS_DB,
+    ]
 )
 RESERVED_REDIS_DBS = SCRATCH_REDIS_DBS | {0, 9, 10, 11, 12, 14, 15}
 

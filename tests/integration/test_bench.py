@@ -12,10 +12,10 @@ import os
 import pytest
 from click.testing import CliRunner
 
-pytestmark = pytest.mark.services
-
 # A scratch Redis database of its own: the session's shared worker consumes the test database.
-BENCH_REDIS_DB = int(os.environ.get("EXECQ_TEST_BENCH_REDIS_DB", "15"))
+from tests.conftest import BENCH_TEST_REDIS_DB as BENCH_REDIS_DB
+
+pytestmark = pytest.mark.services
 
 KEYS = (
     "orders",
