@@ -24,7 +24,9 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,6 +177,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return SLOWEST_FILES.index(path) if path in SLOWEST_FILES else len(SLOWEST_FILES)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
+
+
+def stored_order(client_id: str, status: str, booked: str = "0", **columns: Any) -> Any:
+    """An ``orders`` row set up by hand (a 0.01 BTC binance buy, ``booked`` filled and
+    booked), for tests that start from a given state; ``columns`` override."""
+    from workers.store.models import Order
+
+    values: dict[str, Any] = {
+        "client_order_id": client_id,
+        "signal_id": client_id,
+        "leg": "open",
+        "account": "binance",
+        "symbol": "BTC/USDT:USDT",
+        "side": "buy",
+        "order_type": "market",
+        "amount": Decimal("0.01"),
+        "purpose": "open",
+        "status": status,
+        "filled": Decimal(booked),
+        "booked_filled": Decimal(booked),
+    }
+    return Order(**(values | columns))
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.05, message: str = ""):

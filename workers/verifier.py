@@ -191,15 +191,24 @@ def verify_and_book(
     verification = verify_order(order, settings)
     with session_scope() as session:
         locked = order_store.lock_order(session, client_order_id)
-        _record_verification(session, locked, verification)
-        booking = None
-        values: dict[str, object] = {"verification": str(verification.result.verdict)}
-        if verification.result.verdict == Verdict.VERIFIED:
-            booking = book_fill(session, locked)
-            values |= booking.order_values
+        values, booking = _settle(session, locked, verification)
         order_store.write_order(session, locked.id, values)
-    metrics.observe_verdict(order.account, str(verification.result.verdict))
     return verification, booking
+
+
+def _settle(
+    session: Session, order: OrderSnapshot, verification: Verification
+) -> tuple[dict[str, Any], Booking | None]:
+    """Record the verdict and its sources, and book a verified fill, in the caller's
+    transaction (the order row locked); returns the order row's changes and the booking."""
+    _record_verification(session, order, verification)
+    values: dict[str, Any] = {"verification": str(verification.result.verdict)}
+    booking = None
+    if verification.result.verdict == Verdict.VERIFIED:
+        booking = book_fill(session, order)
+        values |= booking.order_values
+    metrics.observe_verdict(order.account, str(verification.result.verdict))
+    return values, booking
 
 
 class InlineSettlement:
@@ -218,12 +227,7 @@ class InlineSettlement:
         verification = _order_only_verification(order)
         if verification is None:
             return {}
-        _record_verification(session, order, verification)
-        values: dict[str, Any] = {"verification": str(verification.result.verdict)}
-        if verification.result.verdict == Verdict.VERIFIED:
-            self.booking = book_fill(session, order)
-            values |= self.booking.order_values
-        metrics.observe_verdict(order.account, str(verification.result.verdict))
+        values, self.booking = _settle(session, order, verification)
         self.settled = True
         return values
 

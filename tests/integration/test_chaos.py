@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import random
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import stored_order
 
 # A scratch Redis database of its own: the session's shared worker consumes the test database.
 CHAOS_REDIS_DB = int(os.environ.get("EXECQ_TEST_CHAOS_REDIS_DB", "14"))
@@ -168,32 +169,16 @@ def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
 def test_audit_finds_order_states_without_their_events(db: None) -> None:
     from workers.audit import missing_events
     from workers.store.db import session_scope
-    from workers.store.models import Event, Order
-
-    def order(client_id: str, status: str, booked: str = "0") -> Order:
-        return Order(
-            client_order_id=client_id,
-            signal_id=client_id,
-            leg="open",
-            account="binance",
-            symbol="BTC/USDT:USDT",
-            side="buy",
-            order_type="market",
-            amount=Decimal("0.01"),
-            purpose="open",
-            status=status,
-            filled=Decimal(booked),
-            booked_filled=Decimal(booked),
-        )
+    from workers.store.models import Event
 
     recorded = {
         "complete": (
-            order("c-complete", "filled", "0.01"),
+            stored_order("c-complete", "filled", "0.01"),
             ("order_intent", "order_submitting", "order_filled", "position_opened"),
         ),
-        "intent": (order("c-intent", "intent"), ("order_intent",)),
-        "unbooked": (order("c-unbooked", "filled", "0.01"), ("order_intent",)),
-        "bare": (order("c-bare", "rejected"), ()),
+        "intent": (stored_order("c-intent", "intent"), ("order_intent",)),
+        "unbooked": (stored_order("c-unbooked", "filled", "0.01"), ("order_intent",)),
+        "bare": (stored_order("c-bare", "rejected"), ()),
     }
     with session_scope() as session:
         session.add_all(row for row, _ in recorded.values())

@@ -7,25 +7,18 @@ from decimal import Decimal
 
 import pytest
 
+from tests.conftest import stored_order
+
 pytestmark = pytest.mark.services
 
 
 def _booked_order(client_id: str, updated_at: datetime) -> object:
-    from workers.store.models import Order
-
-    return Order(
-        client_order_id=client_id,
-        signal_id=client_id,
-        leg="open",
-        account="binance",
+    return stored_order(
+        client_id,
+        "filled",
+        "0.03",
         symbol="ETH/USDT:USDT",
-        side="buy",
-        order_type="market",
         amount=Decimal("0.03"),
-        purpose="open",
-        status="filled",
-        filled=Decimal("0.03"),
-        booked_filled=Decimal("0.03"),
         updated_at=updated_at,
     )
 

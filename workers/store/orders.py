@@ -140,6 +140,7 @@ _SELECT_ORDER = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"
 _SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
 # The SET clause is the keys of the parameters given.
 _UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("order_id"))
+_TOUCH_ORDER = update(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
 
 
 def _order_row(connection: Connection, client_order_id: str, *, for_update: bool = False) -> Any:
@@ -358,8 +359,9 @@ def record_order_event(
 def touch(client_order_id: str) -> None:
     """Mark the order as being worked on (a heartbeat for the recovery sweep)."""
     with session_scope() as session:
-        order = _order_row(session.connection(), client_order_id)
-        _update_order(session.connection(), order.id, {"updated_at": datetime.now(UTC)})
+        session.connection().execute(
+            _TOUCH_ORDER, {"cid": client_order_id, "updated_at": datetime.now(UTC)}
+        )
 
 
 def unsettled_orders(
