@@ -18,7 +18,7 @@ from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import kill_switch_state
 from workers.exchange.prices import find_market, reference_price
 from workers.exchange.reads import EXCHANGE_ERRORS
-from workers.execution.client_ids import client_order_id
+from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.order_state import OrderStatus
 from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
 from workers.settings import get_settings
@@ -172,7 +172,7 @@ def _check_context(request: dict[str, Any]) -> tuple[str, str]:
     purpose = request["purpose"]
     if not isinstance(purpose, str) or not LEG.match(purpose.replace("_", "")):
         raise InvalidSignal("purpose", "must be a short lowercase word such as open or close")
-    leg = request["leg"] or purpose.replace("_", "")[:12]
+    leg = leg_for(purpose, request["leg"])
     if not isinstance(leg, str) or not LEG.match(leg):
         raise InvalidSignal("leg", "must match [a-z0-9]{1,12}")
     for name in ("position_id", "aged_id"):

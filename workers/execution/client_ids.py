@@ -41,6 +41,12 @@ def _digest(signal_id: str) -> str:
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
+def leg_for(purpose: str, leg: str | None = None) -> str:
+    """The leg an order task uses: the one given, else its purpose without underscores
+    (``aged_close`` -> ``agedclose``), cut to 12 characters."""
+    return leg or purpose.replace("_", "")[:12]
+
+
 def client_order_id(signal_id: str, leg: str) -> str:
     """The client order id for ``leg`` of ``signal_id``; at most 36 characters.
 
