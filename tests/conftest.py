@@ -241,18 +241,12 @@ def database() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
 
 
-TABLES = ("events", "alerts", "orders", "aged_positions", "positions")
-
-
 @pytest.fixture
 def db(database: str) -> Iterator[None]:
     """Empty tables before the test (the schema stays)."""
-    from sqlalchemy import text
+    from workers.store.db import truncate_all
 
-    from workers.store.db import get_engine
-
-    with get_engine().begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    truncate_all()
     yield
 
 

@@ -7,7 +7,8 @@ counted in memory during a run: every figure is read back after it.
   id (the client id is derived from signal and leg, so this is also "two
   orders for one leg");
 - ``lost``: signals that were sent but have no terminal order and no
-  ``signal_rejected`` event;
+  ``signal_rejected`` event (the outbox giving up on a signal that never
+  reached a worker, ``field`` = delivery, counts as lost);
 - ``orphans``: positions on the exchange the book does not know (or with a
   different size), plus open book positions the exchange does not have;
 - ``stuck``: orders still in flight, and aged positions whose close was due
@@ -137,9 +138,15 @@ def audit(
                 ).group_by(Order.signal_id)
             ).all()
         )
+        # A signal the outbox gave up on (``field`` delivery) never reached a worker: lost.
         rejected_signals = set(
             session.scalars(
-                select(Event.signal_id).where(Event.type == "signal_rejected").distinct()
+                select(Event.signal_id)
+                .where(
+                    Event.type == "signal_rejected",
+                    Event.payload["field"].astext.is_distinct_from("delivery"),
+                )
+                .distinct()
             )
         )
         in_flight = session.scalars(

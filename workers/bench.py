@@ -48,6 +48,7 @@ import redis
 import requests
 from psycopg import sql
 
+from workers.producer import Producer, order_kwargs
 from workers.services import Services, ensure_services, libpq_url
 from workers.stack import Stack
 
@@ -307,32 +308,6 @@ def client_app(redis_url: str, visibility_timeout_s: int | None = None) -> Any:
     return app
 
 
-def market_order_kwargs(
-    signal_id: str,
-    account: str,
-    symbol: str,
-    side: str,
-    amount: str,
-    *,
-    reduce_only: bool = False,
-    purpose: str = "open",
-    enqueued_at_ms: float | None = None,
-) -> dict[str, Any]:
-    """What ``workers.producer.submit_market_order`` sends, built without ``workers.app``."""
-    return {
-        "signal_id": signal_id,
-        "exchange": account,
-        "symbol": symbol,
-        "side": side,
-        "amount": amount,
-        "reduce_only": reduce_only,
-        "purpose": purpose,
-        "metadata": {
-            "enqueued_at_ms": round(enqueued_at_ms or time.time() * 1000, 3),
-        },
-    }
-
-
 def post_sim(sim_url: str, path: str, payload: object) -> dict[str, Any]:
     response = requests.post(f"{sim_url}{path}", json=payload, timeout=30)
     response.raise_for_status()
@@ -457,6 +432,7 @@ class BenchRun:
         from sqlalchemy import create_engine
 
         self.engine = create_engine(scratch_run.database_url, pool_size=2)
+        self.producer = Producer(self.app, self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -502,11 +478,9 @@ class BenchRun:
     def send_order(self, signal_id: str, index: int) -> float:
         account, symbol, amount = self.pairs[index]
         enqueued_ms = time.time() * 1000
-        self.app.send_task(
+        self.producer.send(
             "execute_market_order",
-            kwargs=market_order_kwargs(
-                signal_id, account, symbol, "buy", amount, enqueued_at_ms=enqueued_ms
-            ),
+            order_kwargs(signal_id, account, symbol, "buy", amount, enqueued_at_ms=enqueued_ms),
         )
         return enqueued_ms
 

@@ -15,8 +15,9 @@ database (``workers.bench.scratch``), or on private servers it starts itself
    twice (a producer retrying); meanwhile, at seeded random moments, it
    SIGKILLs a worker and restarts it (``kills`` times) and restarts Redis and
    PostgreSQL once each when this run started them (``ensure_services``);
-4. lifts the faults, stops the price walks and waits until quiet: nothing in
-   flight in Postgres, no aged close claimed, the broker queue and its unacked
+4. lifts the faults, stops the price walks and waits until quiet: every
+   signal the producer recorded in the outbox arrived, nothing in flight in
+   Postgres, no aged close claimed, the broker queue and its unacked
    set empty, and a recovery sweep finished after the faults were lifted;
 5. audits with ``workers.audit.audit``.
 
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from workers.bench import (
     ACCOUNTS,
@@ -54,12 +55,13 @@ from workers.bench import (
     Scratch,
     client_app,
     get_sim,
-    market_order_kwargs,
     post_sim,
     scratch,
 )
+from workers.producer import BROKER_ERRORS, NotEnqueued, Producer, order_kwargs
 from workers.services import free_port
 from workers.stack import Stack, StackError
+from workers.store.outbox import OutboxMessage, undelivered_count
 
 logger = logging.getLogger("execq.chaos")
 
@@ -92,7 +94,7 @@ class SignalSpec:
     duplicate: bool = False
 
     def kwargs(self) -> dict[str, Any]:
-        return market_order_kwargs(
+        return order_kwargs(
             self.signal_id,
             self.account,
             self.symbol,
@@ -322,6 +324,7 @@ class ChaosRun:
         from sqlalchemy import create_engine
 
         self.engine = create_engine(run.database_url, pool_size=2, pool_pre_ping=True)
+        self.producer = Producer(self.app, self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -370,14 +373,21 @@ class ChaosRun:
     def send(self, spec: SignalSpec) -> None:
         """Enqueue one signal; a broker that is restarting is waited for (a producer retries)."""
         deadline = time.monotonic() + SEND_RETRY_S
+        recorded: list[OutboxMessage] = []
         while True:
             try:
-                self.app.send_task("execute_market_order", kwargs=spec.kwargs())
+                if recorded:
+                    self.producer.publish(recorded)
+                else:
+                    self.producer.send("execute_market_order", spec.kwargs())
                 return
-            except (KombuOperationalError, redis.RedisError, OSError) as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"could not enqueue {spec.signal_id}: {exc}") from exc
-                time.sleep(0.2)  # backoff while the broker restarts, not synchronisation
+            except NotEnqueued as exc:
+                recorded, error = exc.messages, exc
+            except (*BROKER_ERRORS, SQLAlchemyError) as exc:
+                error = exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not enqueue {spec.signal_id}: {error}") from error
+            time.sleep(0.2)  # backoff while the broker restarts, not synchronisation
 
     def send_stream(self, stream: list[SignalSpec]) -> float:
         """Send at ``rate`` per second (duplicates again a few slots later); returns seconds."""
@@ -482,7 +492,8 @@ class ChaosRun:
             return connection.execute(text(sql), params).one()
 
     def state(self, since_epoch: float) -> dict[str, Any]:
-        """What still moves: orders in flight, unbooked fills, aged closes, queued messages."""
+        """What still moves: signals the outbox has not seen arrive, orders in flight, unbooked
+        fills, aged closes, queued messages."""
         in_flight, unbooked = self._query(
             "SELECT count(*) FILTER (WHERE status = ANY(:statuses)), "
             "count(*) FILTER (WHERE filled > booked_filled) FROM orders",
@@ -496,7 +507,10 @@ class ChaosRun:
         )
         queued = self.redis.llen("celery")
         unacked = self.redis.hlen("unacked")
+        with self.engine.connect() as connection:
+            undelivered = undelivered_count(connection)
         return {
+            "undelivered": undelivered,
             "in_flight": int(in_flight),
             "unbooked": int(unbooked),
             "aged_closing": int(closing),
@@ -576,6 +590,7 @@ class ChaosRun:
                 continue
             quiet = (
                 last["recovery_sweeps"] > 0
+                and last["undelivered"] == 0
                 and last["in_flight"] == 0
                 and last["unbooked"] == 0
                 and last["aged_closing"] == 0
@@ -584,7 +599,14 @@ class ChaosRun:
             )
             busy = sorted(
                 key
-                for key in ("in_flight", "unbooked", "aged_closing", "queued", "unacked")
+                for key in (
+                    "undelivered",
+                    "in_flight",
+                    "unbooked",
+                    "aged_closing",
+                    "queued",
+                    "unacked",
+                )
                 if last[key]
             ) + ([] if last["recovery_sweeps"] else ["no_recovery_sweep_yet"])
             if not self.quiet_trace or self.quiet_trace[-1][1] != busy:

@@ -76,7 +76,6 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/execq"
 DEFAULT_DEMO_DATABASE = "execq_demo"
 DEFAULT_DEMO_REDIS_DB = 9
 
-TABLES = ("events", "alerts", "orders", "aged_positions", "positions")
 WORKERS = ("demo1", "demo2")
 # The price move that keeps a position away from any aged target: beyond the
 # demo's 2 % maximum loss tolerance plus commission.
@@ -340,14 +339,11 @@ def install_environment(env: dict[str, str]) -> None:
 
 
 def migrate_and_truncate() -> None:
-    from sqlalchemy import text
-
     from workers.cli import run_migrations
-    from workers.store.db import get_engine
+    from workers.store.db import truncate_all
 
     run_migrations()
-    with get_engine().begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    truncate_all()
 
 
 # --- a kept stack: where its processes are, and how to stop it --------------------------------

@@ -1,40 +1,118 @@
-"""The producer API: enqueue orders by task name from any process.
+"""The producer API: record each signal in the outbox, then enqueue it by task name.
 
-Only the task names and JSON arguments cross the broker, so a producer needs
-neither ccxt nor the database — ``send_task`` with these kwargs from any
-Celery client works the same::
+``submit_market_order`` / ``submit_limit_order`` write the message to the
+``signals`` table in PostgreSQL, commit, and only then send it to the broker
+with the same task id. The broker alone can lose a message: kombu's Redis
+transport pops it before recording it as unacknowledged, so a worker killed
+in between (or a Redis restart, and a Redis without persistence loses its
+whole queue) drops it before any execq code runs. The recovery sweep sends
+every recorded signal that never reached a worker again
+(``workers.execution.outbox``), and the client order id makes a second copy
+harmless. A call that returns has recorded the signal; one that raises after
+recording raises ``NotEnqueued`` (the broker is down): the sweep sends it
+later, ``Producer.publish`` sends it now, and submitting the same signal id
+again is safe too. (When the result store, the same Redis by default, is down
+as well, Celery's ``send_task`` first spends about 20 s reconnecting to it
+and raises ``RuntimeError``; the signal is recorded all the same.)
+
+Only the task names and JSON arguments cross the broker, so ``send_task``
+with these kwargs from any Celery client works the same, without the outbox
+and its guarantee::
 
     app.send_task("execute_market_order", kwargs={
         "signal_id": "bot7-2026-11-21T18:00:00Z-eth", "exchange": "binance",
         "symbol": "ETH/USDT:USDT", "side": "buy", "amount": "0.3",
         "reduce_only": False, "purpose": "open",
     })
+
+``Producer`` is the same for a given Celery app and database engine (the
+bench and chaos runs send to their scratch broker and database that way).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery.result import AsyncResult
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from workers.app import app
+from workers.store.outbox import OutboxMessage, record_signals
+
+BROKER_ERRORS = (KombuOperationalError, redis.RedisError, OSError)
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
+    from sqlalchemy import Engine
 
 
-def _kwargs(
+class NotEnqueued(Exception):
+    """The messages are recorded in the outbox but the broker did not take them.
+
+    The recovery sweep sends them; ``Producer.publish(messages)`` sends them now.
+    """
+
+    def __init__(self, messages: Sequence[OutboxMessage], cause: Exception) -> None:
+        super().__init__(
+            f"{len(messages)} signal(s) recorded but not enqueued ({cause}); "
+            "the recovery sweep will send them"
+        )
+        self.messages = list(messages)
+
+
+class Producer:
+    """Sends task messages through the outbox: recorded in PostgreSQL, then enqueued."""
+
+    def __init__(self, app: Celery, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    def send(self, task_name: str, kwargs: dict[str, Any]) -> AsyncResult:
+        return self.send_many([(task_name, kwargs)])[0]
+
+    def send_many(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> list[AsyncResult]:
+        """Record all ``messages`` in one transaction, then enqueue each in order.
+
+        Raises ``NotEnqueued`` when the broker refuses after the record committed.
+        """
+        outbox = [OutboxMessage.new(task_name, kwargs) for task_name, kwargs in messages]
+        with self.engine.begin() as connection:
+            record_signals(connection, outbox)
+        return self.publish(outbox)
+
+    def publish(self, outbox: Sequence[OutboxMessage]) -> list[AsyncResult]:
+        """Enqueue recorded messages (again): the same task ids, so a copy is harmless."""
+        results = []
+        for index, message in enumerate(outbox):
+            try:
+                results.append(
+                    self.app.send_task(
+                        message.task_name, kwargs=message.kwargs, task_id=message.task_id
+                    )
+                )
+            except BROKER_ERRORS as exc:
+                raise NotEnqueued(outbox[index:], exc) from exc
+        return results
+
+
+def order_kwargs(
     signal_id: str,
     exchange: str,
     symbol: str,
     side: str,
     amount: Decimal | str,
     *,
-    reduce_only: bool,
-    purpose: str,
-    leg: str | None,
-    position_id: int | None,
-    metadata: dict[str, Any] | None,
+    reduce_only: bool = False,
+    purpose: str = "open",
+    leg: str | None = None,
+    position_id: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    enqueued_at_ms: float | None = None,
 ) -> dict[str, Any]:
+    """The JSON arguments of ``execute_market_order`` (a limit order adds price and time in force)."""
     kwargs: dict[str, Any] = {
         "signal_id": signal_id,
         "exchange": exchange,
@@ -44,13 +122,24 @@ def _kwargs(
         "reduce_only": reduce_only,
         "purpose": purpose,
         # Enqueue time lets the worker measure enqueue -> exchange ack.
-        "metadata": {**(metadata or {}), "enqueued_at_ms": round(time.time() * 1000, 3)},
+        "metadata": {
+            **(metadata or {}),
+            "enqueued_at_ms": round(enqueued_at_ms or time.time() * 1000, 3),
+        },
     }
     if leg is not None:
         kwargs["leg"] = leg
     if position_id is not None:
         kwargs["position_id"] = position_id
     return kwargs
+
+
+def default_producer() -> Producer:
+    """The producer on the configured broker and database (``workers.app``, DATABASE_URL)."""
+    from workers.app import app
+    from workers.store.db import get_engine
+
+    return Producer(app, get_engine())
 
 
 def submit_market_order(
@@ -66,8 +155,8 @@ def submit_market_order(
     position_id: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> AsyncResult:
-    """Enqueue one market order; the returned result resolves to the order summary."""
-    kwargs = _kwargs(
+    """Record and enqueue one market order; the returned result resolves to the order summary."""
+    kwargs = order_kwargs(
         signal_id,
         exchange,
         symbol,
@@ -79,7 +168,7 @@ def submit_market_order(
         position_id=position_id,
         metadata=metadata,
     )
-    return app.send_task("execute_market_order", kwargs=kwargs)
+    return default_producer().send("execute_market_order", kwargs)
 
 
 def submit_limit_order(
@@ -97,8 +186,8 @@ def submit_limit_order(
     position_id: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> AsyncResult:
-    """Enqueue one limit order (GTC or IOC); the result resolves to the order summary."""
-    kwargs = _kwargs(
+    """Record and enqueue one limit order (GTC or IOC); the result resolves to the order summary."""
+    kwargs = order_kwargs(
         signal_id,
         exchange,
         symbol,
@@ -111,4 +200,4 @@ def submit_limit_order(
         metadata=metadata,
     )
     kwargs.update(price=str(price), time_in_force=time_in_force)
-    return app.send_task("execute_limit_order", kwargs=kwargs)
+    return default_producer().send("execute_limit_order", kwargs)

@@ -3,6 +3,10 @@
 Runs every minute and once when a worker starts. Steps, each counted in one
 ``recovery_sweep`` event:
 
+0. signals a producer recorded in the outbox (``workers.producer``) that
+   never reached a worker and are no longer in the broker: sent again with
+   the same task id, or, past the resubmit age, recorded as rejected with a
+   critical alert (``workers.execution.outbox``);
 1. orders stuck in ``intent``/``submitting``/``unknown`` (or resting with no
    task following them) past a threshold: looked up by client order id;
    found → adopt the exchange's state; absent → re-enqueue the leg when it
@@ -19,6 +23,7 @@ Runs every minute and once when a worker starts. Steps, each counted in one
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -43,12 +48,23 @@ from workers.execution.order_state import (
     OrderStatus,
     status_from_exchange,
 )
+from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
+from workers.redis_client import get_redis
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
-from workers.store.models import AgedPosition, Order, Position
+from workers.store.models import AgedPosition, Order, Position, Signal
 from workers.store.orders import OrderSnapshot
+from workers.store.outbox import (
+    OutboxMessage,
+    mark_expired,
+    mark_sent_again,
+    message_of,
+    outbox_view,
+    settle_arrived,
+    unsettled_sent_before,
+)
 from workers.store.positions import (
     close_position,
     open_new_position,
@@ -59,12 +75,16 @@ from workers.submission import describe_error, visibility_deadline
 logger = logging.getLogger("execq.recovery")
 
 AGED_CLOSE_PURPOSES = ("aged_close", "aged_chunk")
+# kombu's Redis transport keeps reserved (popped, not yet acknowledged) messages here.
+UNACKED_KEY = "unacked"
+BROKER_SCAN_CHUNK = 1000
 
 
 def run_recovery(settings: Settings) -> dict[str, int]:
     counts: Counter[str] = Counter()
     now = datetime.now(UTC)
     stuck_before = now - timedelta(seconds=settings.recovery_stuck_after_s)
+    counts.update(redeliver_lost_signals(settings, now))
     for order in _stuck_orders(stuck_before):
         counts[_resolve_stuck(order, settings, now)] += 1
     for cid in _unbooked_fills(stuck_before):
@@ -93,6 +113,113 @@ def run_recovery(settings: Settings) -> dict[str, int]:
     with session_scope() as session:
         record_event(session, "recovery_sweep", payload=dict(counts))
     return dict(counts)
+
+
+# --- 0. signals that never reached a worker ----------------------------------------------
+
+
+def redeliver_lost_signals(settings: Settings, now: datetime) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with session_scope() as session:
+        counts["signals_arrived"] = settle_arrived(session, now)
+        rows = unsettled_sent_before(
+            session, now - timedelta(seconds=settings.recovery_stuck_after_s)
+        )
+        candidates = {row.task_id: (outbox_view(row), message_of(row)) for row in rows}
+    if not candidates:
+        return counts
+    in_broker = _messages_in_broker(set(candidates))
+    # A message popped after the first read may have arrived while the broker was read.
+    with session_scope() as session:
+        settle_arrived(session, now, candidates)
+        missing = session.scalars(
+            select(Signal.task_id).where(
+                Signal.task_id.in_(list(candidates)), Signal.settled_at.is_(None)
+            )
+        ).all()
+    for task_id in missing:
+        signal, message = candidates[task_id]
+        verdict = delivery_verdict(
+            signal,
+            now,
+            in_broker=task_id in in_broker,
+            retry_after_s=settings.recovery_stuck_after_s,
+            max_age_s=settings.recovery_resubmit_max_age_s,
+        )
+        if verdict is Delivery.REDELIVER:
+            _redeliver(message, signal, now)
+            counts["signals_redelivered"] += 1
+        elif verdict is Delivery.EXPIRE:
+            _expire(message, signal, now, settings)
+            counts["signals_expired"] += 1
+        else:
+            counts["signals_in_broker" if task_id in in_broker else "signals_backing_off"] += 1
+    return counts
+
+
+def _messages_in_broker(task_ids: set[str]) -> set[str]:
+    """Those of ``task_ids`` whose message is still in the broker: waiting in the queue, or
+    reserved by a worker (kombu's unacknowledged hash, which also holds retries' ETAs)."""
+    client = get_redis()
+    found: set[str] = set()
+    queue = app.conf.task_default_queue
+    length = client.llen(queue)
+    for start in range(0, length, BROKER_SCAN_CHUNK):
+        for raw in client.lrange(queue, start, start + BROKER_SCAN_CHUNK - 1):
+            found.add(_message_task_id(json.loads(raw)))
+    for raw in client.hvals(UNACKED_KEY):
+        found.add(_message_task_id(json.loads(raw)[0]))
+    return found & task_ids
+
+
+def _message_task_id(message: dict[str, Any]) -> str:
+    return str(message.get("headers", {}).get("id"))
+
+
+def _redeliver(message: OutboxMessage, signal: OutboxSignal, now: datetime) -> None:
+    app.send_task(message.task_name, kwargs=message.kwargs, task_id=message.task_id)
+    with session_scope() as session:
+        mark_sent_again(session, message.task_id, now)
+        record_event(
+            session,
+            "signal_redelivered",
+            signal_id=str(message.kwargs.get("signal_id")),
+            account=str(message.kwargs.get("exchange")),
+            symbol=str(message.kwargs.get("symbol")),
+            payload={"task_id": message.task_id, "sends": signal.sends + 1},
+        )
+    logger.warning(
+        "recovery: signal %s (task %s) never reached a worker; sent again",
+        message.kwargs.get("signal_id"),
+        message.task_id,
+    )
+
+
+def _expire(
+    message: OutboxMessage, signal: OutboxSignal, now: datetime, settings: Settings
+) -> None:
+    age_s = (now - signal.created_at).total_seconds()
+    reason = (
+        f"never reached a worker in {age_s:.0f}s ({signal.sends} send(s)); past "
+        "EXECQ_RECOVERY_RESUBMIT_MAX_AGE_S, so not sent again and nothing reached the exchange"
+    )
+    signal_id = str(message.kwargs.get("signal_id"))
+    with session_scope() as session:
+        mark_expired(session, message.task_id, now)
+        record_event(
+            session,
+            "signal_rejected",
+            signal_id=signal_id[:256],
+            account=str(message.kwargs.get("exchange"))[:32],
+            symbol=str(message.kwargs.get("symbol"))[:64],
+            payload={"field": "delivery", "reason": reason, "task_id": message.task_id},
+        )
+        raise_alert(
+            session,
+            "signal_undelivered",
+            f"signal {signal_id}: {reason}",
+            payload={"task_id": message.task_id, "max_age_s": settings.recovery_resubmit_max_age_s},
+        )
 
 
 # --- 1. orders in doubt -------------------------------------------------------------------

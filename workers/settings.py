@@ -192,9 +192,10 @@ class Settings(BaseSettings):
     recovery_sweep_interval_s: float = Field(default=60.0, gt=0)
     # An order in submitting/unknown younger than this is still being worked on.
     recovery_stuck_after_s: float = Field(default=30.0, ge=0)
-    # An order the exchange never got is sent again by the recovery sweep only
-    # while the signal is this fresh; an older one is rejected as stale.
     recover_on_worker_start: bool = True
+    # An order the exchange never got, or a recorded signal no worker got, is
+    # sent again by the recovery sweep only while the signal is this fresh; an
+    # older one is rejected as stale.
     recovery_resubmit_max_age_s: float = Field(default=300.0, ge=0)
     verify_budget_s: float = Field(default=10.0, gt=0)
     flat_check_attempts: int = Field(default=10, ge=1)

@@ -76,6 +76,15 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+def truncate_all() -> None:
+    """Empty every execq table (the schema stays): for scratch databases, never a user's."""
+    from workers.store.models import Base
+
+    names = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    with get_engine().begin() as connection:
+        connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
 def check_database() -> None:
     """Raise DatabaseUnavailable with a one-line reason when Postgres cannot be reached."""
     try:

@@ -3,7 +3,8 @@
 Meanings (ARCHITECTURE.md "Postgres"): ``orders`` follows the lifecycle table
 in ``workers.execution.order_state``; ``positions`` is the local view of the
 exchange's positions; ``aged_positions`` tracks one aged episode of a
-position; ``events`` is append-only; ``alerts`` are what a person must see.
+position; ``events`` is append-only; ``alerts`` are what a person must see;
+``signals`` is the producers' outbox (``workers.producer``).
 """
 
 from __future__ import annotations
@@ -232,3 +233,34 @@ class Alert(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_alerts_occurred_at", "occurred_at"),)
+
+
+class Signal(Base):
+    """One enqueued task message, recorded by the producer before it is sent.
+
+    The broker can lose a message after a worker popped it and before any of
+    our code ran (a kill or a Redis restart in between); the recovery sweep
+    sends again the rows whose order never appeared (``workers.recovery``).
+    """
+
+    __tablename__ = "signals"
+
+    # The Celery task id; a redelivery reuses it, so the producer's result handle still resolves.
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(64), nullable=False)
+    signal_id: Mapped[str] = mapped_column(Text, nullable=False)
+    # None when the leg cannot be derived: validation rejects such a signal by its id.
+    client_order_id: Mapped[str | None] = mapped_column(String(36))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+    last_sent_at: Mapped[datetime] = _now_column()
+    sends: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # arrived (a worker recorded it) or expired (never arrived, too old to send again).
+    outcome: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        Index("ix_signals_signal_id", "signal_id"),
+        # The recovery sweep reads only the signals not yet seen arriving.
+        Index("ix_signals_unsettled", "last_sent_at", postgresql_where=text("settled_at IS NULL")),
+    )
