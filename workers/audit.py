@@ -149,6 +149,9 @@ def audit(
                 .distinct()
             )
         )
+        redelivered = list(
+            session.scalars(select(Event.signal_id).where(Event.type == "signal_redelivered"))
+        )
         in_flight = session.scalars(
             select(Order.client_order_id).where(Order.status.in_(in_flight_values))
         ).all()
@@ -181,6 +184,8 @@ def audit(
     report.lost = len(lost)
     report.details["lost_signals"] = sorted(lost)[:50]
     report.details["rejected_signals"] = len(expected & rejected_signals)
+    # Sends by the outbox of signals the broker lost (not a defect: the repair of one).
+    report.details["redelivered_signals"] = sum(1 for signal in redelivered if signal in expected)
 
     report.stuck = len(in_flight) + len(stuck_aged)
     report.details["in_flight_orders"] = list(in_flight)[:50]

@@ -853,6 +853,7 @@ class ChaosRun:
             "orders": report.orders,
             "ledger_orders": report.ledger_orders,
             "rejected_signals": details.get("rejected_signals"),
+            "redelivered_signals": details.get("redelivered_signals"),
             "alerts": details.get("alerts"),
             "mix": _mix(stream),
             "faults": _fired(fault_stats.get("rules", [])),
