@@ -10,11 +10,13 @@ deadline (exchange timeouts, tenacity stop-after-delay).
 
 from __future__ import annotations
 
+import gc
+
 import kombu.exceptions
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Celery
-from celery.signals import worker_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from workers import redis_keys
 from workers.settings import SettingsError, get_settings
@@ -104,6 +106,20 @@ def _install_rate_limiter(**_: object) -> None:
     from workers.exchange.ratelimit import install_request_hook
 
     install_request_hook()
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _freeze_startup_heap(**_: object) -> None:
+    # A worker's heap is mostly what it imported (ccxt, SQLAlchemy, Celery: about
+    # 130,000 objects) and never frees. Left in the collector's oldest generation,
+    # every full collection walks all of it: 50-130 ms with the GIL held, which
+    # stalled every thread of the worker and was the p99 of enqueue -> exchange ack
+    # at 50 orders/s (execq bench). Frozen, a full collection walks only what the
+    # worker allocated since; cyclic garbage made later is still collected.
+    # ``worker_process_init`` does the same in each prefork child.
+    gc.collect()
+    gc.freeze()
 
 
 @worker_ready.connect

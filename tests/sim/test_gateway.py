@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -51,6 +52,19 @@ def test_bybit_account_detection_happens_once(sim: Simulator):
     second.fetch_balance()
     assert sim.requests_for("bybit", "account") == 2
     assert first is not second
+
+
+def test_a_new_client_is_kept_out_of_full_garbage_collections(sim: Simulator):
+    # Given the collector's frozen (never walked) objects now
+    before = gc.get_freeze_count()
+    try:
+        # When a thread builds its client
+        client = in_thread(lambda: gateway.get_client("binance"))
+        # Then the client is among the frozen objects a full collection skips
+        assert gc.get_freeze_count() > before
+        assert client.markets
+    finally:
+        gc.unfreeze()
 
 
 def test_client_configuration(sim: Simulator):
