@@ -299,44 +299,78 @@ class Submission:
             fields["average_price"] = seen.average
         if self.order.acked_at is None:
             fields["acked_at"] = now
-        if status is None:
-            # Accepted, but this response does not say how it went (Bybit's create).
-            status = OrderStatus.OPEN if self.order.status in IN_DOUBT else self.order.status
+        asked = False
+        if status is None and self.order.status in IN_DOUBT:
+            # Accepted, but the response does not say how it went (Bybit's create). Ask
+            # at once, before writing: a market order has filled by then, and writing
+            # its acceptance and its fill in one transaction saves a whole one.
+            asked = True
+            now_seen = self._fetch_own_order(fields.get("exchange_order_id"))
+            status = self._status_of(now_seen)
+            if status is None or now_seen is None:
+                status = OrderStatus.OPEN
+            else:
+                fields |= self._fill_fields(now_seen)
+        elif status is None:
+            status = self.order.status
         self.order = self._move(
-            status, payload={"source": source}, accepted_attempt=accepted_attempt, **fields
+            status,
+            payload={"source": f"{source}+follow" if asked else source},
+            accepted_attempt=accepted_attempt,
+            **fields,
         )
         if self.order.status in RESTING:
-            return self.follow()
+            return self.follow(fetch_first=not asked)
         return self.order
 
-    def follow(self) -> OrderSnapshot:
-        """Poll a resting order until it is terminal; requeue when the run's time is up."""
+    def follow(self, *, fetch_first: bool = True) -> OrderSnapshot:
+        """Poll a resting order until it is terminal; requeue when the run's time is up.
+
+        ``fetch_first=False``: the exchange was asked a moment ago, so wait first.
+        """
         delays = iter(lookup_delays(50, 0.25, 1.5))
+        fetch = fetch_first
         while self.order.status in RESTING:
-            seen = self._fetch_own_order()
-            if seen is not None:
-                status = status_from_exchange(
-                    seen.status, seen.amount or self.order.amount, seen.filled
-                )
-                if status is not None and (
-                    status != self.order.status or (seen.filled or 0) != self.order.filled
+            if fetch:
+                seen = self._fetch_own_order()
+                status = self._status_of(seen)
+                if (
+                    seen is not None
+                    and status is not None
+                    and (status != self.order.status or (seen.filled or 0) != self.order.filled)
                 ):
-                    fields: dict[str, Any] = {"filled": seen.filled or self.order.filled}
-                    if seen.average is not None and seen.filled:
-                        fields["average_price"] = seen.average
-                    self.order = self._move(status, payload={"source": "follow"}, **fields)
+                    self.order = self._move(
+                        status, payload={"source": "follow"}, **self._fill_fields(seen)
+                    )
                     continue
+            fetch = True
             delay = min(next(delays), 2.0)
             if delay > self.remaining_s():
                 raise Requeue(min(2.0, max(delay, 0.5)), "order still resting")
             time.sleep(delay)
         return self.order
 
-    def _fetch_own_order(self) -> exchange_orders.ExchangeOrder | None:
+    def _status_of(self, seen: exchange_orders.ExchangeOrder | None) -> OrderStatus | None:
+        if seen is None:
+            return None
+        return status_from_exchange(seen.status, seen.amount or self.order.amount, seen.filled)
+
+    def _fill_fields(self, seen: exchange_orders.ExchangeOrder) -> dict[str, Any]:
+        fields: dict[str, Any] = {"filled": seen.filled or self.order.filled}
+        if seen.average is not None and seen.filled:
+            fields["average_price"] = seen.average
+        return fields
+
+    def _fetch_own_order(
+        self, exchange_order_id: str | None = None
+    ) -> exchange_orders.ExchangeOrder | None:
         """The order as the exchange shows it now; None when not visible or the read failed."""
         try:
             return exchange_orders.fetch_own_order(
-                self.client, self.order.symbol, self.order.exchange_order_id, self.cid
+                self.client,
+                self.order.symbol,
+                exchange_order_id or self.order.exchange_order_id,
+                self.cid,
             )
         except EXCHANGE_ERRORS as exc:
             logger.info("follow %s: %s", self.cid, describe_error(exc))

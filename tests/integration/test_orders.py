@@ -69,6 +69,26 @@ def test_first_try_success_fills_once_and_records_each_step(worker, sim, exchang
     assert "order_filled" in types
 
 
+def test_bybit_bare_create_and_its_fill_are_recorded_as_one_step(worker, sim):
+    # Given Bybit, whose create answers with ids only (no status, no fill)
+    summary = run_order(exchange="bybit", symbol=ETH, side="buy", amount="0.01")
+
+    # Then one follow-up fetch told the fill, and the acceptance and the fill were
+    # written as one move, submitting -> filled, with the ack time of the create
+    assert summary["status"] == "filled"
+    assert sim.calls("bybit", "fetch_order") == 1
+    moves = [e for e in events_for(summary["client_order_id"]) if e.type.startswith("order_")]
+    assert [e.type for e in moves] == [
+        "order_intent",
+        "order_submitting",
+        "order_attempt",
+        "order_filled",
+    ]
+    assert moves[-1].payload["from"] == "submitting"
+    assert moves[-1].payload["source"] == "create+follow"
+    assert order_row(summary["client_order_id"]).acked_at is not None
+
+
 def test_server_error_then_success_sends_two_creates_and_one_order(worker, sim):
     # Given the exchange answers the next create with a 503
     sim.faults(
