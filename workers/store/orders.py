@@ -158,8 +158,12 @@ def lock_order(session: Session, client_order_id: str) -> OrderSnapshot:
 
 
 def write_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
-    """Write columns of a row the caller locked (status changes go through ``transition``)."""
-    _update_order(session.connection(), order_id, values)
+    """Write columns of a row the caller locked (status changes go through ``transition``).
+
+    Nothing to write (a booking that booked nothing) writes nothing.
+    """
+    if values:
+        _update_order(session.connection(), order_id, values)
 
 
 def _changed(snapshot: OrderSnapshot, values: Mapping[str, Any]) -> OrderSnapshot:

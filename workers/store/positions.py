@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, String, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from workers.execution.positions import PositionState, apply_fill, side_of
@@ -57,16 +57,63 @@ class MissingFillPrice(Exception):
     """A fill without a price cannot be booked; verification must fetch it first."""
 
 
-def open_position_for_update(session: Session, account: str, symbol: str) -> Position | None:
-    """The open position, locked; with none open, the (account, symbol) slot is locked instead.
+# The booking runs on every fill, inside the order's settling transaction: it
+# uses prebuilt Core statements on rows (as workers/store/orders.py does), not
+# ORM objects, whose unit of work cost more than the statements themselves.
+# The ORM helpers below (``open_position_for_update``, ``open_new_position``)
+# serve the recovery sweep, which is not on the hot path.
+_POSITIONS = Position.__table__
+_AGED = AgedPosition.__table__
+_SLOT_LOCK = select(
+    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("slot", type_=String), 0))
+)
+_SELECT_OPEN = (
+    select(_POSITIONS)
+    .where(
+        _POSITIONS.c.account == bindparam("account"),
+        _POSITIONS.c.symbol == bindparam("symbol"),
+        _POSITIONS.c.status == "open",
+    )
+    .with_for_update()
+)
+_INSERT_POSITION = insert(_POSITIONS).returning(_POSITIONS.c.id)
+# The SET clause is the keys of the parameters given, plus the version counter the
+# ORM checks (``version_id_col``), so an ORM writer holding an older copy fails.
+_UPDATE_POSITION = (
+    update(_POSITIONS)
+    .where(_POSITIONS.c.id == bindparam("position_id"))
+    .values(version=_POSITIONS.c.version + 1)
+)
+# An aged episode ends with its position, whoever closed it; when the aged close
+# flow was the closer it records its own outcome over this.
+_END_AGED_EPISODES = (
+    update(_AGED)
+    .where(
+        _AGED.c.position_id == bindparam("closed_position_id"),
+        _AGED.c.status.in_(("active", "closing")),
+    )
+    .values(
+        status=bindparam("aged_status"),
+        close_reason=func.coalesce(func.nullif(_AGED.c.close_reason, ""), bindparam("reason")),
+        closed_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def _lock_slot(connection: Connection, account: str, symbol: str) -> None:
+    """Serialise every writer of the (account, symbol) book slot until commit.
 
     Row locks cannot guard a row that does not exist yet: two fills opening the
     same symbol would both insert. A transaction-scoped advisory lock on the
-    pair serialises every writer of that book slot until commit.
+    pair does.
     """
-    session.execute(
-        select(func.pg_advisory_xact_lock(func.hashtextextended(f"{account}|{symbol}", 0)))
-    )
+    connection.execute(_SLOT_LOCK, {"slot": f"{account}|{symbol}"})
+
+
+def open_position_for_update(session: Session, account: str, symbol: str) -> Position | None:
+    """The open position (an ORM object), locked; with none open, the slot is locked instead."""
+    _lock_slot(session.connection(), account, symbol)
     return session.scalars(
         select(Position)
         .where(Position.account == account, Position.symbol == symbol, Position.status == "open")
@@ -74,21 +121,54 @@ def open_position_for_update(session: Session, account: str, symbol: str) -> Pos
     ).one_or_none()
 
 
-def state_of(position: Position | None) -> PositionState:
+def _open_row_for_update(connection: Connection, account: str, symbol: str) -> Any:
+    """The open position as a row, locked; with none open, the slot is locked instead."""
+    _lock_slot(connection, account, symbol)
+    return connection.execute(_SELECT_OPEN, {"account": account, "symbol": symbol}).one_or_none()
+
+
+def state_of(position: Any) -> PositionState:
+    """The signed book state of a position (an ORM object or a row), or of none."""
     if position is None:
         return PositionState(size=Decimal(0), entry_price=Decimal(0), realized_pnl=Decimal(0))
     signed = position.size if position.side == "long" else -position.size
     return PositionState(size=signed, entry_price=position.entry_price, realized_pnl=Decimal(0))
 
 
-def _ids(position: Position, order: OrderSnapshot | None = None) -> dict:
+def _ids(
+    position_id: int, account: str, symbol: str, order: OrderSnapshot | None = None
+) -> dict[str, Any]:
     return {
-        "position_id": position.id,
-        "account": position.account,
-        "symbol": position.symbol,
+        "position_id": position_id,
+        "account": account,
+        "symbol": symbol,
         "order_id": order.id if order else None,
         "client_order_id": order.client_order_id if order else None,
         "signal_id": order.signal_id if order else None,
+    }
+
+
+def _new_position_values(
+    *,
+    account: str,
+    symbol: str,
+    size: Decimal,
+    entry_price: Decimal,
+    opened_at: datetime,
+    opening_order: OrderSnapshot | None,
+    verification: str,
+) -> dict[str, Any]:
+    return {
+        "account": account,
+        "symbol": symbol,
+        "side": side_of(size),
+        "size": abs(size),
+        "entry_price": entry_price,
+        "status": "open",
+        "verification": verification,
+        "opened_at": opened_at,
+        "opening_order_id": opening_order.id if opening_order else None,
+        "realized_pnl": Decimal(0),
     }
 
 
@@ -103,21 +183,57 @@ def open_new_position(
     opening_order: OrderSnapshot | None,
     verification: str,
 ) -> Position:
+    """A new open position as an ORM object (flushed, so it has its id)."""
     position = Position(
-        account=account,
-        symbol=symbol,
-        side=side_of(size),
-        size=abs(size),
-        entry_price=entry_price,
-        status="open",
-        verification=verification,
-        opened_at=opened_at,
-        opening_order_id=opening_order.id if opening_order else None,
-        realized_pnl=Decimal(0),
+        **_new_position_values(
+            account=account,
+            symbol=symbol,
+            size=size,
+            entry_price=entry_price,
+            opened_at=opened_at,
+            opening_order=opening_order,
+            verification=verification,
+        )
     )
     session.add(position)
     session.flush()
     return position
+
+
+def _closed_status(reason: str) -> str:
+    return "closed" if reason != "closed_externally" else "closed_externally"
+
+
+def _end_aged_episodes(
+    connection: Connection, position_id: int, reason: str, now: datetime
+) -> None:
+    connection.execute(
+        _END_AGED_EPISODES,
+        {
+            "closed_position_id": position_id,
+            "aged_status": "closed_externally" if reason == "closed_externally" else "superseded",
+            "reason": reason,
+            "now": now,
+        },
+    )
+
+
+def _record_closed(
+    session: Session,
+    position_id: int,
+    account: str,
+    symbol: str,
+    *,
+    reason: str,
+    realized_pnl: Decimal,
+    order: OrderSnapshot | None,
+) -> None:
+    record_event(
+        session,
+        "position_closed" if reason != "closed_externally" else "closed_externally",
+        **_ids(position_id, account, symbol, order),
+        payload={"reason": reason, "realized_pnl": str(realized_pnl)},
+    )
 
 
 def close_position(
@@ -128,27 +244,20 @@ def close_position(
     now: datetime,
     order: OrderSnapshot | None,
 ) -> None:
-    position.status = "closed" if reason != "closed_externally" else "closed_externally"
+    """Close an open position held as an ORM object (the recovery sweep's)."""
+    position.status = _closed_status(reason)
     position.closed_at = now
     position.close_reason = reason
     position.updated_at = now
-    # An aged episode ends with its position, whoever closed it; when the aged
-    # close flow was the closer it records its own outcome over this.
-    for aged in session.scalars(
-        select(AgedPosition).where(
-            AgedPosition.position_id == position.id,
-            AgedPosition.status.in_(("active", "closing")),
-        )
-    ):
-        aged.status = "closed_externally" if reason == "closed_externally" else "superseded"
-        aged.close_reason = aged.close_reason or reason
-        aged.closed_at = now
-        aged.updated_at = now
-    record_event(
+    _end_aged_episodes(session.connection(), position.id, reason, now)
+    _record_closed(
         session,
-        "position_closed" if reason != "closed_externally" else "closed_externally",
-        **_ids(position, order),
-        payload={"reason": reason, "realized_pnl": str(position.realized_pnl)},
+        position.id,
+        position.account,
+        position.symbol,
+        reason=reason,
+        realized_pnl=position.realized_pnl,
+        order=order,
     )
 
 
@@ -175,26 +284,46 @@ def book_fill(session: Session, order: OrderSnapshot, verification: str = "verif
     price = order.average_price or order.price
     if price is None:
         raise MissingFillPrice(order.client_order_id)
-    position = open_position_for_update(session, order.account, order.symbol)
+    connection = session.connection()
+    position = _open_row_for_update(connection, order.account, order.symbol)
     before = state_of(position)
     after = apply_fill(before, order.side, delta, price)
     realized = after.realized_pnl - before.realized_pnl
+    position_id: int | None = None
     closed_id: int | None = None
 
-    if position is not None and realized:
-        position.realized_pnl += realized
     crosses_zero = position is not None and (
         after.size == 0 or (after.size > 0) != (before.size > 0)
     )
-    if crosses_zero:
-        assert position is not None
+    if position is not None and crosses_zero:
         closed_id = position.id
-        close_position(session, position, reason=order.purpose, now=now, order=order)
+        realized_pnl = position.realized_pnl + realized
+        connection.execute(
+            _UPDATE_POSITION,
+            {
+                "position_id": position.id,
+                "status": _closed_status(order.purpose),
+                "closed_at": now,
+                "close_reason": order.purpose,
+                "updated_at": now,
+                "realized_pnl": realized_pnl,
+            },
+        )
+        _end_aged_episodes(connection, position.id, order.purpose, now)
+        _record_closed(
+            session,
+            position.id,
+            order.account,
+            order.symbol,
+            reason=order.purpose,
+            realized_pnl=realized_pnl,
+            order=order,
+        )
         position = None
-    if after.size != 0:
-        if position is None:
-            position = open_new_position(
-                session,
+    if after.size != 0 and position is None:
+        position_id = connection.execute(
+            _INSERT_POSITION,
+            _new_position_values(
                 account=order.account,
                 symbol=order.symbol,
                 size=after.size,
@@ -202,31 +331,39 @@ def book_fill(session: Session, order: OrderSnapshot, verification: str = "verif
                 opened_at=now,
                 opening_order=order,
                 verification=verification,
-            )
-            record_event(
-                session,
-                "position_opened",
-                **_ids(position, order),
-                payload={"size": str(after.size), "entry_price": str(after.entry_price)},
-            )
-        else:
-            grew = abs(after.size) > abs(before.size)
-            position.size = abs(after.size)
-            position.entry_price = after.entry_price
-            position.updated_at = now
-            record_event(
-                session,
-                "position_increased" if grew else "position_reduced",
-                **_ids(position, order),
-                payload={
-                    "size": str(after.size),
-                    "entry_price": str(after.entry_price),
-                    "realized_pnl": str(realized),
-                },
-            )
+            ),
+        ).scalar_one()
+        record_event(
+            session,
+            "position_opened",
+            **_ids(position_id, order.account, order.symbol, order),
+            payload={"size": str(after.size), "entry_price": str(after.entry_price)},
+        )
+    elif after.size != 0 and position is not None:
+        position_id = position.id
+        grew = abs(after.size) > abs(before.size)
+        values: dict[str, Any] = {
+            "position_id": position.id,
+            "size": abs(after.size),
+            "entry_price": after.entry_price,
+            "updated_at": now,
+        }
+        if realized:
+            values["realized_pnl"] = position.realized_pnl + realized
+        connection.execute(_UPDATE_POSITION, values)
+        record_event(
+            session,
+            "position_increased" if grew else "position_reduced",
+            **_ids(position.id, order.account, order.symbol, order),
+            payload={
+                "size": str(after.size),
+                "entry_price": str(after.entry_price),
+                "realized_pnl": str(realized),
+            },
+        )
     return Booking(
         order_id=order.id,
-        position_id=position.id if position is not None else closed_id,
+        position_id=position_id if position_id is not None else closed_id,
         delta=delta,
         size_after=after.size,
         closed_position_id=closed_id,

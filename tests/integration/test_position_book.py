@@ -1,0 +1,117 @@
+"""The position book: fills booked into positions, exactly once (workers/store/positions.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import stored_order
+
+pytestmark = pytest.mark.services
+
+BTC = "BTC/USDT:USDT"
+
+
+def _filled(client_id: str, side: str, amount: str, price: str, purpose: str = "open") -> None:
+    from workers.store.db import session_scope
+
+    with session_scope() as session:
+        session.add(
+            stored_order(
+                client_id,
+                "filled",
+                side=side,
+                amount=Decimal(amount),
+                filled=Decimal(amount),
+                average_price=Decimal(price),
+                purpose=purpose,
+            )
+        )
+
+
+def _positions() -> list:
+    from workers.store.db import session_scope
+    from workers.store.models import Position
+
+    with session_scope() as session:
+        return list(session.scalars(select(Position).order_by(Position.id)))
+
+
+def _event_types() -> list[str]:
+    from workers.store.db import session_scope
+    from workers.store.models import Event
+
+    with session_scope() as session:
+        return list(session.scalars(select(Event.type).order_by(Event.id)))
+
+
+def test_fills_open_then_grow_a_position_and_a_second_booking_books_nothing(db: None) -> None:
+    from workers.store.positions import book_order_fill
+
+    # Given two filled buys
+    _filled("buy-1", "buy", "0.01", "60000")
+    _filled("buy-2", "buy", "0.03", "64000")
+
+    # When both are booked, the second one twice (a redelivered verification)
+    first = book_order_fill("buy-1")
+    second = book_order_fill("buy-2")
+    again = book_order_fill("buy-2")
+
+    # Then one long of 0.04 at the size-weighted entry, booked once
+    [position] = _positions()
+    assert (position.side, position.size, position.status) == ("long", Decimal("0.04"), "open")
+    assert position.entry_price == Decimal("63000")
+    assert first.position_id == second.position_id == position.id
+    assert not again.booked
+    # the ORM's version counter moved with the Core update
+    assert position.version == 2
+    assert _event_types() == ["position_opened", "position_increased"]
+
+
+def test_a_fill_that_crosses_zero_closes_with_pnl_ends_the_aged_episode_and_opens_the_rest(
+    db: None,
+) -> None:
+    from workers.store.db import session_scope
+    from workers.store.models import AgedPosition
+    from workers.store.positions import book_order_fill
+
+    # Given a long of 0.01 at 60,000 in an active aged episode
+    _filled("buy-1", "buy", "0.01", "60000")
+    opened = book_order_fill("buy-1")
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        session.add(
+            AgedPosition(
+                position_id=opened.position_id,
+                status="active",
+                phase="grace",
+                detected_at=now,
+                phase_changed_at=now,
+                loss_tolerance_percent=Decimal(0),
+                extra_tolerance_percent=Decimal(0),
+                config={},
+            )
+        )
+
+    # When a sell of 0.03 at 61,000 fills (closes the long, leaves a short of 0.02)
+    _filled("sell-1", "sell", "0.03", "61000", purpose="close")
+    booking = book_order_fill("sell-1")
+
+    # Then the long is closed with its profit, and a short of the rest is open
+    closed, short = _positions()
+    assert (closed.status, closed.close_reason) == ("closed", "close")
+    assert closed.realized_pnl == Decimal("10")
+    assert closed.closed_at is not None
+    assert (short.side, short.size, short.status) == ("short", Decimal("0.02"), "open")
+    assert booking.closed_position_id == closed.id
+    assert booking.position_id == short.id
+    assert booking.realized_pnl == Decimal("10")
+    # and the aged episode ended with its position
+    with session_scope() as session:
+        aged = session.scalars(select(AgedPosition)).one()
+        assert (aged.status, aged.close_reason) == ("superseded", "close")
+        assert aged.closed_at is not None
+    assert _event_types() == ["position_opened", "position_closed", "position_opened"]
