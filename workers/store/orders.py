@@ -141,6 +141,10 @@ _SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
 # The SET clause is the keys of the parameters given.
 _UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("order_id"))
 _TOUCH_ORDER = update(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
+# The VALUES are the keys of the parameters given; nothing when the id exists.
+_INSERT_INTENT = (
+    insert(ORDERS).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(*ORDERS.c)
+)
 
 
 def _order_row(connection: Connection, client_order_id: str, *, for_update: bool = False) -> Any:
@@ -192,10 +196,8 @@ def ensure_intent(
     with session_scope() as session:
         connection = session.connection()
         inserted = connection.execute(
-            insert(ORDERS)
-            .values(status=status.value, submitted_at=now if submitting else None, **columns)
-            .on_conflict_do_nothing(index_elements=["client_order_id"])
-            .returning(*ORDERS.c)
+            _INSERT_INTENT,
+            {"status": status.value, "submitted_at": now if submitting else None, **columns},
         ).one_or_none()
         if inserted is None:
             existing = _order_row(connection, values["client_order_id"])
