@@ -157,14 +157,7 @@ def _times(amount: str, lots: int) -> str:
     return format(Decimal(amount) * lots, "f")
 
 
-# Partial fills of BTC (minimum 0.005 = 5 steps) can leave a position below the
-# minimum order size, which no reduce-only close can take off ("dust"). Aged
-# closes do not handle dust yet (docs/benchmarks.md, known limitations), so the
-# default plan partially fills the other four symbols only; ``dust=True`` adds BTC.
-DUST_SYMBOLS = ("BTC/USDT:USDT",)
-
-
-def fault_plan(seed: int, *, dust: bool = False) -> dict[str, Any]:
+def fault_plan(seed: int) -> dict[str, Any]:
     """Issue 9's default plan. Outcome rules are tried in order and only the first that
     fires counts, so each later probability is conditional on the earlier ones not firing:
     that keeps the shares of all creates at 20 %, 5 %, 5 % and 3 %."""
@@ -185,13 +178,10 @@ def fault_plan(seed: int, *, dust: bool = False) -> dict[str, Any]:
         {"kind": "visibility_lag", "lag_ms": 2000},
         {"kind": "positions_lag", "lag_ms": 3000},
     ]
-    partial = {"kind": "partial_fill", "probability": 0.10, "fraction": "0.5"}
-    if dust:
-        rules.append(partial)
-    else:
-        rules += [
-            {**partial, "symbol": symbol} for symbol in BENCH_AMOUNTS if symbol not in DUST_SYMBOLS
-        ]
+    # On every symbol: a partial fill of BTC (minimum 0.005 = 5 steps) can leave
+    # a position below the minimum order size, which an aged close then marks
+    # unclosable and alerts (workers/aged.py) instead of retrying forever.
+    rules.append({"kind": "partial_fill", "probability": 0.10, "fraction": "0.5"})
     return {"seed": seed, "rules": rules}
 
 
@@ -272,7 +262,6 @@ class ChaosOptions:
     quiet_timeout_s: float = QUIET_TIMEOUT_S
     loglevel: str = "INFO"
     price_volatility: float = 0.0005
-    dust: bool = False
     # False: positions never age (``NO_AGED_ENV``), so no aged close runs.
     aged: bool = True
 
@@ -934,7 +923,7 @@ def run_chaos(**overrides: Any) -> dict[str, Any]:
     started = time.monotonic()
     with chaos_stack(**overrides) as chaos:
         options = chaos.options
-        plan = fault_plan(options.seed, dust=options.dust) if options.faults else None
+        plan = fault_plan(options.seed) if options.faults else None
         result = chaos.phase("run", plan, options.signals, disrupt=True)
         result["seconds"] = round(time.monotonic() - started, 1)
         result["workdir"] = str(options.workdir) if options.workdir else None

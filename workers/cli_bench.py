@@ -257,11 +257,6 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     show_default=True,
     help="Apply the default fault plan.",
 )
-@click.option(
-    "--dust",
-    is_flag=True,
-    help="Partial fills on BTC too (can leave positions below the minimum order size).",
-)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
     "--redis-db",
@@ -287,7 +282,6 @@ def chaos(
     private_postgres: bool,
     rate: float,
     with_faults: bool,
-    dust: bool,
     seed: int,
     redis_db: int | None,
     workdir: Path | None,
@@ -315,7 +309,6 @@ def chaos(
             private_postgres=private_postgres or private_services,
             rate=rate,
             faults=with_faults,
-            dust=dust,
             seed=seed,
             redis_db=CHAOS_REDIS_DB if redis_db is None else redis_db,
             workdir=workdir,
