@@ -113,6 +113,28 @@ def test_a_signal_popped_and_lost_is_sent_again_and_executed_once(workers, db, r
     assert sweep_signals() == {"signals_arrived": 0}
 
 
+def test_a_signal_reserved_by_a_consumer_is_not_sent_again(workers, db, redis_clean):
+    from workers.app import app
+    from workers.redis_client import get_redis
+
+    # Given a recorded signal that a consumer has reserved (kombu's own basic_get:
+    # popped and recorded as unacknowledged, the state of a prefetched message)
+    result = produce(f"ob-{uuid.uuid4().hex[:10]}")
+    age_signal(result.id, 60)
+    with app.connection_for_write() as connection:
+        reserved = connection.default_channel.basic_get("celery", no_ack=False)
+        assert reserved is not None and queued() == 0
+        assert get_redis().hlen("unacked") == 1
+
+        # When the sweep runs
+        counts = sweep_signals()
+
+        # Then it waits for that consumer instead of sending a copy
+        assert counts.get("signals_in_broker") == 1
+        assert queued() == 0 and outbox_row(result.id).sends == 1
+        reserved.ack()
+
+
 def test_a_signal_that_arrived_is_not_sent_again(worker, sim):
     # Given a signal executed normally
     result = produce(f"ob-{uuid.uuid4().hex[:10]}")
