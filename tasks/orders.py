@@ -9,6 +9,7 @@ Arguments are JSON (what the producer sent is what Flower shows):
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import kill_switch_state
-from workers.exchange.prices import find_market, reference_price
+from workers.exchange.prices import find_market, reference_price, refresh_reference_price
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.order_state import OrderStatus
@@ -29,6 +30,8 @@ from workers.submission import Requeue, Submission, describe_error
 from workers.verifier import InlineSettlement, decisive_order, verify_and_book
 
 MAX_REQUEUES = 50
+
+logger = logging.getLogger("execq.orders")
 
 
 class SignalRejected(Exception):
@@ -94,6 +97,8 @@ class OrderIntent:
     purpose: str
     position_id: int | None
     aged_id: int | None
+    # The reference price used was stale: refresh it once this order's exchange call is done.
+    refresh_price: bool = False
 
     @property
     def client_order_id(self) -> str:
@@ -133,7 +138,21 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
         _check_flat_after(order, settlement.booking)
     elif order.terminal and order.status != OrderStatus.REJECTED:
         _verify(order, settings)
+    if intent.refresh_price:
+        _refresh_price(intent.order.account, intent.order.symbol)
     return order.summary()
+
+
+def _refresh_price(account: str, symbol: str) -> None:
+    """Refresh a stale reference price now that the order no longer waits for it.
+
+    A failure only leaves the price stale (a later order tries again): it must
+    not fail an order that is already done.
+    """
+    try:
+        refresh_reference_price(account, symbol)
+    except EXCHANGE_ERRORS as exc:
+        logger.info("reference price %s %s not refreshed: %s", account, symbol, describe_error(exc))
 
 
 def _verify(order: Any, settings: Any) -> None:
@@ -186,13 +205,13 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
     settings = get_settings()
     account_names = [account.name for account in settings.accounts]
     market = None
-    price_hint = None
+    reference = None
     try:
         leg, purpose = _check_context(request)
         if request["exchange"] in account_names and isinstance(request["symbol"], str):
             market = find_market(request["exchange"], request["symbol"])
             if market is not None and request["order_type"] == "market":
-                price_hint = reference_price(request["exchange"], request["symbol"])
+                reference = reference_price(request["exchange"], request["symbol"])
         validated = validate_order_request(
             signal_id=request["signal_id"],
             account=request["exchange"],
@@ -208,7 +227,7 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
             metadata=request["metadata"],
             max_signal_id_length=settings.max_signal_id_length,
             max_metadata_bytes=settings.max_metadata_bytes,
-            reference_price=price_hint,
+            reference_price=reference.price if reference is not None else None,
         )
     except InvalidSignal as invalid:
         _record_rejection(request, invalid.field, invalid.message)
@@ -219,6 +238,7 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
         purpose=purpose,
         position_id=request["position_id"],
         aged_id=request["aged_id"],
+        refresh_price=reference is not None and reference.stale,
     )
 
 

@@ -89,6 +89,34 @@ def test_bybit_bare_create_and_its_fill_are_recorded_as_one_step(worker, sim):
     assert order_row(summary["client_order_id"]).acked_at is not None
 
 
+def test_a_stale_reference_price_is_used_and_refreshed_after_the_create(worker, sim):
+    from workers import redis_keys
+    from workers.exchange.prices import PRICE_CACHE_TTL_S, PRICE_FRESH_S
+    from workers.redis_client import get_redis
+
+    key = redis_keys.price_cache("binance", BTC)
+    sim.prices({"exchange": "binance", "symbol": BTC, "price": "61000"})
+    # Given a cached price past its fresh window, and an exchange whose tickers fail
+    get_redis().set(key, "60000", px=(PRICE_CACHE_TTL_S - PRICE_FRESH_S - 10) * 1000)
+    sim.faults({"rules": [{"exchange": "binance", "operation": "tickers", "kind": "server_error"}]})
+
+    # When an order is sent
+    summary = run_order(exchange="binance", symbol=BTC, side="buy", amount="0.01")
+
+    # Then it was validated against the cached price, not held up by the ticker, and
+    # filled; the failed refresh left the cached price as it was
+    assert summary["status"] == "filled"
+    assert get_redis().get(key) == "60000"
+
+    # When the exchange answers tickers again, the next order refreshes the price after its create
+    sim.faults({"rules": []})
+    assert run_order(exchange="binance", symbol=BTC, side="buy", amount="0.01")["status"] == (
+        "filled"
+    )
+    assert Decimal(get_redis().get(key)) == Decimal("61000")
+    assert get_redis().pttl(key) > (PRICE_CACHE_TTL_S - PRICE_FRESH_S) * 1000
+
+
 def test_server_error_then_success_sends_two_creates_and_one_order(worker, sim):
     # Given the exchange answers the next create with a 503
     sim.faults(
