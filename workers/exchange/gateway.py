@@ -207,7 +207,8 @@ def get_client(account_name: str) -> ccxt.Exchange:
     # threads and two accounts). Frozen, the garbage collector's full collections
     # no longer walk them, the same as the import-time heap the worker freezes at
     # start (workers/app.py). Freezing is cheap and happens once per thread and
-    # account; the only cost is that cyclic garbage alive at this instant is kept.
+    # account. Cyclic garbage alive at this instant is kept; a frozen client that
+    # is dropped later is still freed, since it holds no reference cycle.
     gc.freeze()
     return client
 
