@@ -41,7 +41,14 @@ from workers.execution.order_state import IN_FLIGHT, OrderStatus
 from workers.execution.positions import PositionState, roi_percent
 from workers.settings import Settings
 from workers.store import orders as order_store
-from workers.store.aged import AgedView, aged_ids, claim_for_close, load_aged, lock_aged
+from workers.store.aged import (
+    ACTIVE_STATUSES,
+    AgedView,
+    aged_ids,
+    claim_for_close,
+    load_aged,
+    lock_aged,
+)
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
 from workers.store.models import AgedPosition, Order, Position
@@ -279,7 +286,7 @@ def _close_intent(
 def close_aged(aged_id: int, settings: Settings) -> dict[str, Any]:
     """Close one aged position under its position lock. Raises Requeue to come back later."""
     view = load_aged(aged_id)
-    if view is None or view.status not in ("active", "closing"):
+    if view is None or view.status not in ACTIVE_STATUSES:
         return {"aged_id": aged_id, "status": None if view is None else view.status}
     lock_key = redis_keys.position_lock(view.account, view.symbol)
     try:
@@ -399,6 +406,21 @@ def _record_failure(
     )
     with session_scope() as session:
         aged, position = lock_aged(session, view.id)
+        if aged.status not in ACTIVE_STATUSES:
+            # The episode ended while this close was in flight: another order closed
+            # its position (superseded). The failed close changes nothing any more;
+            # making the episode active again would leave it without an open position,
+            # never swept again (chaos: an aged episode stuck).
+            record_event(
+                session,
+                "aged_close_failed",
+                **aged_ids(aged, position),
+                order_id=order.id if order else None,
+                client_order_id=order.client_order_id if order else None,
+                error_class=order.last_error_class if order else None,
+                payload={"error": error, "episode_already": aged.status},
+            )
+            return {"aged_id": view.id, "status": aged.status, "error": error}
         aged.attempts += 1
         aged.consecutive_failures += 1
         aged.last_error = error

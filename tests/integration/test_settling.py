@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import stored_order
 
@@ -50,3 +51,83 @@ def test_workers_do_not_store_a_started_state_before_the_task_body() -> None:
     from workers.app import app
 
     assert app.conf.task_track_started is False
+
+
+def _filled(client_id: str, side: str, price: str, purpose: str) -> None:
+    from workers.store.db import session_scope
+
+    with session_scope() as session:
+        session.add(
+            stored_order(
+                client_id,
+                "filled",
+                side=side,
+                filled=Decimal("0.01"),
+                average_price=Decimal(price),
+                purpose=purpose,
+            )
+        )
+
+
+def test_an_aged_close_that_fails_after_another_order_closed_its_position_stays_ended(
+    db: None,
+) -> None:
+    # Chaos (short run, seed 11): while an aged close was in flight a producer's
+    # order closed the position, which ended the episode (superseded); the close
+    # then ended without closing it, and recording that failure made the episode
+    # active again, with no open position: never swept again, stuck.
+    from workers.aged import _settle_close
+    from workers.settings import get_settings
+    from workers.store.aged import load_aged
+    from workers.store.db import session_scope
+    from workers.store.models import AgedPosition, Event, Order
+    from workers.store.orders import OrderSnapshot
+    from workers.store.positions import book_order_fill
+
+    # Given a long in an aged episode whose close is in flight
+    _filled("open-1", "buy", "60000", "open")
+    opened = book_order_fill("open-1")
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        episode = AgedPosition(
+            position_id=opened.position_id,
+            status="closing",
+            phase="grace",
+            detected_at=now,
+            phase_changed_at=now,
+            target_reached_at=now - timedelta(seconds=60),
+            loss_tolerance_percent=Decimal(0),
+            extra_tolerance_percent=Decimal(0),
+            config={},
+        )
+        session.add(episode)
+    in_flight = load_aged(episode.id)
+
+    # When a producer's close closes the position first
+    _filled("close-1", "sell", "61000", "close")
+    book_order_fill("close-1")
+    # and the aged close then ends without a fill (reduce-only: nothing left to reduce)
+    with session_scope() as session:
+        refused = stored_order(
+            "aged-close",
+            "rejected",
+            side="sell",
+            purpose="aged_close",
+            reduce_only=True,
+            aged_id=episode.id,
+            last_error="reduce-only rule not satisfied",
+        )
+        session.add(refused)
+        session.flush()
+        refused_snapshot = OrderSnapshot.of(session.get(Order, refused.id))
+    result = _settle_close(in_flight, refused_snapshot, get_settings())
+
+    # Then the episode stays ended, its attempts untouched, and the failure is on record
+    assert result["status"] == "superseded"
+    with session_scope() as session:
+        ended = session.get(AgedPosition, episode.id)
+        assert (ended.status, ended.attempts, ended.consecutive_failures) == ("superseded", 0, 0)
+        failed = session.scalars(
+            select(Event).where(Event.type == "aged_close_failed", Event.aged_id == episode.id)
+        ).one()
+        assert failed.payload["episode_already"] == "superseded"
