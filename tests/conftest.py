@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,42 @@ def stored_order(client_id: str, status: str, booked: str = "0", **columns: Any)
         "booked_filled": Decimal(booked),
     }
     return Order(**(values | columns))
+
+
+def store_fill(client_id: str, side: str, amount: str, price: str, purpose: str = "open") -> None:
+    """A filled, not yet booked binance BTC order of ``amount`` at ``price``, committed."""
+    from workers.store.db import session_scope
+
+    with session_scope() as session:
+        session.add(
+            stored_order(
+                client_id,
+                "filled",
+                side=side,
+                amount=Decimal(amount),
+                filled=Decimal(amount),
+                average_price=Decimal(price),
+                purpose=purpose,
+            )
+        )
+
+
+def stored_aged_episode(position_id: int, status: str, **columns: Any) -> Any:
+    """An ``aged_positions`` row set up by hand (grace phase, detected now)."""
+    from workers.store.models import AgedPosition
+
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "position_id": position_id,
+        "status": status,
+        "phase": "grace",
+        "detected_at": now,
+        "phase_changed_at": now,
+        "loss_tolerance_percent": Decimal(0),
+        "extra_tolerance_percent": Decimal(0),
+        "config": {},
+    }
+    return AgedPosition(**(values | columns))
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.05, message: str = ""):

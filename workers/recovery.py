@@ -67,8 +67,8 @@ from workers.store.outbox import (
 )
 from workers.store.positions import (
     close_position,
+    lock_open_position,
     open_new_position,
-    open_position_for_update,
 )
 from workers.submission import describe_error, visibility_deadline
 
@@ -416,9 +416,9 @@ def _apply(action: Any, now: datetime) -> str:
     with session_scope() as session:
         if isinstance(action, rules.Adopt):
             found = action.exchange_position
-            if open_position_for_update(session, found.account, found.symbol) is not None:
+            if lock_open_position(session, found.account, found.symbol) is not None:
                 return "positions_booked_meanwhile"  # a fill was booked since the read
-            position = open_new_position(
+            position_id = open_new_position(
                 session,
                 account=found.account,
                 symbol=found.symbol,
@@ -431,7 +431,7 @@ def _apply(action: Any, now: datetime) -> str:
             record_event(
                 session,
                 "orphan_adopted",
-                position_id=position.id,
+                position_id=position_id,
                 account=found.account,
                 symbol=found.symbol,
                 payload={"size": str(found.size), "entry_price": str(found.entry_price)},
@@ -444,7 +444,7 @@ def _apply(action: Any, now: datetime) -> str:
                 severity="warning",
                 account=found.account,
                 symbol=found.symbol,
-                position_id=position.id,
+                position_id=position_id,
             )
             return "orphans_adopted"
         position = session.scalars(
@@ -474,7 +474,16 @@ def _apply(action: Any, now: datetime) -> str:
             position.verification = "verified"
             position.updated_at = now
             return "conflicts_corrected"
-        close_position(session, position, reason="closed_externally", now=now, order=None)
+        close_position(
+            session,
+            position.id,
+            position.account,
+            position.symbol,
+            reason="closed_externally",
+            realized_pnl=position.realized_pnl,
+            now=now,
+            order=None,
+        )
         return "closed_externally"
 
 

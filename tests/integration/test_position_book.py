@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import stored_order
+from tests.conftest import store_fill, stored_aged_episode
 
 pytestmark = pytest.mark.services
 
 BTC = "BTC/USDT:USDT"
-
-
-def _filled(client_id: str, side: str, amount: str, price: str, purpose: str = "open") -> None:
-    from workers.store.db import session_scope
-
-    with session_scope() as session:
-        session.add(
-            stored_order(
-                client_id,
-                "filled",
-                side=side,
-                amount=Decimal(amount),
-                filled=Decimal(amount),
-                average_price=Decimal(price),
-                purpose=purpose,
-            )
-        )
 
 
 def _positions() -> list:
@@ -52,8 +34,8 @@ def test_fills_open_then_grow_a_position_and_a_second_booking_books_nothing(db: 
     from workers.store.positions import book_order_fill
 
     # Given two filled buys
-    _filled("buy-1", "buy", "0.01", "60000")
-    _filled("buy-2", "buy", "0.03", "64000")
+    store_fill("buy-1", "buy", "0.01", "60000")
+    store_fill("buy-2", "buy", "0.03", "64000")
 
     # When both are booked, the second one twice (a redelivered verification)
     first = book_order_fill("buy-1")
@@ -79,25 +61,13 @@ def test_a_fill_that_crosses_zero_closes_with_pnl_ends_the_aged_episode_and_open
     from workers.store.positions import book_order_fill
 
     # Given a long of 0.01 at 60,000 in an active aged episode
-    _filled("buy-1", "buy", "0.01", "60000")
+    store_fill("buy-1", "buy", "0.01", "60000")
     opened = book_order_fill("buy-1")
-    now = datetime.now(UTC)
     with session_scope() as session:
-        session.add(
-            AgedPosition(
-                position_id=opened.position_id,
-                status="active",
-                phase="grace",
-                detected_at=now,
-                phase_changed_at=now,
-                loss_tolerance_percent=Decimal(0),
-                extra_tolerance_percent=Decimal(0),
-                config={},
-            )
-        )
+        session.add(stored_aged_episode(opened.position_id, "active"))
 
     # When a sell of 0.03 at 61,000 fills (closes the long, leaves a short of 0.02)
-    _filled("sell-1", "sell", "0.03", "61000", purpose="close")
+    store_fill("sell-1", "sell", "0.03", "61000", purpose="close")
     booking = book_order_fill("sell-1")
 
     # Then the long is closed with its profit, and a short of the rest is open

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import stored_order
+from tests.conftest import store_fill, stored_aged_episode, stored_order
 
 pytestmark = pytest.mark.services
 
@@ -53,22 +53,6 @@ def test_workers_do_not_store_a_started_state_before_the_task_body() -> None:
     assert app.conf.task_track_started is False
 
 
-def _filled(client_id: str, side: str, price: str, purpose: str) -> None:
-    from workers.store.db import session_scope
-
-    with session_scope() as session:
-        session.add(
-            stored_order(
-                client_id,
-                "filled",
-                side=side,
-                filled=Decimal("0.01"),
-                average_price=Decimal(price),
-                purpose=purpose,
-            )
-        )
-
-
 def test_an_aged_close_that_fails_after_another_order_closed_its_position_stays_ended(
     db: None,
 ) -> None:
@@ -85,26 +69,19 @@ def test_an_aged_close_that_fails_after_another_order_closed_its_position_stays_
     from workers.store.positions import book_order_fill
 
     # Given a long in an aged episode whose close is in flight
-    _filled("open-1", "buy", "60000", "open")
+    store_fill("open-1", "buy", "0.01", "60000")
     opened = book_order_fill("open-1")
-    now = datetime.now(UTC)
     with session_scope() as session:
-        episode = AgedPosition(
-            position_id=opened.position_id,
-            status="closing",
-            phase="grace",
-            detected_at=now,
-            phase_changed_at=now,
-            target_reached_at=now - timedelta(seconds=60),
-            loss_tolerance_percent=Decimal(0),
-            extra_tolerance_percent=Decimal(0),
-            config={},
+        episode = stored_aged_episode(
+            opened.position_id,
+            "closing",
+            target_reached_at=datetime.now(UTC) - timedelta(seconds=60),
         )
         session.add(episode)
     in_flight = load_aged(episode.id)
 
     # When a producer's close closes the position first
-    _filled("close-1", "sell", "61000", "close")
+    store_fill("close-1", "sell", "0.01", "61000", purpose="close")
     book_order_fill("close-1")
     # and the aged close then ends without a fill (reduce-only: nothing left to reduce)
     with session_scope() as session:

@@ -29,19 +29,8 @@ logger = logging.getLogger("execq.events")
 
 _EVENTS = Event.__table__
 _PENDING_EVENTS = "pending_events"
-_EVENT_COLUMNS = (
-    "type",
-    "order_id",
-    "position_id",
-    "aged_id",
-    "client_order_id",
-    "signal_id",
-    "account",
-    "symbol",
-    "attempt",
-    "error_class",
-    "payload",
-)
+# Every column a recorded event sets: all but the id and the server's timestamp.
+_EVENT_COLUMNS = tuple(name for name in _EVENTS.c.keys() if name not in ("id", "occurred_at"))
 
 
 def _insert_rows_statement() -> TextClause:

@@ -60,8 +60,7 @@ class MissingFillPrice(Exception):
 # The booking runs on every fill, inside the order's settling transaction: it
 # uses prebuilt Core statements on rows (as workers/store/orders.py does), not
 # ORM objects, whose unit of work cost more than the statements themselves.
-# The ORM helpers below (``open_position_for_update``, ``open_new_position``)
-# serve the recovery sweep, which is not on the hot path.
+# The recovery sweep opens and closes positions through the same helpers.
 _POSITIONS = Position.__table__
 _AGED = AgedPosition.__table__
 _SLOT_LOCK = select(
@@ -111,18 +110,9 @@ def _lock_slot(connection: Connection, account: str, symbol: str) -> None:
     connection.execute(_SLOT_LOCK, {"slot": f"{account}|{symbol}"})
 
 
-def open_position_for_update(session: Session, account: str, symbol: str) -> Position | None:
-    """The open position (an ORM object), locked; with none open, the slot is locked instead."""
-    _lock_slot(session.connection(), account, symbol)
-    return session.scalars(
-        select(Position)
-        .where(Position.account == account, Position.symbol == symbol, Position.status == "open")
-        .with_for_update()
-    ).one_or_none()
-
-
-def _open_row_for_update(connection: Connection, account: str, symbol: str) -> Any:
+def lock_open_position(session: Session, account: str, symbol: str) -> Any:
     """The open position as a row, locked; with none open, the slot is locked instead."""
+    connection = session.connection()
     _lock_slot(connection, account, symbol)
     return connection.execute(_SELECT_OPEN, {"account": account, "symbol": symbol}).one_or_none()
 
@@ -148,30 +138,6 @@ def _ids(
     }
 
 
-def _new_position_values(
-    *,
-    account: str,
-    symbol: str,
-    size: Decimal,
-    entry_price: Decimal,
-    opened_at: datetime,
-    opening_order: OrderSnapshot | None,
-    verification: str,
-) -> dict[str, Any]:
-    return {
-        "account": account,
-        "symbol": symbol,
-        "side": side_of(size),
-        "size": abs(size),
-        "entry_price": entry_price,
-        "status": "open",
-        "verification": verification,
-        "opened_at": opened_at,
-        "opening_order_id": opening_order.id if opening_order else None,
-        "realized_pnl": Decimal(0),
-    }
-
-
 def open_new_position(
     session: Session,
     *,
@@ -182,43 +148,30 @@ def open_new_position(
     opened_at: datetime,
     opening_order: OrderSnapshot | None,
     verification: str,
-) -> Position:
-    """A new open position as an ORM object (flushed, so it has its id)."""
-    position = Position(
-        **_new_position_values(
-            account=account,
-            symbol=symbol,
-            size=size,
-            entry_price=entry_price,
-            opened_at=opened_at,
-            opening_order=opening_order,
-            verification=verification,
+) -> int:
+    """Insert an open position (``size`` signed); returns its id. The caller records the event."""
+    return (
+        session.connection()
+        .execute(
+            _INSERT_POSITION,
+            {
+                "account": account,
+                "symbol": symbol,
+                "side": side_of(size),
+                "size": abs(size),
+                "entry_price": entry_price,
+                "status": "open",
+                "verification": verification,
+                "opened_at": opened_at,
+                "opening_order_id": opening_order.id if opening_order else None,
+                "realized_pnl": Decimal(0),
+            },
         )
-    )
-    session.add(position)
-    session.flush()
-    return position
-
-
-def _closed_status(reason: str) -> str:
-    return "closed" if reason != "closed_externally" else "closed_externally"
-
-
-def _end_aged_episodes(
-    connection: Connection, position_id: int, reason: str, now: datetime
-) -> None:
-    connection.execute(
-        _END_AGED_EPISODES,
-        {
-            "closed_position_id": position_id,
-            "aged_status": "closed_externally" if reason == "closed_externally" else "superseded",
-            "reason": reason,
-            "now": now,
-        },
+        .scalar_one()
     )
 
 
-def _record_closed(
+def close_position(
     session: Session,
     position_id: int,
     account: str,
@@ -226,38 +179,37 @@ def _record_closed(
     *,
     reason: str,
     realized_pnl: Decimal,
-    order: OrderSnapshot | None,
-) -> None:
-    record_event(
-        session,
-        "position_closed" if reason != "closed_externally" else "closed_externally",
-        **_ids(position_id, account, symbol, order),
-        payload={"reason": reason, "realized_pnl": str(realized_pnl)},
-    )
-
-
-def close_position(
-    session: Session,
-    position: Position,
-    *,
-    reason: str,
     now: datetime,
     order: OrderSnapshot | None,
 ) -> None:
-    """Close an open position held as an ORM object (the recovery sweep's)."""
-    position.status = _closed_status(reason)
-    position.closed_at = now
-    position.close_reason = reason
-    position.updated_at = now
-    _end_aged_episodes(session.connection(), position.id, reason, now)
-    _record_closed(
+    """Close an open position, end its aged episode and record the close."""
+    externally = reason == "closed_externally"
+    connection = session.connection()
+    connection.execute(
+        _UPDATE_POSITION,
+        {
+            "position_id": position_id,
+            "status": "closed_externally" if externally else "closed",
+            "closed_at": now,
+            "close_reason": reason,
+            "updated_at": now,
+            "realized_pnl": realized_pnl,
+        },
+    )
+    connection.execute(
+        _END_AGED_EPISODES,
+        {
+            "closed_position_id": position_id,
+            "aged_status": "closed_externally" if externally else "superseded",
+            "reason": reason,
+            "now": now,
+        },
+    )
+    record_event(
         session,
-        position.id,
-        position.account,
-        position.symbol,
-        reason=reason,
-        realized_pnl=position.realized_pnl,
-        order=order,
+        "closed_externally" if externally else "position_closed",
+        **_ids(position_id, account, symbol, order),
+        payload={"reason": reason, "realized_pnl": str(realized_pnl)},
     )
 
 
@@ -284,8 +236,7 @@ def book_fill(session: Session, order: OrderSnapshot, verification: str = "verif
     price = order.average_price or order.price
     if price is None:
         raise MissingFillPrice(order.client_order_id)
-    connection = session.connection()
-    position = _open_row_for_update(connection, order.account, order.symbol)
+    position = lock_open_position(session, order.account, order.symbol)
     before = state_of(position)
     after = apply_fill(before, order.side, delta, price)
     realized = after.realized_pnl - before.realized_pnl
@@ -297,42 +248,28 @@ def book_fill(session: Session, order: OrderSnapshot, verification: str = "verif
     )
     if position is not None and crosses_zero:
         closed_id = position.id
-        realized_pnl = position.realized_pnl + realized
-        connection.execute(
-            _UPDATE_POSITION,
-            {
-                "position_id": position.id,
-                "status": _closed_status(order.purpose),
-                "closed_at": now,
-                "close_reason": order.purpose,
-                "updated_at": now,
-                "realized_pnl": realized_pnl,
-            },
-        )
-        _end_aged_episodes(connection, position.id, order.purpose, now)
-        _record_closed(
+        close_position(
             session,
             position.id,
             order.account,
             order.symbol,
             reason=order.purpose,
-            realized_pnl=realized_pnl,
+            realized_pnl=position.realized_pnl + realized,
+            now=now,
             order=order,
         )
         position = None
     if after.size != 0 and position is None:
-        position_id = connection.execute(
-            _INSERT_POSITION,
-            _new_position_values(
-                account=order.account,
-                symbol=order.symbol,
-                size=after.size,
-                entry_price=after.entry_price,
-                opened_at=now,
-                opening_order=order,
-                verification=verification,
-            ),
-        ).scalar_one()
+        position_id = open_new_position(
+            session,
+            account=order.account,
+            symbol=order.symbol,
+            size=after.size,
+            entry_price=after.entry_price,
+            opened_at=now,
+            opening_order=order,
+            verification=verification,
+        )
         record_event(
             session,
             "position_opened",
@@ -350,7 +287,7 @@ def book_fill(session: Session, order: OrderSnapshot, verification: str = "verif
         }
         if realized:
             values["realized_pnl"] = position.realized_pnl + realized
-        connection.execute(_UPDATE_POSITION, values)
+        session.connection().execute(_UPDATE_POSITION, values)
         record_event(
             session,
             "position_increased" if grew else "position_reduced",
