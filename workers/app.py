@@ -19,6 +19,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
 from workers import redis_keys
+from workers.broker import transport_for
 from workers.settings import SettingsError, get_settings
 
 try:
@@ -61,6 +62,7 @@ _transport_options = {
 }
 app.conf.update(
     broker_url=settings.redis_url,
+    broker_transport=transport_for(settings.redis_url),
     result_backend=settings.redis_url,
     include=TASK_MODULES,
     task_serializer="json",
