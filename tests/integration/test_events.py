@@ -54,3 +54,43 @@ def test_an_event_too_long_for_its_column_fails_the_transaction_instead_of_being
         record_event(session, "x" * 49)
 
     assert _stored() == []
+
+
+def _intent(client_order_id: str) -> dict:
+    from decimal import Decimal
+
+    return {
+        "client_order_id": client_order_id,
+        "signal_id": "sig-intent",
+        "leg": "open",
+        "account": "binance",
+        "symbol": "ETH/USDT:USDT",
+        "side": "buy",
+        "order_type": "market",
+        "time_in_force": None,
+        "amount": Decimal("0.01"),
+        "price": None,
+        "reduce_only": False,
+        "purpose": "open",
+        "position_id": None,
+        "aged_id": None,
+        "metadata_": {"strategy": "s1"},
+    }
+
+
+def test_an_intent_and_its_events_are_written_once_however_often_it_is_ensured(db: None) -> None:
+    from workers.store.orders import ensure_intent
+
+    # When the same intent is ensured twice (a redelivered task), as about to be sent
+    first, created = ensure_intent(_intent("cid-once"), submitting=True)
+    again, created_again = ensure_intent(_intent("cid-once"), submitting=True)
+
+    # Then one row exists, and only the first call wrote events, all naming that row
+    assert (created, created_again) == (True, False)
+    assert again.id == first.id and first.status == "submitting"
+    stored = _stored()
+    assert [event.type for event in stored] == ["order_intent", "order_submitting"]
+    assert {event.order_id for event in stored} == {first.id}
+    assert {event.signal_id for event in stored} == {"sig-intent"}
+    assert stored[0].payload["amount"] == "0.01" and stored[1].attempt == 0
+

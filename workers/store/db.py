@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +45,8 @@ def get_engine() -> Engine:
                 max_overflow=40,
                 pool_pre_ping=True,
                 pool_recycle=1800,
+                # A single_statement connection has no transaction to roll back on return.
+                skip_autocommit_rollback=True,
                 connect_args={"connect_timeout": 5},
             )
             _engine_pid = pid
@@ -74,6 +76,18 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def single_statement() -> Iterator[Connection]:
+    """A connection on which each statement commits as it runs.
+
+    For a write that is one statement, atomic by itself: it saves the BEGIN and
+    COMMIT round trips of a transaction (on the order hot path, before the
+    exchange call). Anything that needs two statements uses ``session_scope``.
+    """
+    with get_engine().connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def truncate_all() -> None:

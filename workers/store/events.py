@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import String, TextClause, event, insert, text
+from sqlalchemy import String, event, insert, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -33,16 +33,15 @@ _PENDING_EVENTS = "pending_events"
 _EVENT_COLUMNS = tuple(name for name in _EVENTS.c.keys() if name not in ("id", "occurred_at"))
 
 
-def _insert_rows_statement() -> TextClause:
-    """One INSERT for any number of events, their rows passed as one JSON array.
+def _recorded_rows() -> str:
+    """The events passed as one JSON array ``:rows``, as a row source named ``recorded``.
 
     An executemany binds and executes every row on its own (3-5 per order
     transaction), which cost more worker CPU than anything else a transaction
-    does; one JSON parameter is one bind and one execution. ``WITH ORDINALITY``
+    does; one JSON parameter is one bind and one execution. ``position_in_batch``
     keeps the ids in the order the events were recorded.
     """
     dialect = postgresql.dialect()
-    names = ", ".join(_EVENT_COLUMNS)
     # Strings arrive as text so that the INSERT's assignment checks their length
     # (a cast to varchar(n) would cut them short silently).
     typed = ", ".join(
@@ -54,18 +53,41 @@ def _insert_rows_statement() -> TextClause:
         )
         for name in _EVENT_COLUMNS
     )
-    return text(
-        f"INSERT INTO {_EVENTS.name} ({names}) SELECT {names} "  # noqa: S608 - column names only
-        f"FROM ROWS FROM (jsonb_to_recordset(CAST(:rows AS jsonb)) AS ({typed})) "
-        f"WITH ORDINALITY AS recorded({names}, position_in_batch) ORDER BY position_in_batch"
+    return (
+        f"ROWS FROM (jsonb_to_recordset(CAST(:rows AS jsonb)) AS ({typed})) "
+        f"WITH ORDINALITY AS recorded({', '.join(_EVENT_COLUMNS)}, position_in_batch)"
     )
 
 
-_INSERT_EVENT_ROWS = _insert_rows_statement()
+_RECORDED_ROWS = _recorded_rows()
 
 
-def record_event(
-    session: Session,
+def insert_recorded_events(order_id_from: str | None = None) -> str:
+    """SQL inserting the ``:rows`` events; ``order_id_from`` names a one-row source
+    (a CTE that inserts the order) whose ``id`` becomes every event's ``order_id``."""
+    source = _RECORDED_ROWS if order_id_from is None else f"{order_id_from}, {_RECORDED_ROWS}"
+    selected = ", ".join(
+        f"{order_id_from}.id" if name == "order_id" and order_id_from else f"recorded.{name}"
+        for name in _EVENT_COLUMNS
+    )
+    return (
+        f"INSERT INTO {_EVENTS.name} ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608 - column names only
+        f"SELECT {selected} FROM {source} ORDER BY position_in_batch"
+    )
+
+
+_INSERT_EVENT_ROWS = text(insert_recorded_events())
+
+
+def record_event(session: Session, event_type: str, **fields: Any) -> None:
+    """Record an event in the session's transaction (written when it commits);
+    ``fields`` are ``event_row``'s."""
+    row = event_row(event_type, **fields)
+    session.info.setdefault(_PENDING_EVENTS, []).append(row)
+    log_event(row)
+
+
+def event_row(
     event_type: str,
     *,
     order_id: int | None = None,
@@ -78,9 +100,9 @@ def record_event(
     attempt: int | None = None,
     error_class: str | None = None,
     payload: Mapping[str, Any] | None = None,
-) -> None:
-    """Record an event in the session's transaction (written when it commits)."""
-    row = {
+) -> dict[str, Any]:
+    """One event as the row ``insert_recorded_events`` writes (nothing is written or logged)."""
+    return {
         "type": event_type,
         "order_id": order_id,
         "position_id": position_id,
@@ -93,8 +115,6 @@ def record_event(
         "error_class": error_class,
         "payload": dict(payload or {}),
     }
-    session.info.setdefault(_PENDING_EVENTS, []).append(row)
-    log_event(row)
 
 
 def write_events(session: Session) -> list[int]:

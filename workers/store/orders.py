@@ -9,14 +9,14 @@ change exists without its event.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, TextClause, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from workers import metrics
@@ -27,8 +27,9 @@ from workers.execution.order_state import (
     OrderStatus,
     path_to,
 )
-from workers.store.db import session_scope
-from workers.store.events import record_event
+from workers.logs import log_event
+from workers.store.db import session_scope, single_statement
+from workers.store.events import event_row, insert_recorded_events, record_event
 from workers.store.models import Order
 
 
@@ -141,10 +142,45 @@ _SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
 # The SET clause is the keys of the parameters given.
 _UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("order_id"))
 _TOUCH_ORDER = update(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
-# The VALUES are the keys of the parameters given; nothing when the id exists.
-_INSERT_INTENT = (
-    insert(ORDERS).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(*ORDERS.c)
+# What a caller of ``ensure_intent`` gives (``metadata`` is ``Order.metadata_``).
+_INTENT_COLUMNS = (
+    "client_order_id",
+    "signal_id",
+    "leg",
+    "account",
+    "symbol",
+    "side",
+    "order_type",
+    "time_in_force",
+    "amount",
+    "price",
+    "reduce_only",
+    "purpose",
+    "position_id",
+    "aged_id",
+    "metadata",
+    "status",
+    "submitted_at",
 )
+_EVENT_ID_COLUMNS = ("position_id", "aged_id", "client_order_id", "signal_id", "account", "symbol")
+
+
+def _insert_intent_statement() -> TextClause:
+    """The intent row and its events (``:rows``) in one statement; no row when the id exists."""
+    names = ", ".join(_INTENT_COLUMNS)
+    placeholders = ", ".join(f":{name}" for name in _INTENT_COLUMNS)
+    return text(
+        f"WITH intent AS (INSERT INTO {ORDERS.name} "  # noqa: S608 - column names only
+        f"({names}, filled, booked_filled, attempts) VALUES ({placeholders}, 0, 0, 0) "
+        "ON CONFLICT (client_order_id) DO NOTHING RETURNING *), "
+        f"intent_events AS ({insert_recorded_events(order_id_from='intent')}) "
+        "SELECT * FROM intent"
+    ).bindparams(
+        *(bindparam(name, type_=ORDERS.c[name].type) for name in _INTENT_COLUMNS),
+    )
+
+
+_INSERT_INTENT = _insert_intent_statement()
 
 
 def _order_row(connection: Connection, client_order_id: str, *, for_update: bool = False) -> Any:
@@ -185,45 +221,55 @@ def ensure_intent(
 
     The unique client order id makes this idempotent: a redelivered or
     duplicated task finds the existing row and continues from its state.
-    ``submitting`` writes a new row straight as ``submitting`` (both events in
-    this one transaction) when the caller is about to send it.
+    ``submitting`` writes a new row straight as ``submitting`` when the caller
+    is about to send it. The row and its events are one statement, committed
+    on its own (``_INSERT_INTENT``): it is the last write before the exchange call.
     """
-    now = datetime.now(UTC)
     status = OrderStatus.SUBMITTING if submitting else OrderStatus.INTENT
     columns = {
         ("metadata" if name == "metadata_" else name): value for name, value in values.items()
     }
-    with session_scope() as session:
-        connection = session.connection()
+    ids = {name: columns.get(name) for name in _EVENT_ID_COLUMNS}
+    events = [
+        event_row(
+            "order_intent",
+            **ids,
+            payload={
+                "side": columns["side"],
+                "amount": str(columns["amount"]),
+                "type": columns["order_type"],
+                "reduce_only": columns["reduce_only"],
+                "purpose": columns["purpose"],
+            },
+        )
+    ]
+    if submitting:
+        events.append(
+            event_row(
+                EVENT_FOR_STATUS[status],
+                **ids,
+                attempt=0,
+                payload={"from": OrderStatus.INTENT.value, "filled": "0"},
+            )
+        )
+    with single_statement() as connection:
         inserted = connection.execute(
             _INSERT_INTENT,
-            {"status": status.value, "submitted_at": now if submitting else None, **columns},
+            {
+                **columns,
+                "status": status.value,
+                "submitted_at": datetime.now(UTC) if submitting else None,
+                "rows": json.dumps(events),
+            },
         ).one_or_none()
         if inserted is None:
             existing = _order_row(connection, values["client_order_id"])
             return OrderSnapshot.of(existing), False
-        record_event(
-            session,
-            "order_intent",
-            **_event_ids(inserted),
-            payload={
-                "side": inserted.side,
-                "amount": str(inserted.amount),
-                "type": inserted.order_type,
-                "reduce_only": inserted.reduce_only,
-                "purpose": inserted.purpose,
-            },
-        )
-        if submitting:
-            metrics.observe_order_status(inserted.account, status.value)
-            record_event(
-                session,
-                EVENT_FOR_STATUS[status],
-                **_event_ids(inserted),
-                attempt=0,
-                payload={"from": OrderStatus.INTENT.value, "filled": "0"},
-            )
-        return OrderSnapshot.of(inserted), True
+    for row in events:
+        log_event(row | {"order_id": inserted.id})
+    if submitting:
+        metrics.observe_order_status(inserted.account, status.value)
+    return OrderSnapshot.of(inserted), True
 
 
 def load_order(client_order_id: str) -> OrderSnapshot | None:
