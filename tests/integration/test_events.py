@@ -93,4 +93,3 @@ def test_an_intent_and_its_events_are_written_once_however_often_it_is_ensured(d
     assert {event.order_id for event in stored} == {first.id}
     assert {event.signal_id for event in stored} == {"sig-intent"}
     assert stored[0].payload["amount"] == "0.01" and stored[1].attempt == 0
-
