@@ -27,7 +27,7 @@ class Channel(kombu_redis.Channel):
         if asynchronous:
             return super()._create_client(asynchronous=True)
         client = self._short_command_client
-        # A new pool (after a fork or a reconnect) gets a new client.
+        # A rebuilt pool (kombu drops its pools after a fork) gets a new client.
         if client is None or client.connection_pool is not self.pool:
             client = self._short_command_client = super()._create_client()
         return client

@@ -119,16 +119,12 @@ ORDERS = Order.__table__
 _SNAPSHOT_FIELDS = frozenset(OrderSnapshot.__dataclass_fields__)
 
 
+# What an order's events carry of it, beside its id.
+_EVENT_ID_COLUMNS = ("position_id", "aged_id", "client_order_id", "signal_id", "account", "symbol")
+
+
 def _event_ids(order: Any) -> dict[str, Any]:
-    return {
-        "order_id": order.id,
-        "position_id": order.position_id,
-        "aged_id": order.aged_id,
-        "client_order_id": order.client_order_id,
-        "signal_id": order.signal_id,
-        "account": order.account,
-        "symbol": order.symbol,
-    }
+    return {"order_id": order.id, **{name: getattr(order, name) for name in _EVENT_ID_COLUMNS}}
 
 
 # The order hot path runs on SQLAlchemy Core rows, not ORM objects: an order
@@ -162,7 +158,6 @@ _INTENT_COLUMNS = (
     "status",
     "submitted_at",
 )
-_EVENT_ID_COLUMNS = ("position_id", "aged_id", "client_order_id", "signal_id", "account", "symbol")
 
 
 def _insert_intent_statement() -> TextClause:
