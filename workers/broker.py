@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from kombu.transport import redis as kombu_redis
 
-# The URL schemes this transport serves; others (sentinel://, memory://) keep kombu's own.
-SCHEMES = ("redis", "rediss")
+# The URL scheme this transport serves. Others keep kombu's own transport:
+# rediss:// (kombu checks its TLS settings by that transport's name), sentinel://.
+SCHEMES = ("redis",)
 
 
 class Channel(kombu_redis.Channel):
