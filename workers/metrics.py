@@ -32,6 +32,7 @@ metric objects, so label names and value conventions live in one place.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -188,12 +189,42 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
 
 
+class SettledFilesCollector(prometheus_multiprocess.MultiProcessCollector):
+    """All processes' metric files, leaving out a file still being created.
+
+    prometheus_client creates a process's ``.db`` file and sizes it in two
+    steps; a scrape in between read 0 bytes, failed to unpack its header and
+    answered the whole /metrics with a 500. A file too short for its header has
+    nothing recorded yet, so leaving it out loses no sample.
+    """
+
+    def collect(self) -> Any:
+        files = [
+            path
+            for path in glob.glob(os.path.join(self._path, "*.db"))
+            if _size_or_zero(path) >= _MMAP_HEADER_BYTES
+        ]
+        return self.merge(files, accumulate=True)
+
+
+# A metric file starts with its used-bytes counter and padding.
+_MMAP_HEADER_BYTES = 8
+
+
+def _size_or_zero(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        # A dead process's live-gauge file, removed after the glob.
+        return 0
+
+
 def exposition_registry() -> CollectorRegistry:
     """What /metrics serves: all processes' files in multiprocess mode, else this process."""
     if multiprocess_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
-    prometheus_multiprocess.MultiProcessCollector(registry)
+    SettledFilesCollector(registry)
     return registry
 
 

@@ -151,6 +151,11 @@ def test_multiprocess_dir_aggregates_two_processes(
         assert value(samples, "execq_kill_switch") == 1, "the most recent write wins"
         assert value(samples, "execq_close_latency_seconds_count") == 1
 
+        # A process caught between creating its metric file and sizing it (what a
+        # scrape racing a first increment sees) leaves the scrape whole.
+        (tmp_path / "counter_4242424.db").touch()
+        assert scrape(port) == samples
+
         # When the worker hook marks the writer's process dead, its gauges go
         # (the server's own kill-switch value shows again) but its counts stay.
         writer_pids = {
