@@ -189,6 +189,18 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
 
 
+# A metric file starts with its used-bytes counter and padding.
+_MMAP_HEADER_BYTES = 8
+
+
+def _size_or_zero(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        # A dead process's live-gauge file, removed after the glob.
+        return 0
+
+
 class SettledFilesCollector(prometheus_multiprocess.MultiProcessCollector):
     """All processes' metric files, leaving out a file still being created.
 
@@ -205,18 +217,6 @@ class SettledFilesCollector(prometheus_multiprocess.MultiProcessCollector):
             if _size_or_zero(path) >= _MMAP_HEADER_BYTES
         ]
         return self.merge(files, accumulate=True)
-
-
-# A metric file starts with its used-bytes counter and padding.
-_MMAP_HEADER_BYTES = 8
-
-
-def _size_or_zero(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except FileNotFoundError:
-        # A dead process's live-gauge file, removed after the glob.
-        return 0
 
 
 def exposition_registry() -> CollectorRegistry:
