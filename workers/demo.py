@@ -751,19 +751,11 @@ class Demo:
     def grace_and_chunks(self) -> None:
         grace, chunk = self.profile.by_role["grace"], self.profile.by_role["chunk"]
         self.progress.phase(
-            f"aged: {grace.key} and {chunk.key} age into grace "
-            f"(max age {self.profile.max_age_s:g}s); their price then crosses the target"
+            f"aged: {grace.key} and {chunk.key} are in profit when they age "
+            f"(max age {self.profile.max_age_s:g}s), so they close in grace"
         )
         grace_pos = self._position_id(grace)
         chunk_pos = self._position_id(chunk)
-        for position_id in (grace_pos, chunk_pos):
-            wait_until(
-                self.progress,
-                f"position {position_id} aged",
-                lambda p=position_id: aged_of(p) is not None,
-                timeout_s=30,
-                status=lambda: self._aged_status((grace, grace_pos), (chunk, chunk_pos)),
-            )
         # The first three closes of the BTC position are refused by the exchange,
         # so consecutive failures reach the chunk threshold.
         self.sim.faults(
@@ -779,6 +771,10 @@ class Demo:
                 ]
             }
         )
+        # Prices move before the positions age, not after: the grace window then
+        # starts with the price past its target, whenever the other opens settled
+        # and however loaded the machine is (moving it after both had aged let a
+        # slow open use up the first position's grace).
         changes = []
         for leg, position_id in ((grace, grace_pos), (chunk, chunk_pos)):
             entry = self._entry(position_id)
