@@ -80,6 +80,8 @@ app.conf.update(
     task_time_limit=settings.task_hard_time_limit_s,
     worker_send_task_events=True,
     task_send_sent_event=True,
+    # Task events go out in batches on a timer (``workers.consumer``).
+    worker_consumer="workers.consumer:Consumer",
     # No STARTED state in the result backend: storing it runs before the task body,
     # outside its retries, so a Redis outage at that moment failed (and acked) the
     # task before it wrote anything. Flower sees task-started events regardless.
