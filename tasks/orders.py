@@ -15,13 +15,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from workers import redis_keys
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
-from workers.coordination import kill_switch_state
-from workers.exchange.prices import find_market, reference_price, refresh_reference_price
+from workers.coordination import KillSwitchState, kill_switch_from, kill_switch_state
+from workers.exchange.prices import (
+    ReferencePrice,
+    find_market,
+    queue_cached_price_read,
+    reference_price,
+    refresh_reference_price,
+)
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.order_state import OrderStatus
 from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
+from workers.redis_client import get_redis
 from workers.settings import get_settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
@@ -99,6 +107,8 @@ class OrderIntent:
     aged_id: int | None
     # The reference price used was stale: refresh it once this order's exchange call is done.
     refresh_price: bool = False
+    # The kill switch, when it was read with the reference price (one round trip).
+    kill_switch: KillSwitchState | None = None
 
     @property
     def client_order_id(self) -> str:
@@ -117,7 +127,8 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
             raise SignalRejected(f"signal rejected: exchange unreachable: {exc}") from None
         raise task.retry(countdown=1.0 + task.request.retries) from None
     cid = intent.client_order_id
-    may_send = intent.order.reduce_only or not kill_switch_state().on
+    kill_switch = intent.kill_switch or kill_switch_state()
+    may_send = intent.order.reduce_only or not kill_switch.on
     order, created = order_store.ensure_intent(_intent_values(intent), submitting=may_send)
     settlement = InlineSettlement()
     try:
@@ -206,12 +217,15 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
     account_names = [account.name for account in settings.accounts]
     market = None
     reference = None
+    kill_switch = None
     try:
         leg, purpose = _check_context(request)
         if request["exchange"] in account_names and isinstance(request["symbol"], str):
             market = find_market(request["exchange"], request["symbol"])
             if market is not None and request["order_type"] == "market":
-                reference = reference_price(request["exchange"], request["symbol"])
+                reference, kill_switch = _price_and_kill_switch(
+                    request["exchange"], request["symbol"]
+                )
         validated = validate_order_request(
             signal_id=request["signal_id"],
             account=request["exchange"],
@@ -239,7 +253,21 @@ def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
         position_id=request["position_id"],
         aged_id=request["aged_id"],
         refresh_price=reference is not None and reference.stale,
+        kill_switch=kill_switch,
     )
+
+
+def _price_and_kill_switch(account: str, symbol: str) -> tuple[ReferencePrice, KillSwitchState]:
+    """The market order's reference price and the kill switch, read in one round trip."""
+    pipe = get_redis().pipeline(transaction=False)
+    queue_cached_price_read(pipe, account, symbol)
+    pipe.get(redis_keys.KILL_SWITCH)
+    *price_replies, kill_switch_raw = pipe.execute()
+    reference = reference_price(account, symbol, price_replies)
+    if price_replies[0] is None:
+        # No price was cached, so a ticker request ran since: read the switch as of now.
+        return reference, kill_switch_state()
+    return reference, kill_switch_from(kill_switch_raw)
 
 
 def _record_rejection(request: dict[str, Any], field: str, reason: str) -> None:

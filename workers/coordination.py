@@ -81,7 +81,11 @@ class KillSwitchState:
 
 
 def kill_switch_state() -> KillSwitchState:
-    raw = get_redis().get(redis_keys.KILL_SWITCH)
+    return kill_switch_from(get_redis().get(redis_keys.KILL_SWITCH))
+
+
+def kill_switch_from(raw: bytes | str | None) -> KillSwitchState:
+    """The state the kill-switch key's value ``raw`` (as read, None when absent) stands for."""
     metrics.set_kill_switch(raw is not None)
     if raw is None:
         return KillSwitchState(on=False)

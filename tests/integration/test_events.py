@@ -93,3 +93,55 @@ def test_an_intent_and_its_events_are_written_once_however_often_it_is_ensured(d
     assert {event.order_id for event in stored} == {first.id}
     assert {event.signal_id for event in stored} == {"sig-intent"}
     assert stored[0].payload["amount"] == "0.01" and stored[1].attempt == 0
+
+
+def test_events_recorded_before_and_after_an_order_write_are_all_stored_in_order(
+    db: None,
+) -> None:
+    from decimal import Decimal
+
+    from workers.store.db import session_scope
+    from workers.store.events import record_event
+    from workers.store.orders import ensure_intent, load_order, lock_order, write_order
+
+    order, _ = ensure_intent(_intent("cid-write"), submitting=True)
+
+    # When a transaction records an event, writes the order row, then records another
+    with session_scope() as session:
+        locked = lock_order(session, "cid-write")
+        record_event(session, "before_write", order_id=locked.id)
+        write_order(session, locked.id, {"filled": Decimal("0.01"), "last_error": "none"})
+        record_event(session, "after_write", order_id=locked.id)
+
+    # Then the row changed and every event is stored, in the order recorded
+    changed = load_order("cid-write")
+    assert changed is not None and changed.filled == Decimal("0.01")
+    assert [event.type for event in _stored()] == [
+        "order_intent",
+        "order_submitting",
+        "before_write",
+        "after_write",
+    ]
+
+
+def test_a_bad_event_written_with_the_order_row_leaves_both_unwritten(db: None) -> None:
+    from decimal import Decimal
+
+    from sqlalchemy.exc import DataError
+
+    from workers.store.db import session_scope
+    from workers.store.events import record_event
+    from workers.store.orders import ensure_intent, load_order, lock_order, write_order
+
+    ensure_intent(_intent("cid-bad"), submitting=True)
+
+    # When an event too long for its column goes out with the order row's write
+    with pytest.raises(DataError), session_scope() as session:
+        locked = lock_order(session, "cid-bad")
+        record_event(session, "x" * 49, order_id=locked.id)
+        write_order(session, locked.id, {"filled": Decimal("0.01")})
+
+    # Then neither the row change nor the event was written
+    unchanged = load_order("cid-bad")
+    assert unchanged is not None and unchanged.filled == 0
+    assert [event.type for event in _stored()] == ["order_intent", "order_submitting"]

@@ -13,11 +13,13 @@ order in 25 paid a second exchange round trip at 50 orders/s).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import ccxt
+from redis.client import Pipeline
 
 from workers import redis_keys
 from workers.exchange import gateway
@@ -77,13 +79,21 @@ class ReferencePrice:
     stale: bool = False
 
 
-def reference_price(account: str, symbol: str) -> ReferencePrice:
-    """The cached last price with its staleness (one round trip), else one ticker request."""
+def queue_cached_price_read(pipe: Pipeline, account: str, symbol: str) -> None:
+    """Queue on ``pipe`` the two reads ``reference_price`` takes the replies of.
+
+    The caller may queue its own reads after them: an order's validation reads
+    the kill switch in the same round trip.
+    """
     key = redis_keys.price_cache(account, symbol)
-    pipe = get_redis().pipeline(transaction=False)
     pipe.get(key)
     pipe.pttl(key)
-    cached, ttl_ms = pipe.execute()
+
+
+def reference_price(account: str, symbol: str, replies: Sequence[Any]) -> ReferencePrice:
+    """The cached last price with its staleness, from ``queue_cached_price_read``'s
+    ``replies``; else one ticker request."""
+    cached, ttl_ms = replies
     if cached is not None:
         age_s = PRICE_CACHE_TTL_S - max(0, ttl_ms) / 1000
         return ReferencePrice(Decimal(cached), stale=age_s >= PRICE_FRESH_S)

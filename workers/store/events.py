@@ -126,11 +126,18 @@ def write_events(session: Session) -> list[int]:
     return list(session.connection().execute(statement, rows).scalars())
 
 
+def take_recorded_events(session: Session) -> str | None:
+    """The events recorded so far in this transaction as ``:rows`` JSON, for a statement
+    that writes them itself (``insert_recorded_events``); None when there are none."""
+    rows = session.info.pop(_PENDING_EVENTS, None)
+    return json.dumps(rows) if rows else None
+
+
 @event.listens_for(Session, "before_commit")
 def _write_recorded_events(session: Session) -> None:
-    rows = session.info.pop(_PENDING_EVENTS, None)
-    if rows:
-        session.connection().execute(_INSERT_EVENT_ROWS, {"rows": json.dumps(rows)})
+    rows = take_recorded_events(session)
+    if rows is not None:
+        session.connection().execute(_INSERT_EVENT_ROWS, {"rows": rows})
 
 
 def raise_alert(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, bindparam, func, or_, select, text, update
@@ -29,7 +30,12 @@ from workers.execution.order_state import (
 )
 from workers.logs import log_event
 from workers.store.db import session_scope, single_statement
-from workers.store.events import event_row, insert_recorded_events, record_event
+from workers.store.events import (
+    event_row,
+    insert_recorded_events,
+    record_event,
+    take_recorded_events,
+)
 from workers.store.models import Order
 
 
@@ -183,8 +189,29 @@ def _order_row(connection: Connection, client_order_id: str, *, for_update: bool
     return connection.execute(query, {"cid": client_order_id}).one_or_none()
 
 
-def _update_order(connection: Connection, order_id: int, values: Mapping[str, Any]) -> None:
-    connection.execute(_UPDATE_ORDER, {"order_id": order_id, **values})
+def _update_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
+    """Write ``values`` on the row; the events recorded so far go in the same statement.
+
+    The row update is the last write of most order transactions, so its events
+    cost no INSERT round trip of their own (events recorded later are written
+    at commit as usual).
+    """
+    rows = take_recorded_events(session)
+    if rows is None:
+        session.connection().execute(_UPDATE_ORDER, {"order_id": order_id, **values})
+        return
+    statement = _update_with_events_statement(tuple(values))
+    session.connection().execute(statement, {"order_id": order_id, **values, "rows": rows})
+
+
+@lru_cache(maxsize=64)
+def _update_with_events_statement(columns: tuple[str, ...]) -> TextClause:
+    """``UPDATE orders SET <columns>`` with the ``:rows`` events inserted in a CTE."""
+    assignments = ", ".join(f"{name} = :{name}" for name in columns)
+    return text(
+        f"WITH recorded_events AS ({insert_recorded_events()}) "
+        f"UPDATE {ORDERS.name} SET {assignments} WHERE id = :order_id"  # noqa: S608 - column names only
+    ).bindparams(*(bindparam(name, type_=ORDERS.c[name].type) for name in columns))
 
 
 def lock_order(session: Session, client_order_id: str) -> OrderSnapshot:
@@ -198,7 +225,7 @@ def write_order(session: Session, order_id: int, values: Mapping[str, Any]) -> N
     Nothing to write (a booking that booked nothing) writes nothing.
     """
     if values:
-        _update_order(session.connection(), order_id, values)
+        _update_order(session, order_id, values)
 
 
 def _changed(snapshot: OrderSnapshot, values: Mapping[str, Any]) -> OrderSnapshot:
@@ -336,7 +363,7 @@ def transition(
             more = then(session, changed)
             values |= more
             changed = _changed(changed, more)
-        _update_order(connection, order.id, values)
+        _update_order(session, order.id, values)
         return changed
 
 
@@ -359,7 +386,7 @@ def record_attempt(
             outcome=outcome,
             now=datetime.now(UTC),
         )
-        _update_order(connection, order.id, values)
+        _update_order(session, order.id, values)
         return _changed(order, values)
 
 
