@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import store_fill, stored_aged_episode
+from tests.conftest import store_fill, stored_aged_episode, stored_order, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -85,3 +85,64 @@ def test_a_fill_that_crosses_zero_closes_with_pnl_ends_the_aged_episode_and_open
         assert (aged.status, aged.close_reason) == ("superseded", "close")
         assert aged.closed_at is not None
     assert _event_types() == ["position_opened", "position_closed", "position_opened"]
+
+
+def _bookings_waiting_for_a_slot() -> int:
+    from sqlalchemy import text
+
+    from workers.store.db import session_scope
+
+    with session_scope() as session:
+        return session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            )
+        ).scalar_one()
+
+
+def test_an_order_moving_to_filled_holds_its_book_slot_from_its_first_statement(
+    db: None,
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.execution.order_state import OrderStatus
+    from workers.store.db import session_scope
+    from workers.store.orders import transition
+    from workers.store.positions import book_fill, book_order_fill
+
+    # Given a submitted BTC buy, and another BTC buy filled and not yet booked
+    with session_scope() as session:
+        session.add(stored_order("moving", "submitting"))
+    store_fill("other", "buy", "0.02", "61000")
+    settling, release = threading.Event(), threading.Event()
+
+    def settle_after_release(session, order):
+        settling.set()
+        if not release.wait(30):
+            raise TimeoutError("the test never released the settlement")
+        return book_fill(session, order).order_values
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        moving = pool.submit(
+            transition,
+            "moving",
+            OrderStatus.FILLED,
+            filled=Decimal("0.01"),
+            average_price=Decimal("60000"),
+            then=settle_after_release,
+        )
+        assert settling.wait(30), "the order never reached its settlement"
+
+        # When the other fill is booked while the order is moving to filled
+        other = pool.submit(book_order_fill, "other")
+
+        # Then that booking waits for the slot until the order's transaction ends
+        wait_for(_bookings_waiting_for_a_slot, 10, message="the second booking did not wait")
+        release.set()
+        moving.result(timeout=30)
+        other.result(timeout=30)
+    [position] = _positions()
+    assert (position.side, position.size) == ("long", Decimal("0.03"))
+    assert _event_types()[-2:] == ["position_opened", "position_increased"]

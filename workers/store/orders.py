@@ -37,6 +37,7 @@ from workers.store.events import (
     take_recorded_events,
 )
 from workers.store.models import Order
+from workers.store.slots import note_slot_locked, slot_lock
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,12 @@ def _event_ids(order: Any) -> dict[str, Any]:
 # Built once: constructing a statement costs more than running it.
 _SELECT_ORDER = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
 _SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
+# The row locked first (a materialized CTE runs before the outer select), then its
+# book slot: the lock order every writer keeps (``workers.store.slots``).
+_LOCKED_ORDER = _SELECT_ORDER_FOR_UPDATE.cte("locked_order").prefix_with("MATERIALIZED")
+_SELECT_ORDER_LOCKING_SLOT = select(
+    _LOCKED_ORDER, slot_lock(_LOCKED_ORDER.c.account, _LOCKED_ORDER.c.symbol).label("slot_locked")
+)
 # The SET clause is the keys of the parameters given.
 _UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("order_id"))
 _TOUCH_ORDER = update(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
@@ -187,6 +194,19 @@ _INSERT_INTENT = _insert_intent_statement()
 def _order_row(connection: Connection, client_order_id: str, *, for_update: bool = False) -> Any:
     query = _SELECT_ORDER_FOR_UPDATE if for_update else _SELECT_ORDER
     return connection.execute(query, {"cid": client_order_id}).one_or_none()
+
+
+def _lock_order_and_slot(session: Session, client_order_id: str) -> OrderSnapshot:
+    """The order, its row and then its book slot locked until the transaction ends:
+    one round trip where a fill is about to be booked."""
+    row = (
+        session.connection()
+        .execute(_SELECT_ORDER_LOCKING_SLOT, {"cid": client_order_id})
+        .one_or_none()
+    )
+    order = OrderSnapshot.of(row)
+    note_slot_locked(session, order.account, order.symbol)
+    return order
 
 
 def _update_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
@@ -319,8 +339,13 @@ def transition(
     """
     now = datetime.now(UTC)
     with session_scope() as session:
-        connection = session.connection()
-        order = OrderSnapshot.of(_order_row(connection, client_order_id, for_update=True))
+        if then is not None:
+            # ``then`` books fills, under the slot's lock.
+            order = _lock_order_and_slot(session, client_order_id)
+        else:
+            order = OrderSnapshot.of(
+                _order_row(session.connection(), client_order_id, for_update=True)
+            )
         current = order.status
         steps = path_to(current, target)
         values: dict[str, Any] = {}

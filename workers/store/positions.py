@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from workers.execution.positions import PositionState, apply_fill, side_of
@@ -22,6 +22,7 @@ from workers.store.db import session_scope
 from workers.store.events import record_event
 from workers.store.models import AgedPosition, Position
 from workers.store.orders import OrderSnapshot
+from workers.store.slots import lock_slot
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,6 @@ class MissingFillPrice(Exception):
 # The recovery sweep opens and closes positions through the same helpers.
 _POSITIONS = Position.__table__
 _AGED = AgedPosition.__table__
-_SLOT_LOCK = select(
-    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("slot", type_=String), 0))
-)
 _SELECT_OPEN = (
     select(_POSITIONS)
     .where(
@@ -100,21 +98,19 @@ _END_AGED_EPISODES = (
 )
 
 
-def _lock_slot(connection: Connection, account: str, symbol: str) -> None:
-    """Serialise every writer of the (account, symbol) book slot until commit.
-
-    Row locks cannot guard a row that does not exist yet: two fills opening the
-    same symbol would both insert. A transaction-scoped advisory lock on the
-    pair does.
-    """
-    connection.execute(_SLOT_LOCK, {"slot": f"{account}|{symbol}"})
-
-
 def lock_open_position(session: Session, account: str, symbol: str) -> Any:
-    """The open position as a row, locked; with none open, the slot is locked instead."""
-    connection = session.connection()
-    _lock_slot(connection, account, symbol)
-    return connection.execute(_SELECT_OPEN, {"account": account, "symbol": symbol}).one_or_none()
+    """The open position as a row, locked; with none open, the slot is locked instead.
+
+    The position is read after the slot's lock is held (its own statement, or
+    an earlier one of the transaction): a read in the statement that takes the
+    lock would not see a position another writer opened meanwhile.
+    """
+    lock_slot(session, account, symbol)
+    return (
+        session.connection()
+        .execute(_SELECT_OPEN, {"account": account, "symbol": symbol})
+        .one_or_none()
+    )
 
 
 def state_of(position: Any) -> PositionState:
