@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import ccxt
 import pytest
+import requests
 import requests.exceptions
 import tenacity
 import urllib3.exceptions
@@ -16,6 +17,7 @@ from ccxt.base import errors as ccxt_errors
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workers.exchange.transport import ExchangeSession
 from workers.execution.retry import (
     CCXT_ERROR_CLASSES,
     SAFE_TO_RESEND,
@@ -194,29 +196,40 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _offline_client(timeout_ms: int = 500) -> ccxt.Exchange:
+# ccxt's own session, and the one execq's gateway gives every client.
+SESSIONS = [requests.Session, ExchangeSession]
+
+
+def _offline_client(
+    timeout_ms: int = 500, session: type[requests.Session] = requests.Session
+) -> ccxt.Exchange:
     client = ccxt.binanceusdm({"timeout": timeout_ms})
+    client.session = session()
     client.session.trust_env = False  # no proxy between us and 127.0.0.1
     return client
 
 
-def test_connection_refused_through_real_ccxt_is_transient_for_a_create():
+@pytest.mark.parametrize("session", SESSIONS)
+def test_connection_refused_through_real_ccxt_is_transient_for_a_create(session):
     # Given ccxt's real sync fetch against a port where nothing listens
     with pytest.raises(ccxt.NetworkError) as caught:
-        _offline_client().fetch(f"http://127.0.0.1:{_closed_port()}/fapi/v1/order", "POST")
+        _offline_client(session=session).fetch(
+            f"http://127.0.0.1:{_closed_port()}/fapi/v1/order", "POST"
+        )
     # Then the chain shows the request never left, so resending cannot double an order
     assert never_sent(caught.value)
     assert classify(caught.value, mutating=True) is RetryClass.TRANSIENT
 
 
-def test_read_timeout_through_real_ccxt_is_ambiguous_for_a_create():
+@pytest.mark.parametrize("session", SESSIONS)
+def test_read_timeout_through_real_ccxt_is_ambiguous_for_a_create(session):
     # Given a server that accepts the connection and the request but never answers
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         port = listener.getsockname()[1]
         with pytest.raises(ccxt.RequestTimeout) as caught:
-            _offline_client(timeout_ms=150).fetch(
+            _offline_client(timeout_ms=150, session=session).fetch(
                 f"http://127.0.0.1:{port}/fapi/v1/order", "POST", body="a=1"
             )
     # Then the order may exist: ambiguous, never "not sent"

@@ -27,7 +27,7 @@ from typing import Any
 import ccxt
 
 from workers.exchange.lean_ccxt import exchange_class
-from workers.exchange.transport import ExchangeTransport, RequestHook
+from workers.exchange.transport import ExchangeSession, ExchangeTransport, RequestHook
 from workers.settings import ExchangeAccount, get_settings
 
 __all__ = [
@@ -126,6 +126,9 @@ def build_client(account: ExchangeAccount) -> ccxt.Exchange:
                 f"account {account.name!r}: Binance USDⓈ-M has no testnet any more; use mode 'demo'"
             )
         client.set_sandbox_mode(True)
+    session = ExchangeSession()
+    session.trust_env = client.session.trust_env
+    client.session = session
     sim_url = settings.sim_url if account.mode == "sim" else None
     if sim_url is not None:
         # The simulator is local: no environment proxies or .netrc for it.

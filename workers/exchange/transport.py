@@ -1,8 +1,9 @@
-"""The HTTP seam under every ccxt client: a request hook and, in sim mode, re-routing.
+"""The HTTP seam under every ccxt client: a lean session, a request hook and, in sim
+mode, re-routing.
 
-ccxt's sync clients send every request through ``client.session`` (a
-``requests.Session``). The gateway mounts an ``ExchangeTransport`` on it for
-``https://``, so each request
+ccxt's sync clients send every request through ``client.session.request``.
+The gateway gives each client an ``ExchangeSession`` and mounts an
+``ExchangeTransport`` on it for ``https://``, so each request
 
 1. first passes the request hook (the shared Redis rate limiter plugs in
    here; it may sleep or raise, and what it raises reaches the caller
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.models import PreparedRequest
 
 RequestHook = Callable[[str, requests.PreparedRequest], None]
 
@@ -72,3 +74,74 @@ class ExchangeTransport(HTTPAdapter):
             # The simulator is reached directly, never through an exchange proxy.
             kwargs["proxies"] = {}
         return super().send(request, *args, **kwargs)
+
+
+class ExchangeSession(requests.Session):
+    """A ``requests.Session`` whose ``request`` does only what a ccxt call needs.
+
+    requests' own ``Session.request`` prepares each request against the
+    session's cookies, auth and hooks, and ``Session.send`` collects cookies and
+    follows redirects: about 0.2 ms of CPU per call, a fifth of a whole ccxt
+    request against the simulator. ccxt merges the session's headers itself and
+    clears its cookies before every call, so this prepares the request from
+    what ccxt gives and sends it through the mounted adapter, with the same
+    proxy, TLS and timeout settings (``merge_environment_settings``) and the
+    same exceptions (the adapter's). Redirects are not followed: an exchange
+    API that answers one is misconfigured, and a redirected POST would arrive
+    as a GET. Calls with anything else (params, files, auth, cookies, hooks,
+    json) take requests' full path.
+    """
+
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        params=None,
+        data=None,
+        headers=None,
+        cookies=None,
+        files=None,
+        auth=None,
+        timeout=None,
+        allow_redirects: bool = True,
+        proxies=None,
+        hooks=None,
+        stream=None,
+        verify=None,
+        cert=None,
+        json=None,
+    ) -> requests.Response:
+        if params or cookies or files or auth or hooks or json is not None:
+            return super().request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                cookies=cookies,
+                files=files,
+                auth=auth,
+                timeout=timeout,
+                allow_redirects=allow_redirects,
+                proxies=proxies,
+                hooks=hooks,
+                stream=stream,
+                verify=verify,
+                cert=cert,
+                json=json,
+            )
+        prepared = PreparedRequest()
+        prepared.prepare(
+            method=method.decode() if isinstance(method, bytes) else method,
+            url=url,
+            headers=headers,
+            data=data or None,
+        )
+        settings = self.merge_environment_settings(
+            prepared.url, proxies or {}, stream, verify, cert
+        )
+        response = self.get_adapter(prepared.url).send(prepared, timeout=timeout, **settings)
+        if not settings["stream"]:
+            # Read it all now, as requests does: the connection goes back to the pool.
+            _ = response.content
+        return response
