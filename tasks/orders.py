@@ -264,8 +264,8 @@ def _price_and_kill_switch(account: str, symbol: str) -> tuple[ReferencePrice, K
     pipe.get(redis_keys.KILL_SWITCH)
     *price_replies, kill_switch_raw = pipe.execute()
     reference = reference_price(account, symbol, price_replies)
-    if price_replies[0] is None:
-        # No price was cached, so a ticker request ran since: read the switch as of now.
+    if reference.fetched:
+        # A ticker request ran since the pipeline: read the switch as of now.
         return reference, kill_switch_state()
     return reference, kill_switch_from(kill_switch_raw)
 

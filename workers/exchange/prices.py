@@ -77,6 +77,8 @@ class ReferencePrice:
     price: Decimal | None
     # Older than PRICE_FRESH_S: the caller refreshes it once its own exchange call is done.
     stale: bool = False
+    # No price was cached: this one was just asked of the exchange.
+    fetched: bool = False
 
 
 def queue_cached_price_read(pipe: Pipeline, account: str, symbol: str) -> None:
@@ -97,7 +99,7 @@ def reference_price(account: str, symbol: str, replies: Sequence[Any]) -> Refere
     if cached is not None:
         age_s = PRICE_CACHE_TTL_S - max(0, ttl_ms) / 1000
         return ReferencePrice(Decimal(cached), stale=age_s >= PRICE_FRESH_S)
-    return ReferencePrice(refresh_reference_price(account, symbol))
+    return ReferencePrice(refresh_reference_price(account, symbol), fetched=True)
 
 
 def refresh_reference_price(account: str, symbol: str) -> Decimal | None:

@@ -21,6 +21,7 @@ simulator's logs; the simulator tells the exchanges apart by path (``/fapi``,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -94,49 +95,32 @@ class ExchangeSession(requests.Session):
 
     def request(
         self,
-        method: str | bytes,
-        url: str | bytes,
-        params=None,
-        data=None,
-        headers=None,
-        cookies=None,
-        files=None,
-        auth=None,
-        timeout=None,
-        allow_redirects: bool = True,
-        proxies=None,
-        hooks=None,
-        stream=None,
-        verify=None,
-        cert=None,
-        json=None,
+        method: str,
+        url: str,
+        data: Any = None,
+        headers: Any = None,
+        timeout: Any = None,
+        proxies: Any = None,
+        stream: bool | None = None,
+        verify: Any = None,
+        cert: Any = None,
+        **others: Any,
     ) -> requests.Response:
-        if params or cookies or files or auth or hooks or json is not None:
+        if any(value for name, value in others.items() if name != "allow_redirects"):
             return super().request(
                 method,
                 url,
-                params=params,
                 data=data,
                 headers=headers,
-                cookies=cookies,
-                files=files,
-                auth=auth,
                 timeout=timeout,
-                allow_redirects=allow_redirects,
                 proxies=proxies,
-                hooks=hooks,
                 stream=stream,
                 verify=verify,
                 cert=cert,
-                json=json,
+                **others,
             )
         prepared = PreparedRequest()
-        prepared.prepare(
-            method=method.decode() if isinstance(method, bytes) else method,
-            url=url,
-            headers=headers,
-            data=data or None,
-        )
+        prepared.prepare(method=method, url=url, headers=headers, data=data or None)
         settings = self.merge_environment_settings(
             prepared.url, proxies or {}, stream, verify, cert
         )

@@ -196,19 +196,6 @@ def _order_row(connection: Connection, client_order_id: str, *, for_update: bool
     return connection.execute(query, {"cid": client_order_id}).one_or_none()
 
 
-def _lock_order_and_slot(session: Session, client_order_id: str) -> OrderSnapshot:
-    """The order, its row and then its book slot locked until the transaction ends:
-    one round trip where a fill is about to be booked."""
-    row = (
-        session.connection()
-        .execute(_SELECT_ORDER_LOCKING_SLOT, {"cid": client_order_id})
-        .one_or_none()
-    )
-    order = OrderSnapshot.of(row)
-    note_slot_locked(session, order.account, order.symbol)
-    return order
-
-
 def _update_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
     """Write ``values`` on the row; the events recorded so far go in the same statement.
 
@@ -234,9 +221,22 @@ def _update_with_events_statement(columns: tuple[str, ...]) -> TextClause:
     ).bindparams(*(bindparam(name, type_=ORDERS.c[name].type) for name in columns))
 
 
-def lock_order(session: Session, client_order_id: str) -> OrderSnapshot:
-    """The order, its row locked until the session's transaction ends."""
-    return OrderSnapshot.of(_order_row(session.connection(), client_order_id, for_update=True))
+def lock_order(session: Session, client_order_id: str, *, with_slot: bool = False) -> OrderSnapshot:
+    """The order, its row locked until the session's transaction ends.
+
+    ``with_slot``: its book slot too, in the same statement (one round trip where
+    a fill is about to be booked; ``book_fill`` then does not lock it again).
+    """
+    if not with_slot:
+        return OrderSnapshot.of(_order_row(session.connection(), client_order_id, for_update=True))
+    row = (
+        session.connection()
+        .execute(_SELECT_ORDER_LOCKING_SLOT, {"cid": client_order_id})
+        .one_or_none()
+    )
+    order = OrderSnapshot.of(row)
+    note_slot_locked(session, order.account, order.symbol)
+    return order
 
 
 def write_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
@@ -339,13 +339,8 @@ def transition(
     """
     now = datetime.now(UTC)
     with session_scope() as session:
-        if then is not None:
-            # ``then`` books fills, under the slot's lock.
-            order = _lock_order_and_slot(session, client_order_id)
-        else:
-            order = OrderSnapshot.of(
-                _order_row(session.connection(), client_order_id, for_update=True)
-            )
+        # ``then`` books fills, under the slot's lock.
+        order = lock_order(session, client_order_id, with_slot=then is not None)
         current = order.status
         steps = path_to(current, target)
         values: dict[str, Any] = {}
@@ -401,8 +396,7 @@ def record_attempt(
 ) -> OrderSnapshot:
     """Count one create attempt and write its event (class and error, or success)."""
     with session_scope() as session:
-        connection = session.connection()
-        order = OrderSnapshot.of(_order_row(connection, client_order_id, for_update=True))
+        order = lock_order(session, client_order_id)
         values = _attempt_values(
             session,
             order,
