@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, bindparam, create_engine, literal, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.conftest import ADMIN_DATABASE_URL, wait_for
-from workers.store.db import ping_idle_connections
+from workers.store.db import DriverStatement, ping_idle_connections
 
 
 @pytest.fixture
@@ -57,3 +57,35 @@ def test_a_connection_used_a_moment_ago_is_not_pinged_and_the_pool_recovers_afte
     with pytest.raises(OperationalError), pool_of_one.connect() as connection:
         connection.execute(text("SELECT 1"))
     assert _backend_pid(pool_of_one) != dropped
+
+
+def test_a_driver_statement_on_a_dropped_connection_fails_as_sqlalchemy_would_and_the_pool_recovers(
+    pool_of_one,
+):
+    ping_idle_connections(pool_of_one, idle_after_s=3600)
+    dropped = _backend_pid(pool_of_one)
+    _drop_backend(dropped)
+    statement = DriverStatement(select(literal(1)))
+
+    # The tasks retry OperationalError (INFRASTRUCTURE_ERRORS): a statement run by
+    # psycopg itself must raise it too, and leave the broken connection out of the pool.
+    with pytest.raises(OperationalError), pool_of_one.connect() as connection:
+        statement.execute(connection, {})
+    assert _backend_pid(pool_of_one) != dropped
+
+
+def test_a_driver_statement_binds_literals_json_and_keys_and_raises_constraint_errors(
+    pool_of_one,
+):
+    with pool_of_one.begin() as connection:
+        connection.execute(text("CREATE TEMPORARY TABLE notes (id int PRIMARY KEY, body jsonb)"))
+        insert = DriverStatement(
+            text("INSERT INTO notes VALUES (:id, :body) RETURNING id, body ->> 'side' AS side")
+        )
+        row = insert.one_or_none(connection, {"id": 1, "body": {"side": "buy"}})
+        assert (row.id, row.side) == (1, "buy")
+        # A literal inside the statement ("|") travels with it; only :name is given.
+        joined = DriverStatement(select((bindparam("a") + "|" + bindparam("b")).label("pair")))
+        assert joined.one_or_none(connection, {"a": "x", "b": "y"}).pair == "x|y"
+        with pytest.raises(IntegrityError):
+            insert.execute(connection, {"id": 1, "body": {}})

@@ -17,7 +17,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from workers import metrics
@@ -29,7 +29,7 @@ from workers.execution.order_state import (
     path_to,
 )
 from workers.logs import log_event
-from workers.store.db import session_scope, single_statement
+from workers.store.db import DriverStatement, session_scope, single_statement
 from workers.store.events import (
     event_row,
     insert_recorded_events,
@@ -134,22 +134,27 @@ def _event_ids(order: Any) -> dict[str, Any]:
     return {"order_id": order.id, **{name: getattr(order, name) for name in _EVENT_ID_COLUMNS}}
 
 
-# The order hot path runs on SQLAlchemy Core rows, not ORM objects: an order
-# makes a handful of these small statements, and the ORM's unit of work cost
+# The order hot path runs its statements through psycopg (``DriverStatement``),
+# not ORM objects or Core executions: an order makes a handful of these small
+# statements, and the ORM's unit of work, then Core's per-call work, cost
 # several times the statements themselves.
 
 
 # Built once: constructing a statement costs more than running it.
-_SELECT_ORDER = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
-_SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
+_SELECT_ORDER_CORE = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
+_SELECT_ORDER = DriverStatement(_SELECT_ORDER_CORE)
+_SELECT_ORDER_FOR_UPDATE = DriverStatement(_SELECT_ORDER_CORE.with_for_update())
 # The row locked first (a materialized CTE runs before the outer select), then its
 # book slot: the lock order every writer keeps (``workers.store.slots``).
-_LOCKED_ORDER = _SELECT_ORDER_FOR_UPDATE.cte("locked_order").prefix_with("MATERIALIZED")
-_SELECT_ORDER_LOCKING_SLOT = select(
-    _LOCKED_ORDER, slot_lock(_LOCKED_ORDER.c.account, _LOCKED_ORDER.c.symbol).label("slot_locked")
+_LOCKED_ORDER = _SELECT_ORDER_CORE.with_for_update().cte("locked_order").prefix_with("MATERIALIZED")
+_SELECT_ORDER_LOCKING_SLOT = DriverStatement(
+    select(
+        _LOCKED_ORDER,
+        slot_lock(_LOCKED_ORDER.c.account, _LOCKED_ORDER.c.symbol).label("slot_locked"),
+    )
 )
 # The SET clause is the keys of the parameters given.
-_UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("order_id"))
+_UPDATE_ORDER = DriverStatement(update(ORDERS).where(ORDERS.c.id == bindparam("order_id")))
 _TOUCH_ORDER = update(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
 # What a caller of ``ensure_intent`` gives (``metadata`` is ``Order.metadata_``).
 _INTENT_COLUMNS = (
@@ -173,18 +178,20 @@ _INTENT_COLUMNS = (
 )
 
 
-def _insert_intent_statement() -> TextClause:
+def _insert_intent_statement() -> DriverStatement:
     """The intent row and its events (``:rows``) in one statement; no row when the id exists."""
     names = ", ".join(_INTENT_COLUMNS)
     placeholders = ", ".join(f":{name}" for name in _INTENT_COLUMNS)
-    return text(
-        f"WITH intent AS (INSERT INTO {ORDERS.name} "  # noqa: S608 - column names only
-        f"({names}, filled, booked_filled, attempts) VALUES ({placeholders}, 0, 0, 0) "
-        "ON CONFLICT (client_order_id) DO NOTHING RETURNING *), "
-        f"intent_events AS ({insert_recorded_events(order_id_from='intent')}) "
-        "SELECT * FROM intent"
-    ).bindparams(
-        *(bindparam(name, type_=ORDERS.c[name].type) for name in _INTENT_COLUMNS),
+    return DriverStatement(
+        text(
+            f"WITH intent AS (INSERT INTO {ORDERS.name} "  # noqa: S608 - column names only
+            f"({names}, filled, booked_filled, attempts) VALUES ({placeholders}, 0, 0, 0) "
+            "ON CONFLICT (client_order_id) DO NOTHING RETURNING *), "
+            f"intent_events AS ({insert_recorded_events(order_id_from='intent')}) "
+            "SELECT * FROM intent"
+        ).bindparams(
+            *(bindparam(name, type_=ORDERS.c[name].type) for name in _INTENT_COLUMNS),
+        )
     )
 
 
@@ -193,7 +200,7 @@ _INSERT_INTENT = _insert_intent_statement()
 
 def _order_row(connection: Connection, client_order_id: str, *, for_update: bool = False) -> Any:
     query = _SELECT_ORDER_FOR_UPDATE if for_update else _SELECT_ORDER
-    return connection.execute(query, {"cid": client_order_id}).one_or_none()
+    return query.one_or_none(connection, {"cid": client_order_id})
 
 
 def _update_order(session: Session, order_id: int, values: Mapping[str, Any]) -> None:
@@ -205,20 +212,22 @@ def _update_order(session: Session, order_id: int, values: Mapping[str, Any]) ->
     """
     rows = take_recorded_events(session)
     if rows is None:
-        session.connection().execute(_UPDATE_ORDER, {"order_id": order_id, **values})
+        _UPDATE_ORDER.execute(session.connection(), {"order_id": order_id, **values})
         return
     statement = _update_with_events_statement(tuple(values))
-    session.connection().execute(statement, {"order_id": order_id, **values, "rows": rows})
+    statement.execute(session.connection(), {"order_id": order_id, **values, "rows": rows})
 
 
 @lru_cache(maxsize=64)
-def _update_with_events_statement(columns: tuple[str, ...]) -> TextClause:
+def _update_with_events_statement(columns: tuple[str, ...]) -> DriverStatement:
     """``UPDATE orders SET <columns>`` with the ``:rows`` events inserted in a CTE."""
     assignments = ", ".join(f"{name} = :{name}" for name in columns)
-    return text(
-        f"WITH recorded_events AS ({insert_recorded_events()}) "
-        f"UPDATE {ORDERS.name} SET {assignments} WHERE id = :order_id"  # noqa: S608 - column names only
-    ).bindparams(*(bindparam(name, type_=ORDERS.c[name].type) for name in columns))
+    return DriverStatement(
+        text(
+            f"WITH recorded_events AS ({insert_recorded_events()}) "
+            f"UPDATE {ORDERS.name} SET {assignments} WHERE id = :order_id"  # noqa: S608 - column names only
+        ).bindparams(*(bindparam(name, type_=ORDERS.c[name].type) for name in columns))
+    )
 
 
 def lock_order(session: Session, client_order_id: str, *, with_slot: bool = False) -> OrderSnapshot:
@@ -229,11 +238,7 @@ def lock_order(session: Session, client_order_id: str, *, with_slot: bool = Fals
     """
     if not with_slot:
         return OrderSnapshot.of(_order_row(session.connection(), client_order_id, for_update=True))
-    row = (
-        session.connection()
-        .execute(_SELECT_ORDER_LOCKING_SLOT, {"cid": client_order_id})
-        .one_or_none()
-    )
+    row = _SELECT_ORDER_LOCKING_SLOT.one_or_none(session.connection(), {"cid": client_order_id})
     order = OrderSnapshot.of(row)
     note_slot_locked(session, order.account, order.symbol)
     return order
@@ -295,15 +300,15 @@ def ensure_intent(
             )
         )
     with single_statement() as connection:
-        inserted = connection.execute(
-            _INSERT_INTENT,
+        inserted = _INSERT_INTENT.one_or_none(
+            connection,
             {
                 **columns,
                 "status": status.value,
                 "submitted_at": datetime.now(UTC) if submitting else None,
                 "rows": json.dumps(events),
             },
-        ).one_or_none()
+        )
         if inserted is None:
             existing = _order_row(connection, values["client_order_id"])
             return OrderSnapshot.of(existing), False

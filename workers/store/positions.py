@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from workers.execution.positions import PositionState, apply_fill, side_of
 from workers.store import orders as order_store
-from workers.store.db import session_scope
+from workers.store.db import DriverStatement, session_scope
 from workers.store.events import record_event
 from workers.store.models import AgedPosition, Position
 from workers.store.orders import OrderSnapshot
@@ -64,7 +64,7 @@ class MissingFillPrice(Exception):
 # The recovery sweep opens and closes positions through the same helpers.
 _POSITIONS = Position.__table__
 _AGED = AgedPosition.__table__
-_SELECT_OPEN = (
+_SELECT_OPEN = DriverStatement(
     select(_POSITIONS)
     .where(
         _POSITIONS.c.account == bindparam("account"),
@@ -76,7 +76,7 @@ _SELECT_OPEN = (
 _INSERT_POSITION = insert(_POSITIONS).returning(_POSITIONS.c.id)
 # The SET clause is the keys of the parameters given, plus the version counter the
 # ORM checks (``version_id_col``), so an ORM writer holding an older copy fails.
-_UPDATE_POSITION = (
+_UPDATE_POSITION = DriverStatement(
     update(_POSITIONS)
     .where(_POSITIONS.c.id == bindparam("position_id"))
     .values(version=_POSITIONS.c.version + 1)
@@ -106,11 +106,7 @@ def lock_open_position(session: Session, account: str, symbol: str) -> Any:
     lock would not see a position another writer opened meanwhile.
     """
     lock_slot(session, account, symbol)
-    return (
-        session.connection()
-        .execute(_SELECT_OPEN, {"account": account, "symbol": symbol})
-        .one_or_none()
-    )
+    return _SELECT_OPEN.one_or_none(session.connection(), {"account": account, "symbol": symbol})
 
 
 def state_of(position: Any) -> PositionState:
@@ -181,8 +177,8 @@ def close_position(
     """Close an open position, end its aged episode and record the close."""
     externally = reason == "closed_externally"
     connection = session.connection()
-    connection.execute(
-        _UPDATE_POSITION,
+    _UPDATE_POSITION.execute(
+        connection,
         {
             "position_id": position_id,
             "status": "closed_externally" if externally else "closed",
@@ -283,7 +279,7 @@ def book_fill(session: Session, order: OrderSnapshot, verification: str = "verif
         }
         if realized:
             values["realized_pnl"] = position.realized_pnl + realized
-        session.connection().execute(_UPDATE_POSITION, values)
+        _UPDATE_POSITION.execute(session.connection(), values)
         record_event(
             session,
             "position_increased" if grew else "position_reduced",
