@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from sqlalchemy import Engine, bindparam, create_engine, literal, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound, OperationalError
 
 from tests.conftest import ADMIN_DATABASE_URL, wait_for
 from workers.store.db import DriverStatement, ping_idle_connections
@@ -89,3 +89,13 @@ def test_a_driver_statement_binds_literals_json_and_keys_and_raises_constraint_e
         assert joined.one_or_none(connection, {"a": "x", "b": "y"}).pair == "x|y"
         with pytest.raises(IntegrityError):
             insert.execute(connection, {"id": 1, "body": {}})
+
+
+def test_a_driver_statement_expecting_one_row_refuses_two(pool_of_one):
+    with pool_of_one.begin() as connection:
+        connection.execute(text("CREATE TEMPORARY TABLE pairs (symbol text)"))
+        connection.execute(text("INSERT INTO pairs VALUES ('BTC'), ('BTC')"))
+        by_symbol = DriverStatement(text("SELECT symbol FROM pairs WHERE symbol = :symbol"))
+        assert by_symbol.one_or_none(connection, {"symbol": "ETH"}) is None
+        with pytest.raises(MultipleResultsFound):
+            by_symbol.one_or_none(connection, {"symbol": "BTC"})

@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, Executable, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError, MultipleResultsFound, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.settings import get_settings, redact_url
@@ -181,8 +181,11 @@ class DriverStatement:
         return str(compiled), literals
 
     def one_or_none(self, connection: Connection, parameters: Mapping[str, Any]) -> Any:
-        """The statement's only row, or None."""
-        return self.execute(connection, parameters).fetchone()
+        """The statement's only row, or None; more than one raises, as Core's does."""
+        rows = self.execute(connection, parameters).fetchmany(2)
+        if len(rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return rows[0] if rows else None
 
 
 def _as_sqlalchemy_error(
