@@ -141,12 +141,13 @@ def _event_ids(order: Any) -> dict[str, Any]:
 
 
 # Built once: constructing a statement costs more than running it.
-_SELECT_ORDER_CORE = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
-_SELECT_ORDER = DriverStatement(_SELECT_ORDER_CORE)
-_SELECT_ORDER_FOR_UPDATE = DriverStatement(_SELECT_ORDER_CORE.with_for_update())
+_ORDER_BY_CID = select(ORDERS).where(ORDERS.c.client_order_id == bindparam("cid"))
+_ORDER_BY_CID_LOCKED = _ORDER_BY_CID.with_for_update()
+_SELECT_ORDER = DriverStatement(_ORDER_BY_CID)
+_SELECT_ORDER_FOR_UPDATE = DriverStatement(_ORDER_BY_CID_LOCKED)
 # The row locked first (a materialized CTE runs before the outer select), then its
 # book slot: the lock order every writer keeps (``workers.store.slots``).
-_LOCKED_ORDER = _SELECT_ORDER_CORE.with_for_update().cte("locked_order").prefix_with("MATERIALIZED")
+_LOCKED_ORDER = _ORDER_BY_CID_LOCKED.cte("locked_order").prefix_with("MATERIALIZED")
 _SELECT_ORDER_LOCKING_SLOT = DriverStatement(
     select(
         _LOCKED_ORDER,
