@@ -1,8 +1,12 @@
-"""The baseline task of ``execq bench``: Celery and the broker, no execq work at all."""
+"""The reference tasks of ``execq bench``: what an order costs measured against them."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from workers.app import app
+from workers.exchange import gateway
+from workers.exchange import orders as exchange_orders
 
 
 @app.task(name="noop")
@@ -10,3 +14,25 @@ def noop() -> None:
     """Do nothing. Its result is stored like every task's, so the baseline pays the same
     broker and result-backend round trips as an order task, and nothing else."""
     return None
+
+
+@app.task(name="bench_create_only")
+def create_only(account: str, symbol: str, amount: str, client_order_id: str) -> None:
+    """The floor of an order task: Celery plus the one ccxt create no order can skip
+    (through the shared rate limiter, as every exchange request goes), and nothing
+    of execq's own: no validation, no intent, no lock, no events, no booking.
+
+    Not an order path: it sends without a durable intent, so it exists for the
+    benchmark's scratch simulator only.
+    """
+    exchange_orders.create_order(
+        gateway.get_client(account),
+        symbol=symbol,
+        order_type="market",
+        side="buy",
+        amount=Decimal(amount),
+        price=None,
+        client_order_id=client_order_id,
+        reduce_only=False,
+        time_in_force=None,
+    )

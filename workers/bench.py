@@ -572,6 +572,36 @@ class BenchRun:
             "cpu_ms": self._cpu_per(cpu, count),
         }
 
+    def send_create_only(
+        self, signal_id: str, index: int, task_ids: list[str]
+    ) -> tuple[str, float]:
+        """One floor task (``tasks.bench.create_only``), its id appended to ``task_ids``;
+        returns its client order id and when it was sent."""
+        from workers.execution.client_ids import client_order_id
+
+        account, symbol, amount = self.pairs[index]
+        cid = client_order_id(signal_id, "open")
+        enqueued_ms = time.time() * 1000
+        task_ids.append(
+            self.app.send_task("bench_create_only", args=(account, symbol, amount, cid)).id
+        )
+        return cid, enqueued_ms
+
+    def floor(self) -> dict[str, Any]:
+        """The baseline's drain, of tasks that only create an order on the exchange."""
+        count = self.options.orders
+        prefix = f"bench-{self.run_id}-floor-"
+        self._consumers(False)
+        ids: list[str] = []
+        for index in range(count):
+            self.send_create_only(f"{prefix}{index}", index, ids)
+        cpu = self.cpu_s()
+        started = time.time()
+        self._consumers(True)
+        last = self._wait(lambda: self._noops_done(ids), count, "create-only floor")
+        seconds = max(1e-6, last - started)
+        return {"rate": count / seconds, "cpu_ms": self._cpu_per(cpu, count)}
+
     def throughput(self) -> dict[str, Any]:
         count = self.options.orders
         prefix = f"bench-{self.run_id}-tput-"
@@ -607,30 +637,55 @@ class BenchRun:
         with self.engine.connect() as connection:
             return list(connection.execute(text(query), params).all())
 
-    def latency(self) -> dict[str, Any]:
-        """Orders paced open-loop at ``rate``; enqueue → ack from the ledger and the worker."""
+    def _paced(self, prefix: str, send: Any) -> dict[str, float]:
+        """Send ``rate`` x ``rate_seconds`` tasks open-loop: each leaves at its slot, whatever
+        the earlier ones did. ``send(signal_id, index)`` returns (client order id, sent at ms)."""
         rate = self.options.rate
         count = max(1, int(rate * self.options.rate_seconds))
-        prefix = f"bench-{self.run_id}-lat-"
         enqueued: dict[str, float] = {}
-        from workers.execution.client_ids import client_order_id
-
         start = time.monotonic() + 0.2
         for index in range(count):
-            # Open-loop pacing: each order leaves at its slot, whatever the earlier ones did.
             delay = start + index / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            signal_id = f"{prefix}{index}"
-            enqueued[client_order_id(signal_id, "open")] = self.send_order(signal_id, index)
-        self._wait(lambda: self._orders_done(prefix), count, "paced orders")
-        self._wait(lambda: self._verified_done(prefix), count, "paced verification")
+            cid, sent_ms = send(f"{prefix}{index}", index)
+            enqueued[cid] = sent_ms
+        return enqueued
+
+    def _exchange_acks(self, enqueued: Mapping[str, float]) -> list[float]:
+        """Enqueue -> the simulator's acceptance timestamp, per order of ``enqueued``."""
         ledger = get_sim(self.stack.env["EXECQ_SIM_URL"], "/_sim/ledger")["orders"]
-        exchange_ack = [
+        return [
             row["timestamp"] - enqueued[row["clientOrderId"]]
             for row in ledger
             if row.get("clientOrderId") in enqueued
         ]
+
+    def floor_latency(self) -> dict[str, Any]:
+        """Floor tasks paced like the orders of ``latency``: enqueue -> exchange ack."""
+        ids: list[str] = []
+        enqueued = self._paced(
+            f"bench-{self.run_id}-flat-",
+            lambda signal_id, index: self.send_create_only(signal_id, index, ids),
+        )
+        self._wait(lambda: self._noops_done(ids), len(ids), "paced create-only floor")
+        acks = self._exchange_acks(enqueued)
+        return {"floor_p50_ms": percentile(acks, 0.50), "floor_p99_ms": percentile(acks, 0.99)}
+
+    def latency(self) -> dict[str, Any]:
+        """Orders paced open-loop at ``rate``; enqueue → ack from the ledger and the worker."""
+        from workers.execution.client_ids import client_order_id
+
+        prefix = f"bench-{self.run_id}-lat-"
+
+        def send(signal_id: str, index: int) -> tuple[str, float]:
+            return client_order_id(signal_id, "open"), self.send_order(signal_id, index)
+
+        enqueued = self._paced(prefix, send)
+        count = len(enqueued)
+        self._wait(lambda: self._orders_done(prefix), count, "paced orders")
+        self._wait(lambda: self._verified_done(prefix), count, "paced verification")
+        exchange_ack = self._exchange_acks(enqueued)
         worker_ack = [
             acked.timestamp() * 1000 - enqueued[cid]
             for cid, acked in self._rows(
@@ -650,7 +705,7 @@ class BenchRun:
         ]
         return {
             "paced_orders": count,
-            "rate": rate,
+            "rate": self.options.rate,
             "p50_ms": percentile(exchange_ack, 0.50),
             "p99_ms": percentile(exchange_ack, 0.99),
             "max_ms": percentile(exchange_ack, 1.0),
@@ -731,6 +786,12 @@ def _run_pipeline(options: BenchOptions, workdir: Path) -> dict[str, Any]:
                 "baseline_noop_per_s": round(baseline["rate"], 1),
             }
             if not options.skip_throughput:
+                floor = bench.floor()
+                result.update(
+                    floor_create_per_s=round(floor["rate"], 1),
+                    floor_ratio=round(floor["rate"] / baseline["rate"], 3),
+                    cpu_ms_per_floor_create=floor["cpu_ms"],
+                )
                 throughput = bench.throughput()
                 result.update(
                     orders=throughput["orders"],
@@ -746,6 +807,7 @@ def _run_pipeline(options: BenchOptions, workdir: Path) -> dict[str, Any]:
             if not options.skip_latency:
                 latency = bench.latency()
                 result.update({key: value for key, value in latency.items() if key != "rate"})
+                result.update(bench.floor_latency())
                 result["latency_rate"] = latency["rate"]
             result["worker_rss_mb"] = bench.worker_rss_mb()
             result["machine"] = {"before": machine_before, "after": _machine()}

@@ -184,10 +184,15 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
                 f"orders: {result['orders']} at {result['orders_per_s']} orders/s "
                 f"(ratio {result['ratio']}; verified {result['verified_per_s']}/s)"
             )
+            lines.append(
+                f"floor, a task that only creates the order: {result['floor_create_per_s']}/s "
+                f"(ratio {result['floor_ratio']})"
+            )
         if "p99_ms" in result:
             lines.append(
                 f"enqueue -> exchange ack at {result['latency_rate']}/s: "
-                f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms"
+                f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
+                f"(floor: p50 {result['floor_p50_ms']} ms, p99 {result['floor_p99_ms']} ms)"
             )
         lines.append(f"worker peak RSS: {result['worker_rss_mb']} MB")
     for name, check in result.get("targets", {}).items():

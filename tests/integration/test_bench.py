@@ -27,6 +27,10 @@ KEYS = (
     "latency_ms",
     "worker_rss_mb",
     "verified_per_s",
+    "floor_create_per_s",
+    "floor_ratio",
+    "floor_p50_ms",
+    "floor_p99_ms",
     "targets",
 )
 
@@ -59,8 +63,13 @@ def test_bench_json_has_every_figure(database: str, tmp_path) -> None:
     assert body["ratio"] == pytest.approx(
         body["orders_per_s"] / body["baseline_noop_per_s"], rel=0.02
     )
-    # The injected exchange latency is part of every enqueue -> ack time.
+    assert body["floor_ratio"] == pytest.approx(
+        body["floor_create_per_s"] / body["baseline_noop_per_s"], rel=0.02
+    )
+    # The injected exchange latency is part of every enqueue -> ack time; the floor's
+    # acks come from the simulator's ledger, so its creates reached the exchange.
     assert 20 <= body["p50_ms"] <= body["p99_ms"]
+    assert 20 <= body["floor_p50_ms"] <= body["floor_p99_ms"]
     assert 0 < body["worker_rss_mb"] < 4096
     assert set(body["targets"]) >= {"p99_ms", "worker_rss_mb"}
     assert all(check["met"] in (True, False) for check in body["targets"].values())
