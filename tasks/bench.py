@@ -7,6 +7,11 @@ from decimal import Decimal
 from workers.app import app
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
+from workers.settings import ExchangeAccount, get_settings
+
+
+class NotSimulated(Exception):
+    """A bench task was sent for an account that trades on a real exchange."""
 
 
 @app.task(name="noop")
@@ -22,9 +27,10 @@ def create_only(account: str, symbol: str, amount: str, client_order_id: str) ->
     (through the shared rate limiter, as every exchange request goes), and nothing
     of execq's own: no validation, no intent, no lock, no events, no booking.
 
-    Not an order path: it sends without a durable intent, so it exists for the
-    benchmark's scratch simulator only.
+    Not an order path: it sends without an intent, a kill-switch check or a
+    record, so it refuses every account that is not simulated.
     """
+    refuse_unless_simulated(get_settings().account(account))
     exchange_orders.create_order(
         gateway.get_client(account),
         symbol=symbol,
@@ -36,3 +42,11 @@ def create_only(account: str, symbol: str, amount: str, client_order_id: str) ->
         reduce_only=False,
         time_in_force=None,
     )
+
+
+def refuse_unless_simulated(account: ExchangeAccount) -> None:
+    if account.mode != "sim":
+        raise NotSimulated(
+            f"bench_create_only places untracked orders; account {account.name!r} "
+            f"is in mode {account.mode!r}, and only 'sim' accounts may take them"
+        )

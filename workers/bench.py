@@ -9,16 +9,21 @@ user's data is never read or written. Phases, in order:
    ccxt clients and the reference prices are cached (not measured);
 2. **baseline**: ``--orders`` no-op tasks (``tasks.bench.noop``) through the
    same broker and workers; ``baseline_noop_per_s``;
-3. **throughput**: ``--orders`` market orders (enqueue → worker → simulator →
+3. **floor**: ``--orders`` tasks that only create the order on the exchange
+   (``tasks.bench.create_only``: Celery plus one ccxt create, none of execq's
+   work); ``floor_create_per_s`` and ``floor_ratio``, what ``ratio`` reads
+   against;
+4. **throughput**: ``--orders`` market orders (enqueue → worker → simulator →
    Postgres), across both accounts and all five symbols so no per-symbol
    lock serialises them; ``orders_per_s`` counts orders that reached a
    terminal state, ``verified_per_s`` their verification as well;
-4. **latency**: orders paced open-loop at ``--rate`` per second for
+5. **latency**: orders paced open-loop at ``--rate`` per second for
    ``--rate-seconds``; ``p50_ms``/``p99_ms`` are enqueue → exchange ack, the
    ack being the simulator ledger's acceptance timestamp (``worker_ack_*``:
-   the worker's ``orders.acked_at``; ``verify_*``: enqueue → verdict event).
+   the worker's ``orders.acked_at``; ``verify_*``: enqueue → verdict event);
+   then floor tasks paced the same way (``floor_p50_ms``/``floor_p99_ms``).
 
-Phases 2 and 3 preload the queue with the workers' consumers cancelled and
+Phases 2 to 4 preload the queue with the workers' consumers cancelled and
 then re-add them, so the figure is the workers' drain rate, not the
 producer's send rate. Exchange latency is a simulator ``latency`` fault rule.
 
