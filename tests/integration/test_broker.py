@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -65,3 +67,66 @@ def test_a_rebuilt_pool_gets_a_new_client_and_messages_still_flow(connection: Co
         assert message.payload == {"n": "after"}
     finally:
         queue.close()
+
+
+@pytest.mark.services
+def test_a_worker_keeps_consuming_after_redis_restarts_with_orders_in_flight(
+    workers, db, sim, tmp_path
+) -> None:
+    """Redis restarts while orders wait on the exchange and the consumer waits on BRPOP.
+
+    kombu 5.7 with Celery 5.7 took the worker's consumer down for good there (an
+    ``AttributeError`` while closing the broken connection): the process stayed up
+    and never took another task.
+    """
+    from tests.conftest import free_port, wait_for
+    from workers.bench import client_app
+    from workers.execution.client_ids import client_order_id
+    from workers.producer import order_kwargs
+    from workers.services import ensure_services
+    from workers.store.orders import load_order
+
+    btc = "BTC/USDT:USDT"
+    with ensure_services(
+        f"redis://127.0.0.1:{free_port()}/0", os.environ["DATABASE_URL"], tmp_path
+    ) as services:
+        assert services.started == ["redis"]
+        broker = client_app(services.redis_url)
+        # Four threads, two orders: the consumer has room, so it waits in BRPOP.
+        worker = workers.spawn(concurrency=4, env={"REDIS_URL": services.redis_url})
+        wait_for(
+            lambda: broker.control.ping(destination=[worker.name], timeout=0.3),
+            30,
+            message=f"worker did not come up:\n{worker.log_tail()}",
+        )
+        sim.faults(
+            {"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]}
+        )
+        in_flight = [f"restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+        for signal_id in in_flight:
+            broker.send_task(
+                "execute_market_order",
+                kwargs=order_kwargs(signal_id, "binance", btc, "buy", "0.01"),
+            )
+        cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
+        wait_for(
+            lambda: all(
+                (order := load_order(cid)) and order.status == "submitting" for cid in cids
+            ),
+            30,
+            message=f"the orders did not reach the exchange call:\n{worker.log_tail()}",
+        )
+
+        services.restart_redis(keep_data=True)
+        sim.faults({"rules": []})
+
+        after = broker.send_task(
+            "execute_market_order",
+            kwargs=order_kwargs(f"restart-{uuid.uuid4().hex[:12]}", "binance", btc, "buy", "0.01"),
+        )
+        assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
+        assert worker.alive
+        for cid in cids:
+            wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
+            assert len(sim.orders_for(cid)) == 1
+        broker.close()
