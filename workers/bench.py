@@ -41,7 +41,7 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -642,7 +642,9 @@ class BenchRun:
         with self.engine.connect() as connection:
             return list(connection.execute(text(query), params).all())
 
-    def _paced(self, prefix: str, send: Any) -> dict[str, float]:
+    def _paced(
+        self, prefix: str, send: Callable[[str, int], tuple[str, float]]
+    ) -> dict[str, float]:
         """Send ``rate`` x ``rate_seconds`` tasks open-loop: each leaves at its slot, whatever
         the earlier ones did. ``send(signal_id, index)`` returns (client order id, sent at ms)."""
         rate = self.options.rate
