@@ -509,15 +509,18 @@ class WorkerPool:
         self.workers[nodename] = worker
         return worker
 
-    def wait_ready(self, *workers: ManagedProcess) -> None:
+    def wait_ready(self, *workers: ManagedProcess, broker: Any = None) -> None:
+        """Wait until each worker answers a ping through ``broker`` (a Celery app;
+        ``workers.app`` when not given, for workers on the test Redis)."""
         from workers.app import app
 
+        broker = broker or app
         for worker in workers:
 
             def ready(worker: ManagedProcess = worker) -> bool:
                 if not worker.alive:
                     raise AssertionError(f"worker exited:\n{worker.log_tail()}")
-                return bool(app.control.ping(destination=[worker.name], timeout=0.3))
+                return bool(broker.control.ping(destination=[worker.name], timeout=0.3))
 
             wait_for(ready, 30, message=f"worker {worker.name} did not come up")
 

@@ -561,21 +561,27 @@ class BenchRun:
                 last = finished if last is None else max(last, finished)
         return done, last
 
-    def baseline(self) -> dict[str, Any]:
-        count = self.options.orders
+    def _drain_tasks(self, send_all: Callable[[], list[str]], what: str) -> dict[str, Any]:
+        """Queue tasks with the consumers off (``send_all`` returns their ids), then time
+        the workers' drain of them to the last result's ``date_done``."""
         self._consumers(False)
-        ids = [self.app.send_task("noop").id for _ in range(count)]
+        ids = send_all()
         cpu = self.cpu_s()
         started = time.time()
         self._consumers(True)
-        last = self._wait(lambda: self._noops_done(ids), count, "no-op baseline")
+        last = self._wait(lambda: self._noops_done(ids), len(ids), what)
         seconds = max(1e-6, last - started)
         return {
-            "baseline_noops": count,
-            "baseline_seconds": round(seconds, 3),
-            "rate": count / seconds,
-            "cpu_ms": self._cpu_per(cpu, count),
+            "seconds": round(seconds, 3),
+            "rate": len(ids) / seconds,
+            "cpu_ms": self._cpu_per(cpu, len(ids)),
         }
+
+    def baseline(self) -> dict[str, Any]:
+        count = self.options.orders
+        return self._drain_tasks(
+            lambda: [self.app.send_task("noop").id for _ in range(count)], "no-op baseline"
+        )
 
     def send_create_only(
         self, signal_id: str, index: int, task_ids: list[str]
@@ -594,18 +600,15 @@ class BenchRun:
 
     def floor(self) -> dict[str, Any]:
         """The baseline's drain, of tasks that only create an order on the exchange."""
-        count = self.options.orders
         prefix = f"bench-{self.run_id}-floor-"
-        self._consumers(False)
-        ids: list[str] = []
-        for index in range(count):
-            self.send_create_only(f"{prefix}{index}", index, ids)
-        cpu = self.cpu_s()
-        started = time.time()
-        self._consumers(True)
-        last = self._wait(lambda: self._noops_done(ids), count, "create-only floor")
-        seconds = max(1e-6, last - started)
-        return {"rate": count / seconds, "cpu_ms": self._cpu_per(cpu, count)}
+
+        def send_all() -> list[str]:
+            ids: list[str] = []
+            for index in range(self.options.orders):
+                self.send_create_only(f"{prefix}{index}", index, ids)
+            return ids
+
+        return self._drain_tasks(send_all, "create-only floor")
 
     def throughput(self) -> dict[str, Any]:
         count = self.options.orders

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 import redis
@@ -91,42 +92,39 @@ def test_a_worker_keeps_consuming_after_redis_restarts_with_orders_in_flight(
         f"redis://127.0.0.1:{free_port()}/0", os.environ["DATABASE_URL"], tmp_path
     ) as services:
         assert services.started == ["redis"]
-        broker = client_app(services.redis_url)
-        # Four threads, two orders: the consumer has room, so it waits in BRPOP.
-        worker = workers.spawn(concurrency=4, env={"REDIS_URL": services.redis_url})
-        wait_for(
-            lambda: broker.control.ping(destination=[worker.name], timeout=0.3),
-            30,
-            message=f"worker did not come up:\n{worker.log_tail()}",
-        )
-        sim.faults(
-            {"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]}
-        )
-        in_flight = [f"restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-        for signal_id in in_flight:
-            broker.send_task(
-                "execute_market_order",
-                kwargs=order_kwargs(signal_id, "binance", btc, "buy", "0.01"),
+        with closing(client_app(services.redis_url)) as broker:
+            # Four threads, two orders: the consumer has room, so it waits in BRPOP.
+            worker = workers.spawn(concurrency=4, env={"REDIS_URL": services.redis_url})
+            workers.wait_ready(worker, broker=broker)
+            sim.faults(
+                {"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]}
             )
-        cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
-        wait_for(
-            lambda: all(
-                (order := load_order(cid)) and order.status == "submitting" for cid in cids
-            ),
-            30,
-            message=f"the orders did not reach the exchange call:\n{worker.log_tail()}",
-        )
+            in_flight = [f"restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+            for signal_id in in_flight:
+                broker.send_task(
+                    "execute_market_order",
+                    kwargs=order_kwargs(signal_id, "binance", btc, "buy", "0.01"),
+                )
+            cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
+            wait_for(
+                lambda: all(
+                    (order := load_order(cid)) and order.status == "submitting" for cid in cids
+                ),
+                30,
+                message="the orders did not reach the exchange call",
+            )
 
-        services.restart_redis(keep_data=True)
-        sim.faults({"rules": []})
+            services.restart_redis(keep_data=True)
+            sim.faults({"rules": []})
 
-        after = broker.send_task(
-            "execute_market_order",
-            kwargs=order_kwargs(f"restart-{uuid.uuid4().hex[:12]}", "binance", btc, "buy", "0.01"),
-        )
-        assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
-        assert worker.alive
-        for cid in cids:
-            wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
-            assert len(sim.orders_for(cid)) == 1
-        broker.close()
+            after = broker.send_task(
+                "execute_market_order",
+                kwargs=order_kwargs(
+                    f"restart-{uuid.uuid4().hex[:12]}", "binance", btc, "buy", "0.01"
+                ),
+            )
+            assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
+            assert worker.alive
+            for cid in cids:
+                wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
+                assert len(sim.orders_for(cid)) == 1
