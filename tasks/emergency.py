@@ -6,7 +6,7 @@ from typing import Any
 
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import LockNotAcquired
-from workers.liquidation import liquidate_all, new_liquidation_id
+from workers.flows.liquidation import liquidate_all, new_liquidation_id
 from workers.settings import get_settings
 
 

@@ -29,13 +29,13 @@ from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.order_state import OrderStatus
 from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
+from workers.flows.submission import Requeue, Submission, describe_error
+from workers.flows.verification import InlineSettlement, decisive_order, verify_and_book
 from workers.redis_client import get_redis
 from workers.settings import get_settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
-from workers.submission import Requeue, Submission, describe_error
-from workers.verifier import InlineSettlement, decisive_order, verify_and_book
 
 MAX_REQUEUES = 50
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.aged import close_aged, close_in_chunks
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
+from workers.flows.aged import close_aged, close_in_chunks
+from workers.flows.submission import Requeue
+from workers.flows.verification import check_flat, verify_and_book
 from workers.settings import get_settings
 from workers.store import orders as order_store
 from workers.store.aged import load_aged
-from workers.submission import Requeue
-from workers.verifier import check_flat, verify_and_book
 
 
 @app.task(name="verify_position", bind=True, max_retries=5, **RETRY_ON_INFRASTRUCTURE)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from workers import metrics, redis_keys
-from workers.aged import sweep_aged
+from workers import redis_keys
 from workers.app import app
 from workers.coordination import try_lock
-from workers.recovery import run_recovery
+from workers.flows.aged import sweep_aged
+from workers.flows.recovery import run_recovery
+from workers.observability import metrics
 from workers.redis_client import get_redis
 from workers.settings import get_settings
 
@@ -49,7 +50,7 @@ def aged_phase_sweep() -> dict[str, Any]:
 
 @app.task(name="recovery_sweep")
 def recovery_sweep() -> dict[str, Any]:
-    """Reconcile orders and positions with the exchange (see workers.recovery)."""
+    """Reconcile orders and positions with the exchange (see workers.flows.recovery)."""
     settings = get_settings()
     lock = try_lock(
         redis_keys.sweep_lock("recovery"), max(120.0, settings.recovery_sweep_interval_s * 2)

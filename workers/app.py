@@ -19,7 +19,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
 from workers import redis_keys
-from workers.broker import transport_for
+from workers.celery_ext.broker import transport_for
 from workers.settings import SettingsError, get_settings
 
 try:
@@ -33,8 +33,9 @@ TASK_MODULES = [
     "tasks.positions",
     "tasks.sweeps",
     "tasks.emergency",
-    "tasks.bench",
 ]
+# The benchmark's reference tasks: only in workers the bench starts for itself.
+HARNESS_TASK_MODULES = ["workers.harness.tasks"] if settings.harness_tasks else []
 
 # Postgres or Redis unreachable for a moment (a restart, a failover): every task
 # step is idempotent, so the task is retried rather than acknowledged as failed.
@@ -64,7 +65,7 @@ app.conf.update(
     broker_url=settings.redis_url,
     broker_transport=transport_for(settings.redis_url),
     result_backend=settings.redis_url,
-    include=TASK_MODULES,
+    include=TASK_MODULES + HARNESS_TASK_MODULES,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
@@ -80,8 +81,8 @@ app.conf.update(
     task_time_limit=settings.task_hard_time_limit_s,
     worker_send_task_events=True,
     task_send_sent_event=True,
-    # Task events go out in batches on a timer (``workers.consumer``).
-    worker_consumer="workers.consumer:Consumer",
+    # Task events go out in batches on a timer (``workers.celery_ext.consumer``).
+    worker_consumer="workers.celery_ext.consumer:Consumer",
     # No STARTED state in the result backend: storing it runs before the task body,
     # outside its retries, so a Redis outage at that moment failed (and acked) the
     # task before it wrote anything. Flower sees task-started events regardless.
@@ -133,6 +134,6 @@ def _recover_on_start(sender: object = None, **_: object) -> None:
         app.send_task("recovery_sweep")
 
 
-from workers.metrics import install_worker_hooks  # noqa: E402
+from workers.observability.metrics import install_worker_hooks  # noqa: E402
 
 install_worker_hooks(app)

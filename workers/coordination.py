@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 import redis
 
-from workers import metrics, redis_keys
+from workers import redis_keys
+from workers.observability import metrics
 from workers.redis_client import get_redis
 
 _RELEASE = """

@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     log_format: Literal["text", "json"] = "text"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Register the benchmark's reference tasks (``execq bench`` sets it for its own
+    # workers); a production worker does not know them.
+    harness_tasks: bool = False
 
     @field_validator("database_url")
     @classmethod

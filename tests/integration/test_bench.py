@@ -36,7 +36,7 @@ KEYS = (
 
 
 def test_bench_json_has_every_figure(database: str, tmp_path) -> None:
-    from workers.cli_bench import bench
+    from workers.cli.harness_commands import bench
 
     result = CliRunner().invoke(
         bench,
@@ -81,7 +81,7 @@ def test_bench_leaves_no_database_behind(database: str, tmp_path) -> None:
     import redis
 
     from tests.conftest import ADMIN_DATABASE_URL
-    from workers.bench import redis_url_with_db, run_bench
+    from workers.harness.bench import redis_url_with_db, run_bench
 
     result = run_bench(
         orders=5,
@@ -105,7 +105,7 @@ def test_bench_leaves_no_database_behind(database: str, tmp_path) -> None:
 
 
 def test_sim_only_measures_the_simulator(tmp_path) -> None:
-    from workers.bench import run_bench, targets
+    from workers.harness.bench import run_bench, targets
 
     result = run_bench(sim_only=True, sim_seconds=1, sim_concurrency=4, workdir=tmp_path)
     assert result["mode"] == "sim-only"

@@ -13,7 +13,7 @@ from kombu import Connection
 
 from tests.conftest import TEST_REDIS_URL
 from workers.app import app
-from workers.broker import Channel, Transport, transport_for
+from workers.celery_ext.broker import Channel, Transport, transport_for
 
 
 @pytest.fixture
@@ -23,10 +23,10 @@ def connection(redis_clean: None) -> Iterator[Connection]:
 
 
 def test_redis_urls_use_the_reusing_transport_and_others_keep_kombus() -> None:
-    assert transport_for("redis://127.0.0.1:6379/0") == "workers.broker:Transport"
+    assert transport_for("redis://127.0.0.1:6379/0") == "workers.celery_ext.broker:Transport"
     assert transport_for("rediss://cache.example:6380/0") is None
     assert transport_for("sentinel://127.0.0.1:26379") is None
-    assert app.connection_for_write().transport_cls == "workers.broker:Transport"
+    assert app.connection_for_write().transport_cls == "workers.celery_ext.broker:Transport"
 
 
 def test_messages_round_trip_and_acks_share_one_client(connection: Connection) -> None:
@@ -81,10 +81,10 @@ def test_a_worker_keeps_consuming_after_redis_restarts_with_orders_in_flight(
     and never took another task.
     """
     from tests.conftest import free_port, wait_for
-    from workers.bench import client_app
     from workers.execution.client_ids import client_order_id
+    from workers.harness.bench import client_app
+    from workers.harness.services import ensure_services
     from workers.producer import order_kwargs
-    from workers.services import ensure_services
     from workers.store.orders import load_order
 
     btc = "BTC/USDT:USDT"

@@ -24,7 +24,7 @@ CHAOS_REDIS_DB = int(os.environ.get("EXECQ_TEST_CHAOS_REDIS_DB", "14"))
 
 
 def test_fault_plan_shares_match_issue_9() -> None:
-    from workers.chaos import fault_plan
+    from workers.harness.chaos import fault_plan
 
     rules = fault_plan(3)["rules"]
     outcomes = [rule for rule in rules if "probability" in rule and rule["kind"] != "partial_fill"]
@@ -50,7 +50,7 @@ def test_fault_plan_shares_match_issue_9() -> None:
 
 
 def test_signal_stream_is_seeded_and_mixed() -> None:
-    from workers.chaos import plan_signals
+    from workers.harness.chaos import plan_signals
 
     first = plan_signals(500, random.Random(5), "s")
     assert first == plan_signals(500, random.Random(5), "s")
@@ -69,7 +69,7 @@ def test_signal_stream_is_seeded_and_mixed() -> None:
 
 def short_run(workdir: Path, **options: Any) -> dict[str, Any]:
     """``run_chaos`` with two workers of eight threads and a two-minute quiet deadline."""
-    from workers.chaos import run_chaos
+    from workers.harness.chaos import run_chaos
 
     return run_chaos(
         workers=2,
@@ -156,7 +156,7 @@ def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
 
 @pytest.mark.services
 def test_audit_finds_order_states_without_their_events(db: None) -> None:
-    from workers.audit import missing_events
+    from workers.harness.audit import missing_events
     from workers.store.db import session_scope
     from workers.store.models import Event
 

@@ -1,6 +1,6 @@
 """``execq chaos`` phases: each fault kind of the default plan alone, audited (issue 9).
 
-One stack (simulator, workers, beat) serves every phase (``workers.chaos.chaos_stack``);
+One stack (simulator, workers, beat) serves every phase (``workers.harness.chaos.chaos_stack``);
 each phase installs one kind alone, sends a short stream, waits until quiet and
 audits its signals. No kills, no restarts, no aged closes: what is under test
 is the order path against one kind of exchange misbehaviour at a time.
@@ -48,7 +48,7 @@ MIN_FIRED = {kind: 5 for kind in KINDS} | {
 
 
 def test_single_fault_plans_are_the_default_plans_kinds() -> None:
-    from workers.chaos import fault_plan, single_fault_plans
+    from workers.harness.chaos import fault_plan, single_fault_plans
 
     plans = single_fault_plans(SEED, probability=PROBABILITY)
     assert tuple(plans) == KINDS
@@ -61,7 +61,7 @@ def test_single_fault_plans_are_the_default_plans_kinds() -> None:
 
 @pytest.fixture(scope="module")
 def fault_phases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from workers.chaos import chaos_stack, single_fault_plans
+    from workers.harness.chaos import chaos_stack, single_fault_plans
 
     with chaos_stack(
         workers=2,

@@ -127,7 +127,7 @@ def test_every_command_has_help():
     # In process: the entry point itself is exercised by every other test here.
     from click.testing import CliRunner
 
-    from workers.cli import cli
+    from workers.cli.main import cli
 
     runner = CliRunner()
     for command in [

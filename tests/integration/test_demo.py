@@ -67,7 +67,7 @@ def demo_run(workers: Any) -> Iterator[tuple[subprocess.CompletedProcess[str], d
         yield completed, json.loads(lines[-1])
     finally:
         subprocess.run(
-            [sys.executable, "-m", "workers.demo", "--stop"],
+            [sys.executable, "-m", "workers.harness.demo", "--stop"],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -16,8 +16,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, free_port, wait_for
-from workers import metrics
-from workers.stack import Stack
+from workers.harness.stack import Stack
+from workers.observability import metrics
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -107,7 +107,7 @@ def test_order_status_enum_is_exposed_by_its_value(endpoint: int) -> None:
 
 CHILD = """
 import sys
-from workers import metrics
+from workers.observability import metrics
 
 if sys.argv[1] == "server":
     port = metrics.start_metrics_server(0, addr="127.0.0.1")
@@ -180,7 +180,7 @@ def test_multiprocess_dir_aggregates_two_processes(
 STANDIN_METRICS_APP = """
 import os
 from celery import Celery
-from workers.metrics import install_worker_hooks, observe_order_status
+from workers.observability.metrics import install_worker_hooks, observe_order_status
 
 app = Celery("standin_metrics", broker=os.environ["REDIS_URL"])
 app.conf.update(worker_hijack_root_logger=False)

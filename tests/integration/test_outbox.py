@@ -44,7 +44,7 @@ def age_signal(task_id: str, seconds: float) -> None:
 
 
 def sweep_signals() -> dict[str, int]:
-    from workers.recovery import redeliver_lost_signals
+    from workers.flows.recovery import redeliver_lost_signals
     from workers.settings import get_settings
 
     return dict(redeliver_lost_signals(get_settings(), datetime.now(UTC)))
@@ -188,9 +188,9 @@ def test_a_producer_whose_broker_is_down_keeps_the_signal_for_later(
     import pytest
 
     from workers.app import app
-    from workers.bench import client_app
+    from workers.harness.bench import client_app
+    from workers.harness.services import free_port
     from workers.producer import NotEnqueued, Producer, order_kwargs
-    from workers.services import free_port
     from workers.store.db import get_engine
 
     # Given a producer whose broker does not answer (its result store does)

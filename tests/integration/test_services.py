@@ -18,9 +18,9 @@ import redis
 import requests
 
 from tests.conftest import ADMIN_DATABASE_URL, TEST_REDIS_URL, free_port
-from workers import services as services_module
-from workers.services import COMPOSE_HINT, ServicesUnavailable, ensure_services, libpq_url
-from workers.stack import REDBEAT_LOCK_KEY, Stack, StackError
+from workers.harness import services as services_module
+from workers.harness.services import COMPOSE_HINT, ServicesUnavailable, ensure_services, libpq_url
+from workers.harness.stack import REDBEAT_LOCK_KEY, Stack, StackError
 
 pytestmark = pytest.mark.services
 

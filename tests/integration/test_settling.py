@@ -60,7 +60,7 @@ def test_an_aged_close_that_fails_after_another_order_closed_its_position_stays_
     # order closed the position, which ended the episode (superseded); the close
     # then ended without closing it, and recording that failure made the episode
     # active again, with no open position: never swept again, stuck.
-    from workers.aged import _settle_close
+    from workers.flows.aged import _settle_close
     from workers.settings import get_settings
     from workers.store.aged import load_aged
     from workers.store.db import session_scope

@@ -66,7 +66,7 @@ def receiver(redis_clean: None) -> Iterator[CountingReceiver]:
 
 
 def test_a_burst_of_tasks_sends_every_event_in_few_messages(workers, receiver) -> None:
-    workers.start(concurrency=4)
+    workers.start(concurrency=4, env={"EXECQ_HARNESS_TASKS": "true"})
 
     # The receiver's fanout subscription is live once it sees a task of ours.
     probes: list[str] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.bench import NotSimulated, refuse_unless_simulated
+from workers.harness.tasks import NotSimulated, refuse_unless_simulated
 from workers.settings import ExchangeAccount
 
 

@@ -145,8 +145,8 @@ MAX_REQUEST_WAIT_S = 5.0
 
 def install_request_hook() -> None:
     """Make every exchange request in this process draw from the shared budget."""
-    from workers import metrics
     from workers.exchange import gateway
+    from workers.observability import metrics
     from workers.settings import get_settings
 
     settings = get_settings()

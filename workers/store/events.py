@@ -19,8 +19,8 @@ from sqlalchemy import String, event, insert, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from workers import metrics
-from workers.logs import log_event
+from workers.observability import metrics
+from workers.observability.logs import log_event
 from workers.settings import get_settings
 from workers.store.models import Alert, Event
 

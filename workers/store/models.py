@@ -240,7 +240,7 @@ class Signal(Base):
 
     The broker can lose a message after a worker popped it and before any of
     our code ran (a kill or a Redis restart in between); the recovery sweep
-    sends again the rows whose order never appeared (``workers.recovery``).
+    sends again the rows whose order never appeared (``workers.flows.recovery``).
     """
 
     __tablename__ = "signals"

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from workers import metrics
 from workers.execution.order_state import (
     EVENT_FOR_STATUS,
     IN_FLIGHT,
@@ -28,7 +27,8 @@ from workers.execution.order_state import (
     OrderStatus,
     path_to,
 )
-from workers.logs import log_event
+from workers.observability import metrics
+from workers.observability.logs import log_event
 from workers.store.db import DriverStatement, session_scope, single_statement
 from workers.store.events import (
     event_row,

@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from workers import metrics
 from workers.exchange import gateway
 from workers.exchange import orders as exchange_orders
 from workers.exchange.positions import cached_position_size, fetch_positions
@@ -39,6 +38,8 @@ from workers.execution.verification import (
     order_verdict,
     position_outcome,
 )
+from workers.flows.submission import describe_error
+from workers.observability import metrics
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
@@ -46,7 +47,6 @@ from workers.store.events import raise_alert, record_event
 from workers.store.models import Position
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import Booking, book_fill
-from workers.submission import describe_error
 
 logger = logging.getLogger("execq.verifier")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from workers.bench import client_app, get_sim, percentile, post_sim, process_env, scratch
-from workers.stack import Stack
+from workers.harness.bench import client_app, get_sim, percentile, post_sim, process_env, scratch
+from workers.harness.stack import Stack
 
 FLOWS_REDIS_DB = 11
 SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "LINK", "AVAX", "LTC", "BNB"]
@@ -209,7 +209,7 @@ def measure_sweep(sim_url: str, settings_env: dict[str, str], count: int) -> dic
     ]
     env = {**settings_env, "EXECQ_ACCOUNTS": json.dumps(accounts), "EXECQ_SIM_URL": sim_url}
     with process_env(env):
-        from workers.aged import sweep_aged
+        from workers.flows.aged import sweep_aged
         from workers.settings import get_settings
         from workers.store.db import session_scope
         from workers.store.models import Position

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import click
 
-ROOT = Path(__file__).resolve().parents[1]
-
 SYMBOL = re.compile(r"^[A-Z0-9]{2,20}/[A-Z0-9]{2,10}:[A-Z0-9]{2,10}$")
 
 EXIT_OK = 0
@@ -37,27 +35,12 @@ def cli() -> None:
     """execq: exactly-once order execution for crypto trading bots."""
 
 
-def alembic_config():
-    from alembic.config import Config
-
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["configure_logging"] = False
-    return config
-
-
-def run_migrations(revision: str = "head") -> None:
-    from alembic import command
-
-    from workers.store.db import check_database
-
-    check_database()
-    command.upgrade(alembic_config(), revision)
-
-
 @cli.command()
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to reach.")
 def migrate(revision: str) -> None:
     """Apply the database migrations (same as `alembic upgrade head`)."""
+    from workers.store.migrate import run_migrations
+
     run_migrations(revision)
     click.echo(f"database migrated to {revision}")
 
@@ -69,7 +52,7 @@ def migrate(revision: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def demo(keep_running: bool, stop: bool, short: bool, as_json: bool) -> None:
     """Bootstrap services, run the scripted scenario end to end and print what happened."""
-    from workers.demo import run_demo, stop_demo
+    from workers.harness.demo import run_demo, stop_demo
 
     if stop:
         sys.exit(stop_demo())
@@ -186,11 +169,11 @@ def _json_out(payload: object) -> None:
 def status(as_json: bool) -> None:
     """Accounts, open positions, aged positions by phase, orders in flight, kill switch, sweeps."""
     from workers import redis_keys
+    from workers.cli.tables import render
     from workers.coordination import kill_switch_state
     from workers.redis_client import get_redis
     from workers.settings import get_settings
     from workers.store import reports
-    from workers.tables import render
 
     settings = get_settings()
     redis = get_redis()
@@ -357,8 +340,8 @@ def events(
 @click.option("--json", "as_json", is_flag=True)
 def stats(days: float, as_json: bool) -> None:
     """Aged-position statistics: success rate, attempts, time to close, closes by reason."""
+    from workers.cli.tables import render
     from workers.store.reports import aged_statistics
-    from workers.tables import render
 
     report = aged_statistics(days)
     if as_json:
@@ -447,7 +430,7 @@ def bench_flows(orders: int, latency_ms: int, sweep_positions: int, as_json: boo
     import json
     import tempfile
 
-    from workers.bench_flows import run_flow_bench
+    from workers.harness.bench_flows import run_flow_bench
 
     with tempfile.TemporaryDirectory(prefix="execq-flows-") as workdir:
         result = run_flow_bench(
@@ -457,7 +440,7 @@ def bench_flows(orders: int, latency_ms: int, sweep_positions: int, as_json: boo
 
 
 def _register_harnesses() -> None:
-    from workers.cli_bench import bench, chaos
+    from workers.cli.harness_commands import bench, chaos
 
     cli.add_command(bench)
     cli.add_command(chaos)

@@ -1,7 +1,7 @@
 """``execq chaos``: exactly-once under faults, kills and restarts, audited from the sources of truth.
 
 A run (issue 9), on a scratch Redis database and a scratch PostgreSQL
-database (``workers.bench.scratch``), or on private servers it starts itself
+database (``workers.harness.bench.scratch``), or on private servers it starts itself
 (``private_redis``/``private_postgres``, so that it may restart them):
 
 1. starts the simulator, ``workers`` worker processes and beat, with aged
@@ -19,7 +19,7 @@ database (``workers.bench.scratch``), or on private servers it starts itself
    signal the producer recorded in the outbox arrived, nothing in flight in
    Postgres, no aged close claimed, the broker queue and its unacked
    set empty, and a recovery sweep finished after the faults were lifted;
-5. audits with ``workers.audit.audit``.
+5. audits with ``workers.harness.audit.audit``.
 
 Steps 2-5 are ``ChaosRun.phase``; ``run_chaos`` is one phase on a fresh
 stack, and ``chaos_stack`` runs several phases on one (the tests run each
@@ -48,7 +48,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from workers.bench import (
+from workers.harness.bench import (
     ACCOUNTS,
     BENCH_AMOUNTS,
     CHAOS_REDIS_DB,
@@ -58,9 +58,9 @@ from workers.bench import (
     post_sim,
     scratch,
 )
+from workers.harness.services import free_port
+from workers.harness.stack import Stack, StackError
 from workers.producer import BROKER_ERRORS, NotEnqueued, Producer, order_kwargs
-from workers.services import free_port
-from workers.stack import Stack, StackError
 from workers.store.outbox import OutboxMessage, undelivered_count
 
 logger = logging.getLogger("execq.chaos")
@@ -778,7 +778,7 @@ class ChaosRun:
         events are audited over everything the stack did, ``lost`` over this
         phase's signals; ``kills``/``restarts`` count since the stack started.
         """
-        from workers.audit import audit
+        from workers.harness.audit import audit
         from workers.settings import get_settings
 
         started = time.monotonic()

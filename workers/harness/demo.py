@@ -4,12 +4,12 @@ What it does, in order (docs/demo.md has the narrative):
 
 1. **Services.** Redis and PostgreSQL at ``REDIS_URL``/``DATABASE_URL``; private
    ones from the binaries on the PATH when those do not answer
-   (``workers.services``). The demo never touches the user's data: it uses its
+   (``workers.harness.services``). The demo never touches the user's data: it uses its
    own database (``execq_demo`` on the configured server, dropped and
    recreated at the start) and its own Redis database number (9, flushed at
    the start). Both can be changed with ``EXECQ_DEMO_DATABASE`` and
    ``EXECQ_DEMO_REDIS_DB``; the test suite points them at its own.
-2. **Processes.** Simulator, two workers, beat and Flower (``workers.stack``)
+2. **Processes.** Simulator, two workers, beat and Flower (``workers.harness.stack``)
    with compressed durations: aged after a few seconds, progressive loss steps
    every 2 s, sweeps every 1 s / 5 s.
 3. **Scenario.** Opens on both exchanges under injected timeouts, rate limits,
@@ -19,7 +19,7 @@ What it does, in order (docs/demo.md has the narrative):
    the recovery sweep repairing it; the kill switch refusing an open; an
    emergency liquidation leaving everything flat.
 4. **Summary.** Every figure is read back from Postgres and the simulator's
-   ledger (``workers.audit`` and SQL), never counted in memory; then the
+   ledger (``workers.harness.audit`` and SQL), never counted in memory; then the
    checks. Exit 0 when all hold, 1 when one fails, 2 when the demo could not
    run (services, processes).
 
@@ -56,14 +56,14 @@ import requests
 from psycopg import sql
 
 from workers.execution.client_ids import client_order_id
-from workers.services import (
+from workers.harness.services import (
     Services,
     ServicesUnavailable,
     ensure_services,
     libpq_url,
 )
+from workers.harness.stack import Stack, StackError
 from workers.settings import redact_url
-from workers.stack import Stack, StackError
 
 T = TypeVar("T")
 
@@ -339,8 +339,8 @@ def install_environment(env: dict[str, str]) -> None:
 
 
 def migrate_and_truncate() -> None:
-    from workers.cli import run_migrations
     from workers.store.db import truncate_all
+    from workers.store.migrate import run_migrations
 
     run_migrations()
     truncate_all()
@@ -434,7 +434,7 @@ def refuse_if_running(path: Path) -> None:
     if alive:
         raise DemoError(
             f"a demo stack is still running (pids {' '.join(map(str, alive))}); "
-            f"stop it first: {sys.executable} -m workers.demo --stop"
+            f"stop it first: {sys.executable} -m workers.harness.demo --stop"
         )
     path.unlink(missing_ok=True)
 
@@ -1061,7 +1061,7 @@ class Summary:
 
 def collect_summary(sim_url: str, facts: dict[str, Any]) -> Summary:
     """Read everything back from Postgres and the simulator, then judge the checks."""
-    from workers.audit import audit
+    from workers.harness.audit import audit
     from workers.settings import get_settings
 
     report = audit(get_settings(), sim_url)
@@ -1354,7 +1354,7 @@ def _checks(f: dict[str, Any], facts: dict[str, Any]) -> list[Check]:
 
 
 def print_summary(summary: Summary, out: TextIO) -> None:
-    from workers.tables import render
+    from workers.cli.tables import render
 
     out.write("\nsummary (db: read back from Postgres; ledger: the simulator's ledger)\n")
     out.write(render(["figure", "value", "source"], summary.rows) + "\n\n")
@@ -1483,7 +1483,7 @@ class DemoRun:
     def keep(self) -> None:
         assert self.stack is not None and self.services is not None
         state = write_state(state_file(self.targets), self.stack, self.services, self.workdir)
-        stop = f"{sys.executable} -m workers.demo --stop"
+        stop = f"{sys.executable} -m workers.harness.demo --stop"
         self.result.update(kept_running=True, stop_command=stop, processes=state)
         env = f"DATABASE_URL={self.result['database_url']} REDIS_URL={self.result['redis_url']}"
         self.out.write(
@@ -1588,7 +1588,7 @@ def stop_demo() -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
-    """``python -m workers.demo [--stop] [--short] [--json] [--keep-running]``."""
+    """``python -m workers.harness.demo [--stop] [--short] [--json] [--keep-running]``."""
     if "--stop" in argv:
         return stop_demo()
     return run_demo(

@@ -49,6 +49,7 @@ from workers.execution.order_state import (
     status_from_exchange,
 )
 from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
+from workers.flows.submission import describe_error, visibility_deadline
 from workers.redis_client import get_redis
 from workers.settings import Settings
 from workers.store import orders as order_store
@@ -70,7 +71,6 @@ from workers.store.positions import (
     lock_open_position,
     open_new_position,
 )
-from workers.submission import describe_error, visibility_deadline
 
 logger = logging.getLogger("execq.recovery")
 

@@ -134,8 +134,8 @@ def bench(
     (created and dropped), its own simulator and workers. Exit 1 when a
     target of issue 4 (or issue 3 with --sim-only) is missed.
     """
-    from workers.bench import BENCH_REDIS_DB, ScratchInUse, run_bench, targets
-    from workers.services import ServicesUnavailable
+    from workers.harness.bench import BENCH_REDIS_DB, ScratchInUse, run_bench, targets
+    from workers.harness.services import ServicesUnavailable
     from workers.settings import load_settings
 
     options: dict[str, Any] = {
@@ -297,9 +297,9 @@ def chaos(
     Exit 1 when the audit finds duplicates, lost signals, orphans, stuck orders or
     committed order states without their events.
     """
-    from workers.bench import CHAOS_REDIS_DB, ScratchInUse
-    from workers.chaos import run_chaos
-    from workers.services import ServicesUnavailable
+    from workers.harness.bench import CHAOS_REDIS_DB, ScratchInUse
+    from workers.harness.chaos import run_chaos
+    from workers.harness.services import ServicesUnavailable
 
     _stop_on_sigterm()
     try:

@@ -30,10 +30,10 @@ import redis
 import requests
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from workers.harness.services import free_port
 from workers.redis_keys import REDBEAT_PREFIX
-from workers.services import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Seconds. A worker imports ccxt and the task modules before it answers a ping.

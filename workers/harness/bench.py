@@ -1,16 +1,16 @@
 """``execq bench``: the real order pipeline against a no-op Celery task, on one machine.
 
-One run starts its own simulator and workers (``workers.stack.Stack``) on a
+One run starts its own simulator and workers (``workers.harness.stack.Stack``) on a
 *scratch* Redis database number and a *scratch* PostgreSQL database created
 for the run and dropped after it (``scratch``; ``chaos`` uses the same), so a
 user's data is never read or written. Phases, in order:
 
 1. **warm-up**: a burst of orders and no-ops, so every worker thread has its
    ccxt clients and the reference prices are cached (not measured);
-2. **baseline**: ``--orders`` no-op tasks (``tasks.bench.noop``) through the
+2. **baseline**: ``--orders`` no-op tasks (``workers.harness.tasks.noop``) through the
    same broker and workers; ``baseline_noop_per_s``;
 3. **floor**: ``--orders`` tasks that only create the order on the exchange
-   (``tasks.bench.create_only``: Celery plus one ccxt create, none of execq's
+   (``workers.harness.tasks.create_only``: Celery plus one ccxt create, none of execq's
    work); ``floor_create_per_s`` and ``floor_ratio``, what ``ratio`` reads
    against;
 4. **throughput**: ``--orders`` market orders (enqueue → worker → simulator →
@@ -53,9 +53,9 @@ import redis
 import requests
 from psycopg import sql
 
+from workers.harness.services import Services, ensure_services, libpq_url
+from workers.harness.stack import Stack
 from workers.producer import Producer, order_kwargs
-from workers.services import Services, ensure_services, libpq_url
-from workers.stack import Stack
 
 # Redis database numbers used when none is given: tests use 9-13 and users 0.
 BENCH_REDIS_DB = 15
@@ -164,7 +164,7 @@ def migrate(database_url: str) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from workers.cli import alembic_config
+    from workers.store.migrate import alembic_config
 
     engine = create_engine(database_url, poolclass=NullPool)
     try:
@@ -241,6 +241,8 @@ class Scratch:
             "DATABASE_URL": self.database_url,
             # Workers of a scratch run never serve metrics on the user's port.
             "EXECQ_METRICS_PORT": "0",
+            # The no-op baseline and the create-only floor.
+            "EXECQ_HARNESS_TASKS": "true",
             **(extra or {}),
         }
 
@@ -304,7 +306,7 @@ def client_app(redis_url: str, visibility_timeout_s: int | None = None) -> Any:
     sending through the same broker transport as ``workers.app``."""
     from celery import Celery
 
-    from workers.broker import transport_for
+    from workers.celery_ext.broker import transport_for
 
     app = Celery("execq-bench-client", broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.broker_transport = transport_for(redis_url)
@@ -586,7 +588,7 @@ class BenchRun:
     def send_create_only(
         self, signal_id: str, index: int, task_ids: list[str]
     ) -> tuple[str, float]:
-        """One floor task (``tasks.bench.create_only``), its id appended to ``task_ids``;
+        """One floor task (``workers.harness.tasks.create_only``), its id appended to ``task_ids``;
         returns its client order id and when it was sent."""
         from workers.execution.client_ids import client_order_id
 

@@ -25,14 +25,14 @@ from workers.exchange.positions import ExchangePosition, fetch_positions
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
+from workers.flows.submission import Requeue, Submission, describe_error
+from workers.flows.verification import check_flat
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import book_order_fill
-from workers.submission import Requeue, Submission, describe_error
-from workers.verifier import check_flat
 
 logger = logging.getLogger("execq.liquidation")
 

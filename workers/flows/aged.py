@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from workers import metrics, redis_keys
+from workers import redis_keys
 from workers.coordination import LockNotAcquired, held_lock
 from workers.exchange import gateway
 from workers.exchange.positions import fetch_positions
@@ -39,6 +39,9 @@ from workers.execution.chunks import next_chunk, plan_chunks
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import IN_FLIGHT, OrderStatus
 from workers.execution.positions import PositionState, roi_percent
+from workers.flows.submission import Requeue, Submission, describe_error
+from workers.flows.verification import check_flat
+from workers.observability import metrics
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.aged import (
@@ -54,8 +57,6 @@ from workers.store.events import raise_alert, record_event
 from workers.store.models import AgedPosition, Order, Position
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import book_order_fill
-from workers.submission import Requeue, Submission, describe_error
-from workers.verifier import check_flat
 
 logger = logging.getLogger("execq.aged")
 

@@ -1,0 +1,1 @@
+"""What execq shows of itself: Prometheus metrics and structured logs."""
