@@ -1,11 +1,11 @@
-"""Shared fixtures: a private Postgres database, a private Redis database number,
-the exchange simulator and real Celery workers as subprocesses.
+"""Shared fixtures: a private Postgres database, a private Redis server, the exchange
+simulator and real Celery workers as subprocesses.
 
 Nothing here touches a user's data: the database is ``execq_test_<pid>``
-(created and dropped here) and Redis uses database ``EXECQ_TEST_REDIS_DB``
-(default 13), flushed before and after the run. Under pytest-xdist each worker
-process is a run of its own: its own database (its pid), its own Redis
-database (``redis_db_for_worker``), its own simulator and ports (``free_port``).
+(created and dropped here) and Redis is a ``redis-server`` this process starts on a
+free port and stops at exit. Under pytest-xdist each worker process is a run of its
+own: its own database (its pid), its own Redis server, its own simulator and ports
+(``free_port``), so two suites (two checkouts) can run side by side.
 
 The environment is set at import time because ``workers.app`` reads settings
 once per process; the worker subprocesses inherit it.
@@ -13,6 +13,7 @@ once per process; the worker subprocesses inherit it.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import signal
@@ -38,43 +39,37 @@ ADMIN_DATABASE_URL = os.environ.get(
 # pytest-xdist's worker gwN is 0, 1, ...; a run without xdist is worker 0.
 WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
-# The bench test's run: not 15, ``execq bench``'s default, so a bench run by hand on the
-# same Redis does not make the suite's fail with "in use by a running bench".
-BENCH_TEST_REDIS_DB = int(os.environ.get("EXECQ_TEST_BENCH_REDIS_DB", "8"))
-# The Redis databases the chaos and bench tests take for their runs (the chaos files
-# read the same variables), and the ones taken by others: a user's (0), the demo's
-# default (9), bench-flows (11), chaos runs by hand (12), ``execq chaos`` (14) and
-# ``execq bench`` (15). The suite's own workers use none of them.
-SCRATCH_REDIS_DBS = frozenset(
-    [
-        int(os.environ.get("EXECQ_TEST_CHAOS_REDIS_DB", "14")),
-        int(os.environ.get("EXECQ_TEST_CHAOS_FAULTS_REDIS_DB", "10")),
-        BENCH_TEST_REDIS_DB,
-    ]
-)
-RESERVED_REDIS_DBS = SCRATCH_REDIS_DBS | {0, 9, 10, 11, 12, 14, 15}
+# Redis databases on the run's private server for the runs some tests start of their own
+# (chaos, bench), apart from the database the suite's workers use (0).
+BENCH_TEST_REDIS_DB = 8
+CHAOS_TEST_REDIS_DB = 14
+CHAOS_FAULTS_TEST_REDIS_DB = 10
+TEST_REDIS_DB = 0
 
 
-def redis_db_for_worker(base: int, worker_index: int) -> int:
-    """Worker 0 uses ``base``; worker N the N-th unreserved number below it."""
-    if base in SCRATCH_REDIS_DBS:
-        raise pytest.UsageError(
-            f"EXECQ_TEST_REDIS_DB={base} is a chaos or bench test's database; choose another"
-        )
-    if worker_index == 0:
-        return base
-    free = [db for db in range(base - 1, -1, -1) if db not in RESERVED_REDIS_DBS]
-    if worker_index > len(free):
-        raise pytest.UsageError(
-            f"no free Redis database below {base} for xdist worker {worker_index}: "
-            "use fewer workers or a higher EXECQ_TEST_REDIS_DB"
-        )
-    return free[worker_index - 1]
+def _start_private_redis() -> tuple[str, Any]:
+    """A redis-server of this test process's own: no other run (another checkout's suite,
+    a demo, a user's data) shares it, and it dies with this process."""
+    from workers.harness.services import start_private_redis
+
+    workdir = Path(tempfile.mkdtemp(prefix="execq-test-redis-"))
+    server = start_private_redis(
+        workdir, f"redis://127.0.0.1/{TEST_REDIS_DB}", die_with_parent=True
+    )
+    return server.url, (server, workdir)
+
+
+def _stop_private_redis(handle: Any) -> None:
+    import shutil
+
+    server, workdir = handle
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 TEST_DATABASE = f"execq_test_{os.getpid()}"
-TEST_REDIS_DB = redis_db_for_worker(int(os.environ.get("EXECQ_TEST_REDIS_DB", "13")), WORKER_INDEX)
-TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+TEST_REDIS_URL, _PRIVATE_REDIS = _start_private_redis()
+atexit.register(_stop_private_redis, _PRIVATE_REDIS)
 
 
 def _database_url(name: str) -> str:

@@ -10,17 +10,15 @@ figures are in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import stored_order
-
 # A scratch Redis database of its own: the session's shared worker consumes the test database.
-CHAOS_REDIS_DB = int(os.environ.get("EXECQ_TEST_CHAOS_REDIS_DB", "14"))
+from tests.conftest import CHAOS_TEST_REDIS_DB as CHAOS_REDIS_DB
+from tests.conftest import stored_order
 
 
 def test_fault_plan_shares_match_issue_9() -> None:

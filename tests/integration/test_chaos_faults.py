@@ -9,16 +9,15 @@ is the order path against one kind of exchange misbehaviour at a time.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+# A scratch Redis database of its own (the module's stack holds it until the last test).
+from tests.conftest import CHAOS_FAULTS_TEST_REDIS_DB as FAULTS_REDIS_DB
 from tests.integration.test_chaos import assert_accounted_for
 
-# A scratch Redis database of its own (the module's stack holds it until the last test).
-FAULTS_REDIS_DB = int(os.environ.get("EXECQ_TEST_CHAOS_FAULTS_REDIS_DB", "10"))
 SEED = 21
 SIGNALS_PER_KIND = 24
 # Alone, an outcome fault (and a partial fill) hits this share of the creates.

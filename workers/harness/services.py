@@ -251,14 +251,23 @@ class _RunAs:
         return probe.returncode == 0
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @dataclass
-class _PrivateRedis:
+class PrivateRedis:
     """``redis-server`` without persistence, bound to 127.0.0.1, files under ``directory``."""
 
     binary: str
     directory: Path
     port: int = 0
     db: int = 0
+    die_with_parent: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -294,7 +303,11 @@ class _PrivateRedis:
         ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent if self.die_with_parent else None,
             )
         _wait_until(lambda: _probe_redis(self.url) is None, self.process, START_TIMEOUT_S, self.log)
 
@@ -460,7 +473,7 @@ class Services:
     database_url: str
     started: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    _redis: _PrivateRedis | None = None
+    _redis: PrivateRedis | None = None
     _postgres: _PrivatePostgres | None = None
     _owned_dirs: list[Path] = field(default_factory=list)
 
@@ -556,7 +569,7 @@ def _owned_directory(parent: Path, name: str, run_as: _RunAs) -> Path:
     return fallback
 
 
-def _start_on_free_port(server: _PrivateRedis | _PrivatePostgres, attempts: int = 3) -> None:
+def _start_on_free_port(server: PrivateRedis | _PrivatePostgres, attempts: int = 3) -> None:
     """Start ``server`` on a free port, picking another if one was taken in the meantime.
 
     ``free_port`` releases the port before the server binds it, so another
@@ -573,15 +586,24 @@ def _start_on_free_port(server: _PrivateRedis | _PrivatePostgres, attempts: int 
             server.stop()
 
 
-def _start_private_redis(workdir: Path, configured_url: str) -> _PrivateRedis:
+def start_private_redis(
+    workdir: Path, configured_url: str = "redis://127.0.0.1/0", *, die_with_parent: bool = False
+) -> PrivateRedis:
+    """A private ``redis-server`` on a free port with its files under ``workdir``.
+
+    The configured URL's database number is kept. ``die_with_parent``: the server
+    gets SIGTERM when this process dies, however it dies (a test run SIGKILLed
+    must not leave servers behind). Raises ``RuntimeError`` when no server starts.
+    """
     binary = find_binary("redis-server")
     if binary is None:
         raise _StartFailed("no redis-server on PATH")
     db_path = urlsplit(configured_url).path.lstrip("/")
-    server = _PrivateRedis(
+    server = PrivateRedis(
         binary=binary,
         directory=_owned_directory(workdir, "redis", _RunAs()),
         db=int(db_path) if db_path.isdigit() else 0,
+        die_with_parent=die_with_parent,
     )
     try:
         _start_on_free_port(server)
@@ -637,7 +659,7 @@ def ensure_services(redis_url: str, database_url: str, workdir: Path) -> Service
     if redis_problem is not None:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            services._redis = _start_private_redis(workdir, redis_url)
+            services._redis = start_private_redis(workdir, redis_url)
         except (_StartFailed, OSError) as exc:
             problems.append(
                 f"Redis at {redact_url(redis_url)}: {redis_problem}; private redis-server: {exc}"
