@@ -19,6 +19,11 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # A sweep older than its interval is stale: the next one supersedes it.
             "options": {"expires": settings.aged_sweep_interval_s},
         },
+        "order-tracking-sweep": {
+            "task": "order_tracking_sweep",
+            "schedule": settings.tracking_sweep_interval_s,
+            "options": {"expires": settings.tracking_sweep_interval_s},
+        },
         "recovery-sweep": {
             "task": "recovery_sweep",
             "schedule": settings.recovery_sweep_interval_s,

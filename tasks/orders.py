@@ -18,6 +18,7 @@ from typing import Any
 from workers import redis_keys
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import KillSwitchState, kill_switch_from, kill_switch_state
+from workers.exchange.errors import VenueError
 from workers.exchange.prices import (
     ReferencePrice,
     find_market,
@@ -25,11 +26,10 @@ from workers.exchange.prices import (
     reference_price,
     refresh_reference_price,
 )
-from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.order_state import OrderStatus
 from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
-from workers.flows.submission import Requeue, Submission, describe_error
+from workers.flows.submission import LeaseLost, Requeue, Submission, order_lease
 from workers.flows.verification import InlineSettlement, decisive_order, verify_and_book
 from workers.redis_client import get_redis
 from workers.settings import get_settings
@@ -120,31 +120,44 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + settings.run_budget_s
     try:
         intent = _validate_or_reject(request)
-    except EXCHANGE_ERRORS as exc:
+    except VenueError as exc:
         # Markets or the reference price could not be read: nothing was sent, try later.
         if task.request.retries >= MAX_REQUEUES:
-            _record_rejection(request, "exchange", f"exchange unreachable: {describe_error(exc)}")
+            _record_rejection(request, "exchange", f"exchange unreachable: {exc.describe()}")
             raise SignalRejected(f"signal rejected: exchange unreachable: {exc}") from None
         raise task.retry(countdown=1.0 + task.request.retries) from None
     cid = intent.client_order_id
-    kill_switch = intent.kill_switch or kill_switch_state()
-    may_send = intent.order.reduce_only or not kill_switch.on
-    order, created = order_store.ensure_intent(_intent_values(intent), submitting=may_send)
+    # The kill switch read with the reference price (market orders) serves the first send.
+    kill_switch = intent.kill_switch
     settlement = InlineSettlement()
     try:
-        order = Submission(
-            order=order,
-            settings=settings,
-            deadline=deadline,
-            fresh=created and may_send,
-            on_terminal=settlement,
-        ).run()
-    except Requeue as requeue:
+        with order_lease(cid, settings, deadline) as lease:
+            may_send = intent.order.reduce_only or (kill_switch is not None and not kill_switch.on)
+            order, created = order_store.ensure_intent(
+                _intent_values(intent) | {"task_id": task.request.id}, submitting=may_send
+            )
+            order = Submission(
+                order=order,
+                settings=settings,
+                deadline=deadline,
+                fresh=created and may_send,
+                lease=lease,
+                kill_switch=kill_switch if created else None,
+                on_terminal=settlement,
+            ).run()
+    except (Requeue, LeaseLost) as exc:
+        countdown_s = exc.countdown_s if isinstance(exc, Requeue) else 1.0
+        stored = order_store.load_order(cid)
+        if stored is None:
+            raise task.retry(countdown=max(0.1, countdown_s)) from None
         order_store.touch(cid)
         order_store.record_order_event(
-            cid, "order_requeued", {"reason": requeue.reason, "countdown_s": requeue.countdown_s}
+            cid, "order_requeued", {"reason": str(exc), "countdown_s": countdown_s}
         )
-        raise task.retry(countdown=max(0.1, requeue.countdown_s)) from None
+        if task.request.retries >= MAX_REQUEUES:
+            # The order is recorded; the tracking and recovery sweeps carry it on.
+            return stored.summary()
+        raise task.retry(countdown=max(0.1, countdown_s)) from None
     if settlement.settled:
         _check_flat_after(order, settlement.booking)
     elif order.terminal and order.status != OrderStatus.REJECTED:
@@ -162,8 +175,8 @@ def _refresh_price(account: str, symbol: str) -> None:
     """
     try:
         refresh_reference_price(account, symbol)
-    except EXCHANGE_ERRORS as exc:
-        logger.info("reference price %s %s not refreshed: %s", account, symbol, describe_error(exc))
+    except VenueError as exc:
+        logger.info("reference price %s %s not refreshed: %s", account, symbol, exc.describe())
 
 
 def _verify(order: Any, settings: Any) -> None:

@@ -15,6 +15,7 @@ from workers.app import app
 from workers.coordination import try_lock
 from workers.flows.aged import sweep_aged
 from workers.flows.recovery import run_recovery
+from workers.flows.tracking import track_orders
 from workers.observability import metrics
 from workers.redis_client import get_redis
 from workers.settings import get_settings
@@ -44,6 +45,25 @@ def aged_phase_sweep() -> dict[str, Any]:
             "closes_enqueued": report.closes_enqueued,
             "by_phase": report.by_phase,
         }
+    finally:
+        lock.release()
+
+
+@app.task(name="order_tracking_sweep")
+def order_tracking_sweep() -> dict[str, Any]:
+    """Follow resting orders and orders in doubt that no run is working on
+    (see workers.flows.tracking)."""
+    settings = get_settings()
+    lock = try_lock(
+        redis_keys.sweep_lock("tracking"), max(30.0, settings.tracking_sweep_interval_s * 5)
+    )
+    if lock is None:
+        return {"skipped": "previous tracking sweep still running"}
+    try:
+        with metrics.time_sweep("tracking"):
+            counts = track_orders(settings)
+        mark_sweep_run("tracking")
+        return dict(counts)
     finally:
         lock.release()
 

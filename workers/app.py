@@ -30,6 +30,7 @@ except SettingsError as exc:
 TASK_MODULES = [
     "tasks.system",
     "tasks.orders",
+    "tasks.cancel",
     "tasks.positions",
     "tasks.sweeps",
     "tasks.emergency",

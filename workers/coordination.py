@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,18 @@ end
 return 0
 """
 
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: leases are compared with the exchange's clock."""
+    return int(time.time() * 1000)
+
 
 class LockNotAcquired(Exception):
     """Someone else holds the lock; the caller should come back later."""
@@ -39,19 +52,39 @@ class LockNotAcquired(Exception):
 
 @dataclass
 class Lock:
+    """A held lock. ``expires_at_ms`` is a lower bound of its expiry in wall-clock time (taken
+    before the request that set it), so a holder never believes it holds it longer than it does."""
+
     key: str
     token: str
     client: redis.Redis
+    ttl_ms: int = 0
+    expires_at_ms: int = 0
 
     def release(self) -> bool:
         return bool(self.client.eval(_RELEASE, 1, self.key, self.token))
+
+    def remaining_ms(self) -> int:
+        return self.expires_at_ms - now_ms()
+
+    def renew(self) -> bool:
+        """Extend the lock to a full lifetime from now; False when it was lost (expired,
+        or taken by someone else), and then it is not ours any more."""
+        started = now_ms()
+        if self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
+            self.expires_at_ms = started + self.ttl_ms
+            return True
+        self.expires_at_ms = 0
+        return False
 
 
 def try_lock(key: str, ttl_s: float, client: redis.Redis | None = None) -> Lock | None:
     client = client or get_redis()
     token = secrets.token_hex(16)
-    if client.set(key, token, nx=True, px=int(ttl_s * 1000)):
-        return Lock(key, token, client)
+    ttl_ms = int(ttl_s * 1000)
+    started = now_ms()
+    if client.set(key, token, nx=True, px=ttl_ms):
+        return Lock(key, token, client, ttl_ms, started + ttl_ms)
     return None
 
 
@@ -83,6 +116,34 @@ class KillSwitchState:
 
 def kill_switch_state() -> KillSwitchState:
     return kill_switch_from(get_redis().get(redis_keys.KILL_SWITCH))
+
+
+@dataclass(frozen=True)
+class SendGuard:
+    """What may stop a create from leaving: the kill switch, and an account whose key the
+    exchange refused (``account_refused`` says why, None when it is usable)."""
+
+    kill_switch: KillSwitchState
+    account_refused: str | None
+
+
+def send_guard(account: str) -> SendGuard:
+    """The kill switch and the account's refusal, in one round trip."""
+    kill_raw, refused = get_redis().mget(
+        redis_keys.KILL_SWITCH, redis_keys.account_refused(account)
+    )
+    return SendGuard(kill_switch_from(kill_raw), refused)
+
+
+def refuse_account(account: str, reason: str) -> None:
+    """Refuse every further order on ``account`` until a request with its key succeeds."""
+    get_redis().set(redis_keys.account_refused(account), reason[:500])
+
+
+def account_works(account: str) -> bool:
+    """Clear the account's refusal after a request with its key succeeded; True when one was
+    cleared."""
+    return bool(get_redis().delete(redis_keys.account_refused(account)))
 
 
 def kill_switch_from(raw: bytes | str | None) -> KillSwitchState:

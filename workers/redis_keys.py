@@ -19,6 +19,10 @@ def order_lock(client_order_id: str) -> str:
     return f"{PREFIX}lock:order:{client_order_id}"
 
 
+def account_refused(account: str) -> str:
+    return f"{PREFIX}account-refused:{account}"
+
+
 def sweep_lock(name: str) -> str:
     return f"{PREFIX}lock:sweep:{name}"
 

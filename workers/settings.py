@@ -197,6 +197,20 @@ class Settings(BaseSettings):
     # sent again by the recovery sweep only while the signal is this fresh; an
     # older one is rejected as stale.
     recovery_resubmit_max_age_s: float = Field(default=300.0, ge=0)
+    # An order whose create may have executed but that no lookup found is looked for
+    # by the recovery sweep this long after its last send, then recorded as rejected
+    # (not found) with a critical alert. Never resent where a resend could double it.
+    unknown_give_up_s: float = Field(default=3600.0, ge=0)
+    # At most this many creates of one order reach the exchange (resends where they
+    # cannot double it: reduce-only orders, exchanges that refuse a reused client id).
+    order_max_sends: int = Field(default=6, ge=1, le=50)
+    # Every create is signed valid for at most this long (the exchange's recvWindow),
+    # and never past the run's lease on the order minus the clock skew allowed between
+    # this host and the exchange: a paused worker's late request is refused.
+    recv_window_ms: int = Field(default=5000, ge=1000, le=60000)
+    clock_skew_ms: int = Field(default=1000, ge=0, le=30000)
+    # Resting and unknown orders are followed by this sweep (fills, cancels, expiry).
+    tracking_sweep_interval_s: float = Field(default=5.0, gt=0)
     verify_budget_s: float = Field(default=10.0, gt=0)
     flat_check_attempts: int = Field(default=10, ge=1)
     flat_check_budget_s: float = Field(default=10.0, gt=0)

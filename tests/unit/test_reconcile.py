@@ -13,6 +13,7 @@ from workers.execution.reconcile import (
     BookPosition,
     ClosedExternally,
     Correct,
+    ExceedsBook,
     ExchangePosition,
     apply_actions,
     reconcile,
@@ -64,9 +65,24 @@ def test_an_entry_price_off_by_more_than_one_percent_is_corrected():
     assert reconcile([row], [truth]) == [Correct(row, truth, ("entry_price",))]
 
 
-def test_a_flipped_side_is_a_conflict_on_side_and_size():
+def test_a_flipped_side_is_more_than_the_book_knows():
     row, truth = book(size="1"), ex(size="-1")
-    assert reconcile([row], [truth]) == [Correct(row, truth, ("side", "size"))]
+    assert reconcile([row], [truth]) == [ExceedsBook(row, truth)]
+
+
+def test_an_exchange_position_larger_than_the_book_is_never_a_quiet_correction():
+    # Given the book holds 0.3 and the exchange 0.6 (an order the book does not know filled)
+    row, truth = book(size="0.3"), ex(size="0.6")
+    [action] = reconcile([row], [truth])
+    # Then it is an excess to alert on, with the difference, and the book is left as it is
+    assert action == ExceedsBook(row, truth)
+    assert action.difference == Decimal("0.3")
+    assert apply_actions([row], [action]) == [row]
+
+
+def test_an_exchange_position_smaller_than_the_book_is_corrected():
+    row, truth = book(size="0.6"), ex(size="0.3")
+    assert reconcile([row], [truth]) == [Correct(row, truth, ("size",))]
 
 
 def test_an_exchange_without_entry_price_is_not_compared_on_it():
@@ -113,10 +129,17 @@ def _book_factory(account, symbol, size, entry):
     tolerance=st.sampled_from([D(0), D("0.5"), D(1), D(5)]),
 )
 def test_applying_the_actions_makes_the_book_match_the_exchange(ours, theirs, tolerance):
-    repaired = apply_actions(ours, reconcile(ours, theirs, tolerance))
+    actions = reconcile(ours, theirs, tolerance)
+    repaired = apply_actions(ours, actions)
     truth = {p.key: p for p in theirs if p.size != 0}
+    # An excess is alerted, not repaired: those rows stay as the book had them
+    exceeding = {action.book.key for action in actions if isinstance(action, ExceedsBook)}
+    kept = {row.key: row for row in ours if row.key in exceeding}
     assert {row.key for row in repaired} == set(truth)
     for row in repaired:
+        if row.key in exceeding:
+            assert row == kept[row.key]
+            continue
         other = truth[row.key]
         assert (row.size > 0) == (other.size > 0)
         assert abs(row.size - other.size) * 100 <= abs(other.size) * tolerance
@@ -128,4 +151,4 @@ def test_applying_the_actions_makes_the_book_match_the_exchange(ours, theirs, to
 @given(ours=positions(_book_factory), theirs=positions(ExchangePosition))
 def test_a_repaired_book_needs_no_further_repair(ours, theirs):
     repaired = apply_actions(ours, reconcile(ours, theirs))
-    assert reconcile(repaired, theirs) == []
+    assert all(isinstance(action, ExceedsBook) for action in reconcile(repaired, theirs))

@@ -28,6 +28,7 @@ import ccxt
 
 from workers.exchange.lean_ccxt import exchange_class
 from workers.exchange.transport import ExchangeSession, ExchangeTransport, RequestHook
+from workers.exchange.venues import VENUES, Venue
 from workers.settings import ExchangeAccount, get_settings
 
 __all__ = [
@@ -35,9 +36,9 @@ __all__ = [
     "build_client",
     "client_options",
     "get_client",
-    "market",
     "reset_clients",
     "set_request_hook",
+    "venue",
 ]
 
 
@@ -58,15 +59,7 @@ _account_facts: dict[str, dict[str, Any]] = {}
 _caches_owner: tuple[int, int] = (0, 0)
 _generation = 0
 
-# Per-account facts ccxt looks up lazily, once per client: Bybit's unified-account
-# detection (two requests) and Binance's leverage brackets (needed by
-# fetch_positions). The first client of an account fetches them; the rest copy.
-_SHARED_OPTIONS = (
-    "enableUnifiedMargin",
-    "enableUnifiedAccount",
-    "unifiedMarginStatus",
-    "leverageBrackets",
-)
+_venues: dict[str, Venue] = {}
 
 
 def set_request_hook(hook: RequestHook | None) -> None:
@@ -117,6 +110,8 @@ def build_client(account: ExchangeAccount) -> ccxt.Exchange:
     client = exchange_class(account.ccxt_class)(
         client_options(account, settings.exchange_timeout_ms)
     )
+    # The venue reads the exchange's own error code from the answer that failed.
+    client.enableLastJsonResponse = True
     if account.mode == "demo":
         # Binance's futures testnet is gone; demo trading is its replacement.
         client.enable_demo_trading(True)
@@ -171,16 +166,14 @@ def _share_markets(account: ExchangeAccount, client: ccxt.Exchange) -> None:
             _market_sources[kind] = client
         else:
             client.set_markets_from_exchange(source)
+    venue_class = VENUES[account.ccxt_class]
     with _key_lock("account", account.name):
         facts = _account_facts.get(account.name)
         if facts is None:
-            if account.ccxt_class == "bybit":
-                client.is_unified_enabled()
-            else:
-                client.load_leverage_brackets()
+            venue_class(account.name, get_client).load_account_facts(client)
             facts = {
                 option: client.options[option]
-                for option in _SHARED_OPTIONS
+                for option in venue_class.shared_options
                 if client.options.get(option) is not None
             }
             _account_facts[account.name] = facts
@@ -216,9 +209,16 @@ def get_client(account_name: str) -> ccxt.Exchange:
     return client
 
 
-def market(account_name: str, symbol: str) -> dict[str, Any]:
-    """The ccxt market structure of ``symbol`` on the account's exchange (raises BadSymbol)."""
-    return get_client(account_name).market(symbol)
+def venue(account_name: str) -> Venue:
+    """The venue of a configured account; raises ``GatewayError`` for an unknown name."""
+    found = _venues.get(account_name)
+    if found is None:
+        try:
+            account = get_settings().account(account_name)
+        except KeyError:
+            raise GatewayError(f"no exchange account named {account_name!r}") from None
+        found = _venues[account_name] = VENUES[account.ccxt_class](account.name, get_client)
+    return found
 
 
 def reset_clients() -> None:
@@ -228,6 +228,7 @@ def reset_clients() -> None:
         _generation += 1
         _market_sources.clear()
         _account_facts.clear()
+        _venues.clear()
 
 
 def _after_fork_in_child() -> None:

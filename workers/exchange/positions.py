@@ -5,15 +5,14 @@ short expiry), so verification can ask the cache before spending a REST call;
 a feed may fill the same keys later. A cache miss means "don't know", never
 "no position".
 
-Bybit's positions endpoint takes one symbol per call (or a settle coin) and
-returns zero-size rows; Binance returns every symbol. Hedge mode (two
-positions per symbol) is refused: execq books one-way positions only.
+Each venue reads positions its exchange's way (``workers.exchange.venues``).
+Hedge mode (two positions per symbol) is refused: execq books one-way
+positions only.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -21,67 +20,27 @@ from typing import Any
 from workers import redis_keys
 from workers.exchange import gateway
 from workers.exchange.reads import read_with_retries
+from workers.exchange.venues.base import ExchangePosition, HedgeModeUnsupported
 from workers.redis_client import get_redis
 from workers.settings import get_settings
 
-
-class HedgeModeUnsupported(Exception):
-    """The account runs in hedge mode; execq supports one-way mode only."""
-
-
-@dataclass(frozen=True)
-class ExchangePosition:
-    account: str
-    symbol: str
-    size: Decimal  # signed: + long, - short
-    entry_price: Decimal | None
-    mark_price: Decimal | None
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    return Decimal(str(value))
-
-
-def _parse(account: str, raw: dict[str, Any]) -> ExchangePosition:
-    info = raw.get("info") or {}
-    if (
-        raw.get("hedged")
-        or info.get("positionSide") in ("LONG", "SHORT")
-        or str(info.get("positionIdx", "0")) in ("1", "2")
-    ):
-        raise HedgeModeUnsupported(
-            f"{account} {raw.get('symbol')}: hedge-mode position; execq supports one-way mode only"
-        )
-    contracts = _decimal(raw.get("contracts")) or Decimal(0)
-    side = raw.get("side")
-    size = -contracts if side == "short" else contracts
-    return ExchangePosition(
-        account=account,
-        symbol=raw["symbol"],
-        size=size,
-        entry_price=_decimal(raw.get("entryPrice")),
-        mark_price=_decimal(raw.get("markPrice")),
-    )
+__all__ = [
+    "ExchangePosition",
+    "HedgeModeUnsupported",
+    "cache_positions",
+    "cached_position_size",
+    "fetch_positions",
+]
 
 
 def fetch_positions(account: str, symbols: list[str] | None = None) -> list[ExchangePosition]:
     """Non-zero positions on ``account`` (all symbols when ``symbols`` is None).
 
     Writes the position cache for every symbol asked about, zero included.
+    Raises ``VenueError`` (``HedgeModeUnsupported`` for a hedge-mode account).
     """
-    client = gateway.get_client(account)
-    raws: list[dict[str, Any]] = []
-    if client.id == "bybit":
-        if symbols is None:
-            raws = read_with_retries(lambda: client.fetch_positions(None, {"settleCoin": "USDT"}))
-        else:
-            for symbol in symbols:
-                raws.extend(read_with_retries(lambda s=symbol: client.fetch_positions([s])))
-    else:
-        raws = read_with_retries(lambda: client.fetch_positions(symbols))
-    positions = [_parse(account, raw) for raw in raws]
+    venue = gateway.venue(account)
+    positions = read_with_retries(lambda: venue.positions(symbols))
     non_zero = [position for position in positions if position.size != 0]
     seen = {position.symbol: position for position in non_zero}
     for symbol in symbols or []:

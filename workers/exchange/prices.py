@@ -13,16 +13,16 @@ order in 25 paid a second exchange round trip at 50 orders/s).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import ccxt
 from redis.client import Pipeline
 
 from workers import redis_keys
 from workers.exchange import gateway
+from workers.exchange.errors import Refused
 from workers.exchange.reads import read_with_retries
 from workers.redis_client import get_redis
 
@@ -36,11 +36,12 @@ PRICE_FRESH_S = 5
 PRICE_CACHE_TTL_S = 60
 
 
-def find_market(account: str, symbol: str) -> dict[str, Any] | None:
+def find_market(account: str, symbol: str) -> Mapping[str, Any] | None:
     """The ccxt market for ``symbol`` on ``account``, or None when the exchange has no such market."""
+    venue = gateway.venue(account)
     try:
-        return read_with_retries(lambda: gateway.market(account, symbol))
-    except (ccxt.BadSymbol, KeyError):
+        return read_with_retries(lambda: venue.market(symbol))
+    except Refused:
         return None
 
 
@@ -104,11 +105,8 @@ def reference_price(account: str, symbol: str, replies: Sequence[Any]) -> Refere
 
 def refresh_reference_price(account: str, symbol: str) -> Decimal | None:
     """Ask the exchange for the last price and cache it; raises the read's errors."""
-    client = gateway.get_client(account)
-    ticker = read_with_retries(lambda: client.fetch_ticker(symbol))
-    last = ticker.get("last") or ticker.get("close")
-    if last is None:
-        return None
-    price = Decimal(str(last))
-    cache_prices({(account, symbol): price})
+    venue = gateway.venue(account)
+    price = read_with_retries(lambda: venue.last_price(symbol))
+    if price is not None:
+        cache_prices({(account, symbol): price})
     return price

@@ -10,12 +10,12 @@ workers on different hosts agree.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from workers import redis_keys
+from workers.exchange.errors import Throttled
 from workers.redis_client import get_redis
+from workers.retrying import wait_for_grant
 
 logger = logging.getLogger("execq.ratelimit")
 
@@ -42,37 +42,6 @@ end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now + burst_ms) + 1000)
 return 0
 """
-
-# Weights by path fragment: heavy list endpoints cost more (Binance's weights
-# for these are 5-40); everything else costs 1.
-_HEAVY_PATHS = {
-    "exchangeInfo": 10,
-    "instruments-info": 10,
-    "positionRisk": 5,
-    "/position/list": 5,
-    "balance": 5,
-    "wallet-balance": 5,
-    "openOrders": 5,
-    "ticker/24hr": 5,
-    "/market/tickers": 5,
-}
-
-
-def request_weight(url: str) -> int:
-    path = urlsplit(url).path
-    for fragment, weight in _HEAVY_PATHS.items():
-        if fragment in path:
-            return weight
-    return 1
-
-
-class RateLimitWaitTooLong(Exception):
-    """The shared budget (or a cooldown) would hold this request past the caller's deadline."""
-
-    def __init__(self, account: str, wait_s: float) -> None:
-        super().__init__(f"rate limit for {account}: next slot in {wait_s:.2f}s")
-        self.account = account
-        self.wait_s = wait_s
 
 
 @dataclass(frozen=True)
@@ -106,19 +75,15 @@ def try_acquire(account: str, limit: RateLimit, weight: int = 1) -> float:
 def acquire(account: str, limit: RateLimit, weight: int = 1, max_wait_s: float = 30.0) -> float:
     """Block until the request may go; returns the seconds waited.
 
-    Raises RateLimitWaitTooLong instead of waiting past ``max_wait_s``, so a
+    Raises ``Throttled`` (never sent) instead of waiting past ``max_wait_s``, so a
     task can go back to the queue rather than sit on a worker thread.
     """
-    waited = 0.0
-    while True:
-        wait_s = try_acquire(account, limit, weight)
-        if wait_s <= 0:
-            return waited
-        if waited + wait_s > max_wait_s:
-            raise RateLimitWaitTooLong(account, wait_s)
-        # Waiting for the shared budget to refill is the limiter's purpose, not synchronisation.
-        time.sleep(wait_s)
-        waited += wait_s
+    granted, seconds = wait_for_grant(
+        lambda: try_acquire(account, limit, weight), max_wait_s=max_wait_s
+    )
+    if not granted:
+        raise Throttled(f"rate limit for {account}: next slot in {seconds:.2f}s", wait_s=seconds)
+    return seconds
 
 
 def set_cooldown(account: str, seconds: float) -> None:
@@ -146,18 +111,20 @@ MAX_REQUEST_WAIT_S = 5.0
 def install_request_hook() -> None:
     """Make every exchange request in this process draw from the shared budget."""
     from workers.exchange import gateway
+    from workers.exchange.venues import VENUES
     from workers.observability import metrics
     from workers.settings import get_settings
 
     settings = get_settings()
 
     def hook(account: str, request) -> None:  # noqa: ANN001 - requests.PreparedRequest
-        limit = RateLimit(
-            settings.rate_limit_for(settings.account(account)), settings.rate_limit_burst
+        configured = settings.account(account)
+        limit = RateLimit(settings.rate_limit_for(configured), settings.rate_limit_burst)
+        operation, weight = VENUES[configured.ccxt_class].operation_of(
+            request.method or "GET", request.url or ""
         )
-        url = request.url or ""
-        metrics.observe_exchange_request(account, urlsplit(url).path)
-        waited = acquire(account, limit, request_weight(url), MAX_REQUEST_WAIT_S)
+        metrics.observe_exchange_request(account, operation)
+        waited = acquire(account, limit, weight, MAX_REQUEST_WAIT_S)
         if waited:
             metrics.add_rate_limit_wait(account, waited)
 

@@ -44,9 +44,15 @@ _ACCEPTED_OUTCOMES = frozenset(
 )
 
 ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
-    # intent -> rejected: refused before sending (kill switch, validation).
-    OrderStatus.INTENT: frozenset({OrderStatus.SUBMITTING, OrderStatus.REJECTED}),
-    OrderStatus.SUBMITTING: _ACCEPTED_OUTCOMES | {OrderStatus.UNKNOWN, OrderStatus.REJECTED},
+    # intent -> rejected: refused before sending (kill switch, validation);
+    # intent -> canceled: canceled by a person before anything was sent.
+    OrderStatus.INTENT: frozenset(
+        {OrderStatus.SUBMITTING, OrderStatus.REJECTED, OrderStatus.CANCELED}
+    ),
+    # submitting -> intent: the run gave up for now and no create of it left (every try
+    # failed before execution), so a later run may send it without looking it up first.
+    OrderStatus.SUBMITTING: _ACCEPTED_OUTCOMES
+    | {OrderStatus.UNKNOWN, OrderStatus.REJECTED, OrderStatus.INTENT},
     # unknown -> submitting: the lookup proved the order absent, so it may be sent again.
     OrderStatus.UNKNOWN: _ACCEPTED_OUTCOMES | {OrderStatus.REJECTED, OrderStatus.SUBMITTING},
     OrderStatus.OPEN: frozenset(
@@ -65,6 +71,9 @@ ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.REJECTED: frozenset(),
     OrderStatus.EXPIRED: frozenset(),
 }
+
+#: The event of a move back to ``intent`` (nothing was sent); ``intent`` itself has none.
+NOT_SENT_EVENT = "order_not_sent"
 
 EVENT_FOR_STATUS: dict[OrderStatus, str] = {
     OrderStatus.SUBMITTING: "order_submitting",
@@ -94,36 +103,6 @@ def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
 def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     if not can_transition(current, target):
         raise IllegalTransition(current, target)
-
-
-def status_from_exchange(
-    unified_status: str | None, amount: object, filled: object
-) -> OrderStatus | None:
-    """Our status for a ccxt unified order, or None when the exchange did not say.
-
-    ``closed`` with less than the amount filled is Bybit's PartiallyFilledCanceled
-    (and Binance's IOC remainder): a terminal order that did fill in part, so
-    it is ``canceled`` with its real ``filled`` kept, never a failure.
-    """
-    from decimal import Decimal
-
-    amount_d = Decimal(str(amount)) if amount is not None else None
-    filled_d = Decimal(str(filled)) if filled is not None else Decimal(0)
-    if unified_status is None:
-        return None
-    if unified_status == "open":
-        return OrderStatus.PARTIALLY_FILLED if filled_d > 0 else OrderStatus.OPEN
-    if unified_status == "closed":
-        if amount_d is not None and filled_d >= amount_d:
-            return OrderStatus.FILLED
-        return OrderStatus.CANCELED
-    if unified_status == "canceled":
-        return OrderStatus.CANCELED
-    if unified_status == "expired":
-        return OrderStatus.EXPIRED
-    if unified_status == "rejected":
-        return OrderStatus.REJECTED
-    return None
 
 
 def path_to(current: OrderStatus, target: OrderStatus) -> list[OrderStatus]:

@@ -5,10 +5,18 @@ record. Per (account, symbol), seed 002's rules, with the 1 % conflict
 threshold as the default::
 
     on the exchange, not in the book            -> Adopt            (orphan: event and alert)
-    in both, side differs, or size or entry
+    in both, the exchange larger than the book
+      by more than tolerance_percent, or on the
+      other side                                -> ExceedsBook      (critical alert; the book
+                                                                      is never corrected up)
+    in both, the exchange smaller, or the entry
       off by more than tolerance_percent        -> Correct          (position_conflict event)
     open in the book, flat on the exchange      -> ClosedExternally
     in both and within tolerance                -> nothing
+
+A position larger than the book means orders the book does not know filled: an
+order whose outcome is unknown, or one placed outside execq. Correcting the book
+up would hide exactly what a person must look at, so it is alerted instead.
 
 Zero-size exchange rows (Bybit returns them) count as flat. Differences are
 relative to the exchange's value. An exchange entry price of None or 0 (not
@@ -82,13 +90,26 @@ class Correct:
 
 
 @dataclass(frozen=True)
+class ExceedsBook:
+    """The exchange holds more than the book (or the other side): alert, never correct."""
+
+    book: BookPosition
+    exchange: ExchangePosition
+
+    @property
+    def difference(self) -> Decimal:
+        """Signed size the exchange has beyond the book."""
+        return self.exchange.size - self.book.size
+
+
+@dataclass(frozen=True)
 class ClosedExternally:
     """Open in the book, flat on the exchange: someone closed it outside execq."""
 
     book: BookPosition
 
 
-ReconcileAction = Adopt | Correct | ClosedExternally
+ReconcileAction = Adopt | Correct | ExceedsBook | ClosedExternally
 
 
 _Row = TypeVar("_Row", BookPosition, ExchangePosition)
@@ -154,7 +175,12 @@ def reconcile(
             actions.append(ClosedExternally(book_row))
         elif book_row is not None and exchange_row is not None:
             fields = differing_fields(book_row, exchange_row, tolerance_percent)
-            if fields:
+            exceeds = "side" in fields or (
+                "size" in fields and abs(exchange_row.size) > abs(book_row.size)
+            )
+            if exceeds:
+                actions.append(ExceedsBook(book_row, exchange_row))
+            elif fields:
                 actions.append(Correct(book_row, exchange_row, fields))
     return actions
 
@@ -169,6 +195,8 @@ def apply_actions(
     """
     rows = {row.key: row for row in book if row.size != 0}
     for action in actions:
+        if isinstance(action, ExceedsBook):
+            continue
         if isinstance(action, ClosedExternally):
             rows.pop(action.book.key, None)
         elif isinstance(action, Correct):

@@ -22,9 +22,10 @@ from sqlalchemy import and_, func, select
 from workers import redis_keys
 from workers.coordination import LockNotAcquired, held_lock
 from workers.exchange import gateway
+from workers.exchange.errors import VenueError
 from workers.exchange.positions import fetch_positions
 from workers.exchange.prices import amount_limits, cache_prices
-from workers.exchange.reads import EXCHANGE_ERRORS, read_with_retries
+from workers.exchange.reads import read_with_retries
 from workers.execution.aged import (
     AgedPhase,
     AgedPolicy,
@@ -39,7 +40,7 @@ from workers.execution.chunks import next_chunk, plan_chunks
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import IN_FLIGHT, OrderStatus
 from workers.execution.positions import PositionState, roi_percent
-from workers.flows.submission import Requeue, Submission, describe_error
+from workers.flows.submission import Requeue, Submission
 from workers.flows.verification import check_flat
 from workers.observability import metrics
 from workers.settings import Settings
@@ -216,18 +217,16 @@ def _prices(watch, report: SweepReport, settings: Settings) -> dict[tuple[str, s
     for venue, symbols in symbols_by_venue.items():
         accounts = sorted(accounts_by_venue[venue])
         try:
-            client = gateway.get_client(accounts[0])
+            exchange = gateway.venue(accounts[0])
             wanted = sorted(symbols)
-            tickers = read_with_retries(lambda c=client, w=wanted: c.fetch_tickers(w), budget_s=1.0)
-        except EXCHANGE_ERRORS as exc:
+            last_prices = read_with_retries(
+                lambda e=exchange, w=wanted: e.last_prices(w), budget_s=1.0
+            )
+        except VenueError as exc:
             report.price_errors += 1
-            logger.warning("aged sweep: tickers on %s failed: %s", venue[0], describe_error(exc))
+            logger.warning("aged sweep: tickers on %s failed: %s", venue[0], exc.describe())
             continue
-        for symbol, ticker in tickers.items():
-            last = ticker.get("last") or ticker.get("close")
-            if last is None or symbol not in symbols:
-                continue
-            price = Decimal(str(last))
+        for symbol, price in last_prices.items():
             for account in accounts:
                 prices[(account, symbol)] = price
     cache_prices(prices)

@@ -1,4 +1,10 @@
-"""Emergency liquidation: kill switch on, every position closed reduce-only, verified flat.
+"""Emergency liquidation: kill switch on, open orders canceled, every position closed
+reduce-only, verified flat.
+
+First every open order that is not reduce-only is canceled on every account
+(execq's own and any other), and the open orders are read again until none
+remains: a resting order left working would fill after the liquidation and open
+a new position. Then the positions are closed.
 
 Closes run in parallel across symbols (threads in one task; the shared rate
 limiter keeps them within the exchange's budget) and go through the same
@@ -21,12 +27,16 @@ from typing import Any
 
 from workers import redis_keys
 from workers.coordination import held_lock, set_kill_switch
+from workers.exchange import gateway
+from workers.exchange.errors import VenueError
 from workers.exchange.positions import ExchangePosition, fetch_positions
-from workers.exchange.reads import EXCHANGE_ERRORS
+from workers.exchange.reads import read_with_retries
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
-from workers.flows.submission import Requeue, Submission, describe_error
+from workers.flows.cancel import Canceled, cancel_open_orders
+from workers.flows.submission import Requeue, Submission
 from workers.flows.verification import check_flat
+from workers.retrying import pause
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
@@ -65,14 +75,15 @@ def liquidate_all(liquidation_id: str, reason: str, settings: Settings) -> dict[
                 "liquidation_started",
                 payload={"reason": reason, "liquidation_id": liquidation_id},
             )
+        canceled, still_open = _cancel_opening_orders(settings)
         positions: list[ExchangePosition] = []
         unreachable: list[str] = []
         for account in settings.accounts:
             try:
                 positions.extend(fetch_positions(account.name))
-            except EXCHANGE_ERRORS as exc:
+            except VenueError as exc:
                 unreachable.append(account.name)
-                logger.error("liquidation: positions on %s: %s", account.name, describe_error(exc))
+                logger.error("liquidation: positions on %s: %s", account.name, exc.describe())
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL_CLOSES) as pool:
             results = list(pool.map(lambda p: _close_one(liquidation_id, p, settings), positions))
         summary = {
@@ -82,6 +93,8 @@ def liquidate_all(liquidation_id: str, reason: str, settings: Settings) -> dict[
             "closed": sum(1 for r in results if r.closed),
             "failed": sum(1 for r in results if not r.closed),
             "unreachable_accounts": unreachable,
+            "orders_canceled": [result.as_dict() for result in canceled],
+            "orders_still_open": still_open,
             "seconds": round(time.monotonic() - started, 3),
             "positions": [
                 {
@@ -138,14 +151,23 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
             status=str(order.status) if order else "flat",
             error=None if flat.flat or order is None else order.last_error,
         )
-    except (Requeue, *EXCHANGE_ERRORS) as exc:
+    except VenueError as exc:
         return CloseResult(
             position.account,
             position.symbol,
             position.size,
             closed=False,
             status="error",
-            error=describe_error(exc),
+            error=exc.describe(),
+        )
+    except Requeue as requeue:
+        return CloseResult(
+            position.account,
+            position.symbol,
+            position.size,
+            closed=False,
+            status="error",
+            error=f"gave up waiting: {requeue.reason}",
         )
 
 
@@ -190,10 +212,49 @@ def _submit_close(
             return Submission(order=order, settings=settings, deadline=deadline).run()
         except Requeue as requeue:
             # A liquidation waits here rather than requeue: the summary needs the outcome.
-            if time.monotonic() + requeue.countdown_s > deadline:
-                raise
-            time.sleep(requeue.countdown_s)
+            pause(requeue.countdown_s, deadline=deadline, reason=requeue.reason)
             order = order_store.load_order(cid) or order
+
+
+# Reads of the open orders after the cancels, until none that could open remains.
+OPEN_ORDER_CHECKS = 3
+
+
+def _cancel_opening_orders(settings: Settings) -> tuple[list[Canceled], list[str]]:
+    """Cancel every open order that is not reduce-only on every account, then read the
+    open orders again until none remains; returns the cancels and what is still open."""
+    canceled: list[Canceled] = []
+    still_open: list[str] = []
+    for account in settings.accounts:
+        for _ in range(OPEN_ORDER_CHECKS):
+            try:
+                results = cancel_open_orders(account.name, settings, keep_reduce_only=True)
+                remaining = [
+                    order
+                    for order in read_with_retries(
+                        lambda a=account.name: gateway.venue(a).open_orders()
+                    )
+                    if not order.reduce_only
+                ]
+            except VenueError as exc:
+                logger.error("liquidation: open orders on %s: %s", account.name, exc.describe())
+                remaining = None
+                results = []
+            canceled.extend(results)
+            if remaining == []:
+                break
+        else:
+            still_open.append(account.name)
+    with session_scope() as session:
+        record_event(
+            session,
+            "liquidation_orders_canceled",
+            payload={
+                "canceled": [result.as_dict() for result in canceled],
+                "accounts_with_open_orders": still_open,
+            },
+        )
+    return canceled, still_open
 
 
 def new_liquidation_id() -> str:

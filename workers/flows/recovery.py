@@ -7,17 +7,18 @@ Runs every minute and once when a worker starts. Steps, each counted in one
    never reached a worker and are no longer in the broker: sent again with
    the same task id, or, past the resubmit age, recorded as rejected with a
    critical alert (``workers.execution.outbox``);
-1. orders stuck in ``intent``/``submitting``/``unknown`` (or resting with no
-   task following them) past a threshold: looked up by client order id;
-   found → adopt the exchange's state; absent → re-enqueue the leg when it
-   should still happen (its task looks it up again over the visibility window
-   before sending), else mark it ``rejected`` with the reason;
+1. orders no run is working on — resting, in doubt, never sent — are followed
+   by the order tracker (``workers.flows.tracking``), as the lifecycle core
+   decides;
 2. fills not yet in the position book → ``verify_position`` again;
 3. positions per account reconciled with ``fetch_positions``: orphan →
-   adopted and alerted; size or entry off by more than 1 % → corrected;
-   flat on the exchange → ``closed_externally``. Symbols with orders in
-   flight or fresh activity are skipped: their fills are not booked yet, and
-   adopting them would book them twice;
+   adopted and alerted; larger than the book → a critical alert naming the
+   orders in doubt (corrected only when none explains it); smaller, or the
+   entry off by more than 1 % → corrected; flat on the exchange →
+   ``closed_externally``. Symbols with orders in flight or fresh activity are
+   skipped: their fills are not booked yet, and adopting them would book them
+   twice. A successful read also lifts the refusal of an account whose key the
+   exchange had refused;
 4. aged closes marked ``closing`` whose task is gone → enqueued again.
 """
 
@@ -30,33 +31,23 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, not_, or_, select
+from sqlalchemy.orm import Session
 
 from workers import redis_keys
 from workers.app import app
-from workers.coordination import kill_switch_state, lock_holder_exists, try_lock
-from workers.exchange import gateway
-from workers.exchange import orders as exchange_orders
+from workers.coordination import account_works, lock_holder_exists
+from workers.exchange.errors import VenueError
 from workers.exchange.positions import HedgeModeUnsupported, fetch_positions
-from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution import reconcile as rules
-from workers.execution.order_state import (
-    IN_DOUBT,
-    IN_FLIGHT,
-    RESTING,
-    TERMINAL,
-    OrderStatus,
-    status_from_exchange,
-)
+from workers.execution.order_state import IN_FLIGHT, OrderStatus
 from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
-from workers.flows.submission import describe_error, visibility_deadline
+from workers.flows.tracking import track_orders
 from workers.redis_client import get_redis
 from workers.settings import Settings
-from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
-from workers.store.models import AgedPosition, Order, Position, Signal
-from workers.store.orders import OrderSnapshot
+from workers.store.models import AgedPosition, Alert, Order, Position, Signal
 from workers.store.outbox import (
     OutboxMessage,
     mark_expired,
@@ -74,7 +65,6 @@ from workers.store.positions import (
 
 logger = logging.getLogger("execq.recovery")
 
-AGED_CLOSE_PURPOSES = ("aged_close", "aged_chunk")
 # kombu's Redis transport keeps reserved (popped, not yet acknowledged) messages here.
 UNACKED_KEY = "unacked"
 BROKER_SCAN_CHUNK = 1000
@@ -85,8 +75,7 @@ def run_recovery(settings: Settings) -> dict[str, int]:
     now = datetime.now(UTC)
     stuck_before = now - timedelta(seconds=settings.recovery_stuck_after_s)
     counts.update(redeliver_lost_signals(settings, now))
-    for order in _stuck_orders(stuck_before):
-        counts[_resolve_stuck(order, settings, now)] += 1
+    counts.update(track_orders(settings, now))
     for cid in _unbooked_fills(stuck_before):
         app.send_task("verify_position", kwargs={"client_order_id": cid})
         counts["reverify_enqueued"] += 1
@@ -97,15 +86,15 @@ def run_recovery(settings: Settings) -> dict[str, int]:
     for account in settings.accounts:
         try:
             exchange_positions[account.name] = fetch_positions(account.name)
+            if account_works(account.name):
+                counts["accounts_restored"] += 1
         except HedgeModeUnsupported as exc:
             counts["hedge_mode_refused"] += 1
             with session_scope() as session:
                 raise_alert(session, "hedge_mode_unsupported", str(exc), account=account.name)
-        except EXCHANGE_ERRORS as exc:
+        except VenueError as exc:
             counts["accounts_unreachable"] += 1
-            logger.warning(
-                "recovery: positions on %s failed: %s", account.name, describe_error(exc)
-            )
+            logger.warning("recovery: positions on %s failed: %s", account.name, exc.describe())
     busy = _busy_symbols(stuck_before)
     for account_name, positions in exchange_positions.items():
         counts.update(_reconcile_account(account_name, positions, settings, busy, now))
@@ -222,117 +211,6 @@ def _expire(
         )
 
 
-# --- 1. orders in doubt -------------------------------------------------------------------
-
-
-def _stuck_orders(before: datetime) -> list[OrderSnapshot]:
-    with session_scope() as session:
-        rows = session.scalars(
-            select(Order)
-            .where(
-                Order.status.in_([status.value for status in IN_FLIGHT]),
-                Order.updated_at < before,
-            )
-            .order_by(Order.id)
-            .limit(500)
-        ).all()
-        return [OrderSnapshot.of(row) for row in rows]
-
-
-def _resolve_stuck(order: OrderSnapshot, settings: Settings, now: datetime) -> str:
-    lock = try_lock(redis_keys.order_lock(order.client_order_id), settings.order_lock_ttl_s)
-    if lock is None:
-        return "orders_busy"  # a task is working on it right now
-    try:
-        if order.status in RESTING:
-            _reenqueue(order)
-            return "resting_reenqueued"
-        seen = None
-        if order.status in IN_DOUBT:
-            try:
-                seen = exchange_orders.find_order_by_client_id(
-                    gateway.get_client(order.account), order.symbol, order.client_order_id
-                )
-            except EXCHANGE_ERRORS as exc:
-                logger.info("recovery lookup %s: %s", order.client_order_id, describe_error(exc))
-                return "lookups_failed"
-        if seen is not None:
-            return _adopt_found(order, seen)
-        if order.status in IN_DOUBT and now < visibility_deadline(order, settings):
-            return "orders_in_visibility_window"
-        return _absent(order, settings, now)
-    finally:
-        lock.release()
-
-
-def _adopt_found(order: OrderSnapshot, seen: exchange_orders.ExchangeOrder) -> str:
-    status = status_from_exchange(seen.status, seen.amount or order.amount, seen.filled)
-    fields: dict[str, Any] = {"exchange_order_id": str(seen.id) if seen.id else None}
-    if seen.filled is not None:
-        fields["filled"] = seen.filled
-    if seen.average is not None and seen.filled:
-        fields["average_price"] = seen.average
-    if order.acked_at is None:
-        fields["acked_at"] = datetime.now(UTC)
-    adopted = order_store.transition(
-        order.client_order_id, status or OrderStatus.OPEN, payload={"source": "recovery"}, **fields
-    )
-    if adopted.status in TERMINAL:
-        app.send_task("verify_position", kwargs={"client_order_id": order.client_order_id})
-    else:
-        _reenqueue(adopted)
-    return "orders_adopted"
-
-
-def _leg_still_wanted(order: OrderSnapshot, settings: Settings, now: datetime) -> str | None:
-    """None when the leg should still happen, else why not."""
-    if not order.reduce_only and kill_switch_state().on:
-        return "kill switch on"
-    age_s = (now - order.created_at).total_seconds()
-    if age_s > settings.recovery_resubmit_max_age_s:
-        return f"signal is {age_s:.0f}s old, past EXECQ_RECOVERY_RESUBMIT_MAX_AGE_S"
-    return None
-
-
-def _absent(order: OrderSnapshot, settings: Settings, now: datetime) -> str:
-    why_not = _leg_still_wanted(order, settings, now)
-    if why_not is None:
-        _reenqueue(order)
-        return "orders_reenqueued"
-    order_store.transition(
-        order.client_order_id,
-        OrderStatus.REJECTED,
-        payload={"reason": f"absent on the exchange; not resent: {why_not}", "source": "recovery"},
-        last_error_class="recovery",
-        last_error=f"absent on the exchange; not resent: {why_not}",
-    )
-    return "orders_rejected"
-
-
-def _reenqueue(order: OrderSnapshot) -> None:
-    """Send the order's task again; it continues from the stored state."""
-    if order.purpose in AGED_CLOSE_PURPOSES and order.aged_id is not None:
-        app.send_task("close_aged_position", kwargs={"aged_id": order.aged_id})
-        return
-    kwargs: dict[str, Any] = {
-        "signal_id": order.signal_id,
-        "exchange": order.account,
-        "symbol": order.symbol,
-        "side": order.side,
-        "amount": str(order.amount),
-        "reduce_only": order.reduce_only,
-        "purpose": order.purpose,
-        "leg": order.leg,
-        "position_id": order.position_id,
-        "aged_id": order.aged_id,
-    }
-    if order.order_type == "limit":
-        kwargs.update(price=str(order.price), time_in_force=order.time_in_force or "GTC")
-        app.send_task("execute_limit_order", kwargs=kwargs)
-    else:
-        app.send_task("execute_market_order", kwargs=kwargs)
-
-
 # --- 2. fills not in the book -------------------------------------------------------------
 
 
@@ -351,12 +229,21 @@ def _unbooked_fills(before: datetime) -> list[str]:
 
 
 def _busy_symbols(before: datetime) -> set[tuple[str, str]]:
-    """Symbols whose book may lag the exchange right now: leave them for the next sweep."""
+    """Symbols whose book may lag the exchange right now: leave them for the next sweep.
+
+    An order whose outcome stays unknown past its visibility window (alerted) does not
+    hold its symbol back: a position it may have opened is exactly what the check must
+    report (``position_exceeds_book``).
+    """
+    stuck_unknown = and_(Order.status == OrderStatus.UNKNOWN.value, Order.alerted_at.is_not(None))
     with session_scope() as session:
         rows = session.execute(
             select(Order.account, Order.symbol).where(
                 or_(
-                    Order.status.in_([status.value for status in IN_FLIGHT]),
+                    and_(
+                        Order.status.in_([status.value for status in IN_FLIGHT]),
+                        not_(stuck_unknown),
+                    ),
                     Order.filled > Order.booked_filled,
                     Order.updated_at >= before,
                 )
@@ -407,8 +294,6 @@ def _reconcile_account(
 def _action_symbol(action: Any) -> str:
     if isinstance(action, rules.Adopt):
         return action.exchange_position.symbol
-    if isinstance(action, rules.Correct):
-        return action.book.symbol
     return action.book.symbol
 
 
@@ -452,6 +337,8 @@ def _apply(action: Any, now: datetime) -> str:
         ).one()
         if position.status != "open":
             return "positions_already_closed"
+        if isinstance(action, rules.ExceedsBook):
+            return _exceeds_book(session, position, action, now)
         if isinstance(action, rules.Correct):
             found = action.exchange
             record_event(
@@ -485,6 +372,80 @@ def _apply(action: Any, now: datetime) -> str:
             order=None,
         )
         return "closed_externally"
+
+
+def _exceeds_book(
+    session: Session, position: Position, action: rules.ExceedsBook, now: datetime
+) -> str:
+    """The exchange holds more than the book: a critical alert naming the orders that may
+    explain it. The book is corrected only when none can: an order still in doubt is
+    booked when it is found, and correcting now would book its fill twice."""
+    found = action.exchange
+    doubtful = session.execute(
+        select(Order.client_order_id, Order.status)
+        .where(
+            Order.account == position.account,
+            Order.symbol == position.symbol,
+            Order.status.in_([status.value for status in IN_FLIGHT]),
+        )
+        .order_by(Order.id)
+        .limit(20)
+    ).all()
+    orders = [f"{client_id} ({status})" for client_id, status in doubtful]
+    payload = {
+        "book_size": str(action.book.size),
+        "exchange_size": str(found.size),
+        "difference": str(action.difference),
+        "orders_in_doubt": orders,
+    }
+    record_event(
+        session,
+        "position_conflict",
+        position_id=position.id,
+        account=position.account,
+        symbol=position.symbol,
+        payload=payload | {"exceeds_book": True},
+    )
+    if not _alerted_already(session, position, str(found.size)):
+        cause = (
+            f"orders in flight or unknown on it: {', '.join(orders)}"
+            if orders
+            else "no order of execq's explains it (placed outside execq?); book corrected"
+        )
+        raise_alert(
+            session,
+            "position_exceeds_book",
+            f"{position.account} {position.symbol}: the exchange holds {found.size} where the "
+            f"book has {action.book.size} ({action.difference:+} more); {cause}",
+            account=position.account,
+            symbol=position.symbol,
+            position_id=position.id,
+            payload=payload,
+        )
+    if doubtful:
+        return "positions_exceeding_book"
+    position.size = abs(found.size)
+    position.side = "long" if found.size > 0 else "short"
+    if found.entry_price:
+        position.entry_price = found.entry_price
+    position.updated_at = now
+    return "positions_exceeding_book_corrected"
+
+
+def _alerted_already(session: Session, position: Position, exchange_size: str) -> bool:
+    """Whether this excess (same position, same exchange size) was alerted before."""
+    return (
+        session.scalar(
+            select(Alert.id)
+            .where(
+                Alert.kind == "position_exceeds_book",
+                Alert.position_id == position.id,
+                Alert.payload["exchange_size"].astext == exchange_size,
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 # --- 4. aged closes whose task is gone ------------------------------------------------------

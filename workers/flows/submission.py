@@ -1,380 +1,493 @@
 """Exactly-once submission of one order under at-least-once delivery.
 
-The flow (ARCHITECTURE.md "The order lifecycle"):
+Every path that places an order (the order tasks, aged closes, liquidation,
+the recovery sweep's re-enqueues) drives it through :class:`Submission`, which
+does the I/O and asks the lifecycle core (``workers.execution.lifecycle``)
+what each answer means:
 
-1. the intent row is written before any exchange call (unique client order id);
-2. a run that finds the order ``submitting``/``unknown`` from an earlier run
-   looks it up by client order id over the visibility window before sending;
-3. each failed create is classified by exception type: permanent ends the
-   order ``rejected``; ambiguous (and unknown) is looked up first and only
-   resent once the exchange definitely does not have it; rate-limited sets the
-   cluster-wide cooldown; transient waits and resends;
-4. waits that would outlast the run's deadline go back to the queue
-   (``Requeue``) instead of sleeping on a worker thread.
-
-Retry horizons: tenacity policies own the seconds inside one run, the queue
-owns longer waits, and the recovery sweep owns anything still in doubt.
+1. A run holds the order's **lease** (a Redis lock on its client order id)
+   from before it reads the order until it is done. A twin delivery of the
+   same signal waits for it, then reads the outcome; it never searches the
+   visibility window because of its twin.
+2. Right before every create the run reads the kill switch (for orders that
+   are not reduce-only) and whether the exchange refused the account's key,
+   and signs the request valid only until its lease expires (**fencing**,
+   :func:`workers.execution.lifecycle.signing_window_ms`): a run paused past
+   its lease has its late request refused by the exchange, never doubled.
+3. Creates are retried in place only where a retry cannot double the order
+   (the failure did not execute, or the exchange refuses a reused client id),
+   through the one retry executor (``workers.retrying``); waits longer than
+   the run's budget go back to the queue (:class:`Requeue`).
+4. An outcome in doubt is looked up by client order id over the visibility
+   window; not seen past it, an open is ``unknown`` with a critical alert and
+   is left to the recovery sweep, never resent where that could double it.
+5. A resting order ends the run: the tracking sweep (or a stream) follows it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import ccxt
 from sqlalchemy.orm import Session
 
 from workers import redis_keys
-from workers.coordination import kill_switch_state, try_lock
+from workers.coordination import (
+    KillSwitchState,
+    Lock,
+    now_ms,
+    refuse_account,
+    send_guard,
+    try_lock,
+)
 from workers.exchange import gateway
-from workers.exchange import orders as exchange_orders
-from workers.exchange.ratelimit import RateLimitWaitTooLong, set_cooldown
-from workers.exchange.reads import EXCHANGE_ERRORS
+from workers.exchange.errors import (
+    AccountRefused,
+    Ambiguous,
+    DuplicateClientId,
+    NotSent,
+    RateLimited,
+    Refused,
+    Unexpected,
+    VenueError,
+)
+from workers.exchange.ratelimit import set_cooldown
+from workers.exchange.venues.base import ExchangeOrder, OrderRequest, SigningWindow, Venue
+from workers.execution import lifecycle
 from workers.execution.order_state import (
     IN_DOUBT,
-    RESTING,
     TERMINAL,
     IllegalTransition,
     OrderStatus,
-    status_from_exchange,
 )
-from workers.execution.retry import RetryClass, RetryPolicies, classify, lookup_delays, should_retry
+from workers.execution.retry import RetryPolicies, lookup_delays
+from workers.retrying import Requeue, call_with_retries, poll
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.orders import OrderSnapshot
 
+__all__ = [
+    "LeaseLost",
+    "Requeue",
+    "Submission",
+    "lifecycle_timing",
+    "order_lease",
+    "record_sighting",
+]
+
 logger = logging.getLogger("execq.submission")
 
+# Seconds a run waits for a twin's lease on the same order before it goes back to the queue.
+LEASE_WAIT_S = 10.0
 
-class Requeue(Exception):
-    """Come back later: the wait is longer than this run may spend."""
 
-    def __init__(self, countdown_s: float, reason: str) -> None:
+class LeaseLost(Exception):
+    """The run's lease on the order expired or was taken over: it must not send any more."""
+
+
+class _Blocked(Exception):
+    """A create was stopped before it left (the kill switch, a refused account)."""
+
+    def __init__(self, error_class: str, reason: str) -> None:
         super().__init__(reason)
-        self.countdown_s = countdown_s
+        self.error_class = error_class
         self.reason = reason
 
 
-def describe_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
+def lifecycle_timing(settings: Settings) -> lifecycle.Timing:
+    """The lifecycle's horizons from the settings."""
+    retry = settings.retry
+    lookups_s = sum(lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor))
+    return lifecycle.Timing(
+        # A create may be accepted as late as one request timeout after it was sent.
+        visibility_window_s=settings.exchange_timeout_ms / 1000 + lookups_s,
+        give_up_after_s=settings.unknown_give_up_s,
+        resend_max_age_s=settings.recovery_resubmit_max_age_s,
+        max_sends=settings.order_max_sends,
+    )
+
+
+@contextmanager
+def order_lease(client_order_id: str, settings: Settings, deadline: float) -> Iterator[Lock]:
+    """Hold the order's lease for the block, waiting a moment for a run that holds it.
+
+    Raises :class:`Requeue` when it stays taken (the holder is working on it, or died and
+    its lease has not expired yet).
+    """
+    key = redis_keys.order_lock(client_order_id)
+
+    def take() -> Lock | None:
+        return try_lock(key, settings.order_lock_ttl_s)
+
+    lease = take() or poll(
+        take,
+        delays_s=lambda attempt: min(0.02 * 2**attempt, 0.25),
+        until=lambda: False,
+        deadline=min(deadline, time.monotonic() + LEASE_WAIT_S),
+    )
+    if lease is None:
+        raise Requeue(1.0, "another run holds this order")
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 @dataclass
 class Submission:
-    """Drives one order from its stored state to a terminal (or resting) state."""
+    """Drives one order from its stored state to an outcome the lifecycle core accepts.
+
+    ``fresh``: this run wrote the row as ``submitting`` under its lease and nothing was
+    sent yet. ``lease``: held by the caller (else ``run`` takes it). ``kill_switch``: read
+    by the caller a moment ago, for the first send. ``on_terminal`` runs in the
+    transaction that makes the order terminal and returns more columns for its row.
+    """
 
     order: OrderSnapshot
     settings: Settings
     deadline: float
-    # The row was just written as ``submitting`` by this run and nothing was sent
-    # yet: no earlier run can have sent it, so no lookup is needed before sending.
-    fresh: bool = False
-    # Runs in the transaction that makes the order terminal (``transition``'s ``then``).
     on_terminal: Callable[[Session, OrderSnapshot], Mapping[str, Any]] | None = None
+    fresh: bool = False
+    lease: Lock | None = None
+    kill_switch: KillSwitchState | None = None
+    venue: Venue = field(init=False)
     policies: RetryPolicies = field(init=False)
-    started: float = field(default_factory=time.monotonic)
+    timing: lifecycle.Timing = field(init=False)
+    possibly_sent: bool = field(init=False)
+    known_to_exist: bool = False
+    # Why this run may not send any more (a refusal, the kill switch, spent retries).
+    blocked: str | None = None
+    # A create's answer not yet written: recorded with the status it leads to.
+    accepted: ExchangeOrder | None = None
 
     def __post_init__(self) -> None:
+        self.venue = gateway.venue(self.order.account)
         self.policies = RetryPolicies.from_settings(self.settings.retry)
+        self.timing = lifecycle_timing(self.settings)
+        self.possibly_sent = self.order.status in IN_DOUBT and not self.fresh
 
     @property
     def cid(self) -> str:
         return self.order.client_order_id
 
-    @property
-    def client(self) -> ccxt.Exchange:
-        return gateway.get_client(self.order.account)
-
-    def remaining_s(self) -> float:
-        return self.deadline - time.monotonic()
-
-    # --- entry ------------------------------------------------------------------------
+    # --- entry -----------------------------------------------------------------------
 
     def run(self) -> OrderSnapshot:
-        """Drive the order under its lock: one run per order at a time, cluster-wide.
-
-        Every path that submits (order tasks, aged closes, liquidation, the
-        recovery sweep's re-enqueues) goes through here, so two runs can never
-        send the same client order id side by side. The lock expires soon
-        after the run's budget, so a killed worker's order is not held for long.
-        """
-        lock = try_lock(redis_keys.order_lock(self.cid), self.settings.order_lock_ttl_s)
-        if lock is None:
-            raise Requeue(1.0, "another run is working on this order")
-        try:
-            if not self.fresh:
-                self.order = order_store.load_order(self.cid) or self.order
-            return self._run_locked()
-        finally:
-            lock.release()
-
-    def _run_locked(self) -> OrderSnapshot:
-        status = self.order.status
-        if status in TERMINAL:
-            return self.order
-        if status in RESTING:
-            return self.follow()
-        if status == OrderStatus.SUBMITTING and self.fresh:
-            self.fresh = False
-            return self.submit()
-        if status in IN_DOUBT:
-            # An earlier run may have sent it: find out before sending anything.
-            found = self.lookup_over_visibility_window()
-            if found is not None:
-                return self.adopt(found, source="lookup")
-            if status == OrderStatus.UNKNOWN:
-                self._move(OrderStatus.SUBMITTING, payload={"reason": "absent after lookup"})
-            return self.submit()
-        # intent
-        if not self.order.reduce_only:
-            kill = kill_switch_state()
-            if kill.on:
-                return self._move(
-                    OrderStatus.REJECTED,
-                    payload={"reason": "kill switch on", "kill_reason": kill.reason},
-                    last_error_class="kill_switch",
-                    last_error=f"kill switch on: {kill.reason}",
-                )
-        self._move(OrderStatus.SUBMITTING)
-        return self.submit()
-
-    # --- create with retry classes ----------------------------------------------------
-
-    def submit(self) -> OrderSnapshot:
-        attempts_by_class: Counter[RetryClass] = Counter()
-        while True:
+        """Drive the order under its lease; raises :class:`Requeue` to come back later."""
+        if self.lease is not None:
+            return self._drive_or_requeue()
+        with order_lease(self.cid, self.settings, self.deadline) as lease:
+            self.lease = lease
+            self.order = order_store.load_order(self.cid) or self.order
+            self.possibly_sent = self.order.status in IN_DOUBT
             try:
-                response = exchange_orders.create_order(
-                    self.client,
-                    symbol=self.order.symbol,
-                    order_type=self.order.order_type,
-                    side=self.order.side,
-                    amount=self.order.amount,
-                    price=self.order.price,
-                    client_order_id=self.cid,
-                    reduce_only=self.order.reduce_only,
-                    time_in_force=self.order.time_in_force,
-                )
-            except RateLimitWaitTooLong as exc:
-                # Never sent: the shared budget is exhausted for longer than we may wait.
-                raise Requeue(exc.wait_s, str(exc)) from exc
-            except EXCHANGE_ERRORS as exc:
-                retry_class = classify(exc, mutating=True)
-                attempts_by_class[retry_class] += 1
-                self.order = order_store.record_attempt(
-                    self.cid,
-                    retry_class=retry_class.value,
-                    error=describe_error(exc),
-                    outcome="error",
-                )
-                resolved = self._after_failed_create(exc, retry_class, attempts_by_class)
-                if resolved is not None:
-                    return resolved
-                continue
-            return self.adopt(response, source="create", accepted_attempt=True)
+                return self._drive_or_requeue()
+            finally:
+                self.lease = None
 
-    def _after_failed_create(
-        self, exc: BaseException, retry_class: RetryClass, attempts: Counter[RetryClass]
-    ) -> OrderSnapshot | None:
-        """Decide what a failed create means; None means "send again now"."""
-        if retry_class == RetryClass.PERMANENT:
-            return self._move(
-                OrderStatus.REJECTED,
-                payload={"reason": describe_error(exc)},
-                last_error_class=retry_class.value,
-                last_error=describe_error(exc),
-            )
-        if retry_class in (RetryClass.AMBIGUOUS, RetryClass.UNKNOWN):
-            self._move(OrderStatus.UNKNOWN, payload={"reason": describe_error(exc)})
-            found = self.lookup_over_visibility_window()
-            if found is not None:
-                return self.adopt(found, source="lookup")
-            self._move(OrderStatus.SUBMITTING, payload={"reason": "absent after lookup"})
-        if retry_class == RetryClass.RATE_LIMITED:
-            wait_s = exchange_orders.retry_after_s(self.client)
-            set_cooldown(
-                self.order.account,
-                wait_s if wait_s is not None else self.policies.for_class(retry_class).base_s,
-            )
-        decision = should_retry(
-            retry_class,
-            attempts[retry_class],
-            self.policies,
-            time.monotonic() - self.started,
-            self.deadline - self.started,
+    def _drive_or_requeue(self) -> OrderSnapshot:
+        try:
+            return self._drive()
+        except Requeue:
+            if self.order.status == OrderStatus.SUBMITTING and not self.possibly_sent:
+                # Nothing of it left: the next run sends it without a lookup.
+                self._move(OrderStatus.INTENT, payload={"reason": "not sent; coming back later"})
+            raise
+
+    def facts(self) -> lifecycle.OrderFacts:
+        order = self.order
+        return lifecycle.OrderFacts(
+            status=order.status,
+            order_type=order.order_type,
+            reduce_only=order.reduce_only,
+            amount=order.amount,
+            created_at=order.created_at,
+            sent_at=order.submitted_at if self.possibly_sent else None,
+            possibly_sent=self.possibly_sent,
+            accepted=order.acked_at is not None or self.accepted is not None,
+            known_to_exist=self.known_to_exist,
+            alerted=order.alerted_at is not None,
+            sends=order.attempts,
+            blocked=self.blocked,
         )
-        if decision.requeue:
-            raise Requeue(decision.wait_s, f"{retry_class} wait {decision.wait_s:.2f}s")
-        if not decision.retry:
+
+    def _drive(self) -> OrderSnapshot:
+        observation: lifecycle.Observation = lifecycle.Taken()
+        traits = self.venue.traits
+        while True:
+            step = lifecycle.decide(
+                self.facts(), observation, traits, datetime.now(UTC), self.timing
+            )
+            match step:
+                case lifecycle.Send():
+                    observation = self._send()
+                case lifecycle.LookUp(mark_unknown=mark_unknown):
+                    if mark_unknown:
+                        self._move(OrderStatus.UNKNOWN, payload={"reason": "outcome in doubt"})
+                    observation = self.look_up()
+                case lifecycle.FetchOnce():
+                    observation = self._fetch_once()
+                case lifecycle.Adopt(status=status, seen=seen):
+                    return self.adopt(status, seen, source=_source_of(observation))
+                case lifecycle.StayUnknown(alert=alert):
+                    return self.stay_unknown(alert)
+                case lifecycle.GiveUp(reason=reason):
+                    return self.give_up(reason)
+                case lifecycle.Reject(error_class=error_class, reason=reason):
+                    return self._move(
+                        OrderStatus.REJECTED,
+                        payload={"reason": reason},
+                        last_error_class=error_class,
+                        last_error=reason,
+                    )
+                case lifecycle.Done():
+                    return self.order
+
+    # --- send ------------------------------------------------------------------------
+
+    def _request(self) -> OrderRequest:
+        order = self.order
+        return OrderRequest(
+            symbol=order.symbol,
+            order_type=order.order_type,
+            side=order.side,
+            amount=order.amount,
+            price=order.price,
+            client_order_id=self.cid,
+            reduce_only=order.reduce_only,
+            time_in_force=order.time_in_force,
+        )
+
+    def _send(self) -> lifecycle.Observation:
+        request = self._request()
+
+        def attempt() -> ExchangeOrder:
+            self._check_may_send()
+            if self.order.status != OrderStatus.SUBMITTING:
+                reason = "resend" if self.order.status == OrderStatus.UNKNOWN else None
+                self._move(OrderStatus.SUBMITTING, payload={"reason": reason} if reason else None)
+            signing = self._signing_window()
+            try:
+                return self.venue.create_order(request, signing)
+            except VenueError as exc:
+                self._record_failed_attempt(exc)
+                raise
+
+        try:
+            created = call_with_retries(
+                attempt,
+                policies=self.policies,
+                deadline=self.deadline,
+                retry_if=self._may_retry_create,
+                mutating=True,
+                before_sleep=self._before_retry,
+            )
+        except _Blocked as blocked:
+            self.blocked = blocked.reason
+            return lifecycle.Refused(blocked.error_class, blocked.reason)
+        except NotSent as exc:
+            self.blocked = exc.describe()
+            return lifecycle.NotExecuted(exc.retry_class, exc.describe())
+        except DuplicateClientId:
+            self.known_to_exist = True
+            return lifecycle.Duplicate()
+        except AccountRefused as exc:
+            self.blocked = exc.describe()
+            self._refuse_account(exc)
+            return lifecycle.Refused("account", exc.describe())
+        except Refused as exc:
+            self.blocked = exc.describe()
+            return lifecycle.Refused("permanent", exc.describe())
+        except VenueError as exc:
+            return lifecycle.MayHaveExecuted(exc.describe())
+        self.accepted = created
+        self.possibly_sent = True
+        return lifecycle.Accepted(created)
+
+    def _check_may_send(self) -> None:
+        """Read right before every create: the kill switch (unless reduce-only) and the
+        account's standing with the exchange. The caller's read counts for the first send."""
+        if self.order.reduce_only:
+            return
+        if self.kill_switch is not None:
+            kill_switch, refused = self.kill_switch, None
+            self.kill_switch = None
+        else:
+            guard = send_guard(self.order.account)
+            kill_switch, refused = guard.kill_switch, guard.account_refused
+        if kill_switch.on:
+            raise _Blocked("kill_switch", f"kill switch on: {kill_switch.reason}")
+        if refused is not None:
+            raise _Blocked("account", f"account {self.order.account} refused: {refused}")
+
+    def _signing_window(self) -> SigningWindow:
+        """Sign valid until shortly before the lease expires; renew it when too little is left."""
+        assert self.lease is not None, "a create is sent only under the order's lease"
+        for renewed in (False, True):
+            now = now_ms()
+            window = lifecycle.signing_window_ms(
+                now,
+                self.lease.expires_at_ms,
+                recv_window_ms=self.settings.recv_window_ms,
+                clock_skew_ms=self.settings.clock_skew_ms,
+            )
+            if window is not None:
+                return SigningWindow(timestamp_ms=now, recv_window_ms=window)
+            if renewed or not self.lease.renew():
+                break
+        raise LeaseLost(f"the lease on {self.cid} expired or was taken over")
+
+    def _may_retry_create(self, exc: BaseException) -> bool:
+        if isinstance(exc, NotSent):
+            return True
+        # A copy is refused as a duplicate where the venue refuses reused ids, and a
+        # reduce-only copy cannot open anything: resending those cannot double a position.
+        return isinstance(exc, Ambiguous | Unexpected) and lifecycle.resend_cannot_double(
+            self.facts(), self.venue.traits
+        )
+
+    def _before_retry(self, exc: BaseException, wait_s: float) -> None:
+        if isinstance(exc, RateLimited):
+            base_s = self.policies.rate_limited.base_s
+            set_cooldown(self.order.account, exc.retry_after_s or base_s)
+
+    def _record_failed_attempt(self, exc: VenueError) -> None:
+        if not isinstance(exc, NotSent):
+            self.possibly_sent = True
+        self.order = order_store.record_attempt(
+            self.cid,
+            retry_class=exc.retry_class.value,
+            error=exc.describe(),
+            outcome="error",
+            sent=exc.reached_exchange,
+        )
+
+    def _refuse_account(self, exc: AccountRefused) -> None:
+        account = self.order.account
+        refuse_account(account, exc.describe())
+        order_store.raise_order_alert(
+            self.cid,
+            "account_auth_failed",
+            f"the exchange refused account {account}'s key: {exc.describe()}; every order "
+            f"on {account} that is not reduce-only is refused until a request with its key "
+            "succeeds",
+        )
+
+    # --- look up ---------------------------------------------------------------------
+
+    def look_up(self) -> lifecycle.Observation:
+        """Look the order up by client id until seen, or not seen past the visibility window."""
+        retry = self.settings.retry
+        delays = lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor)
+        attempts = 0
+
+        def probe() -> ExchangeOrder | None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                seen = self.venue.fetch_order(
+                    self.order.symbol,
+                    exchange_order_id=self.order.exchange_order_id,
+                    client_order_id=self.cid,
+                )
+            except VenueError as exc:
+                order_store.record_order_event(
+                    self.cid,
+                    "order_lookup",
+                    {"attempt": attempts, "result": "error", "error": exc.describe()},
+                )
+                return None
             order_store.record_order_event(
                 self.cid,
-                "order_failed",
-                {
-                    "retry_class": retry_class.value,
-                    "attempts": attempts[retry_class],
-                    "error": describe_error(exc),
-                },
+                "order_lookup",
+                {"attempt": attempts, "result": "found" if seen else "absent"},
             )
-            return self._move(
-                OrderStatus.REJECTED,
-                payload={"reason": f"{retry_class} retries exhausted"},
-                last_error_class=retry_class.value,
-                last_error=describe_error(exc),
+            return seen
+
+        def window_passed() -> bool:
+            return lifecycle.window_passed(self.facts(), datetime.now(UTC), self.timing)
+
+        def delay_s(attempt: int) -> float:
+            return delays[attempt - 1] if attempt <= len(delays) else retry.lookup_base_s * 4
+
+        seen = poll(probe, delays_s=delay_s, until=window_passed, deadline=self.deadline)
+        return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, "lookup")
+
+    def _fetch_once(self) -> lifecycle.Observation:
+        exchange_id = self.accepted.id if self.accepted else self.order.exchange_order_id
+        try:
+            seen = self.venue.fetch_order(
+                self.order.symbol, exchange_order_id=exchange_id, client_order_id=self.cid
             )
-        # The policy's backoff between attempts; bounded by the run's deadline above.
-        time.sleep(decision.wait_s)
-        return None
+        except VenueError as exc:
+            logger.info("fetch %s after its create: %s", self.cid, exc.describe())
+            seen = None
+        return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, "create+follow")
 
-    # --- lookups ----------------------------------------------------------------------
-
-    def absent_after(self) -> datetime:
-        """When a lookup that finds nothing proves the order absent.
-
-        Measured in wall-clock time from the last moment a create may have
-        reached the exchange (``submitted_at``), plus one exchange timeout (the
-        request may be accepted as late as that) and the visibility window.
-        Because it is stored, a run that requeues mid-window is continued by
-        the next run, never restarted.
-        """
-        return visibility_deadline(self.order, self.settings)
-
-    def lookup_over_visibility_window(self) -> exchange_orders.ExchangeOrder | None:
-        """Look the order up by client id until found, or absent past the visibility window.
-
-        Raises Requeue when the window ends after this run's budget: concluding
-        "absent" early is how orders get doubled.
-        """
-        retry = self.settings.retry
-        delays = iter(
-            lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor)
-        )
-        absent_after = self.absent_after()
-        index = 0
-        while True:
-            index += 1
-            try:
-                found = exchange_orders.find_order_by_client_id(
-                    self.client, self.order.symbol, self.cid
-                )
-            except EXCHANGE_ERRORS as exc:
-                order_store.record_order_event(
-                    self.cid,
-                    "order_lookup",
-                    {"attempt": index, "result": "error", "error": describe_error(exc)},
-                )
-            else:
-                order_store.record_order_event(
-                    self.cid,
-                    "order_lookup",
-                    {"attempt": index, "result": "found" if found else "absent"},
-                )
-                if found is not None:
-                    return found
-                if datetime.now(UTC) >= absent_after:
-                    return None
-            until_conclusive = (absent_after - datetime.now(UTC)).total_seconds()
-            delay = max(0.05, min(next(delays, retry.lookup_base_s * 4), until_conclusive + 0.05))
-            if delay > self.remaining_s():
-                raise Requeue(delay, "visibility window ends after this run's budget")
-            time.sleep(delay)
-
-    # --- adopting the exchange's word -------------------------------------------------
+    # --- record the outcome ----------------------------------------------------------
 
     def adopt(
-        self, seen: exchange_orders.ExchangeOrder, *, source: str, accepted_attempt: bool = False
+        self, status: OrderStatus, seen: ExchangeOrder | None, *, source: str
     ) -> OrderSnapshot:
-        status = status_from_exchange(seen.status, seen.amount or self.order.amount, seen.filled)
-        now = datetime.now(UTC)
         fields: dict[str, Any] = {}
-        if seen.id is not None:
-            fields["exchange_order_id"] = str(seen.id)
-        if seen.filled is not None:
-            fields["filled"] = seen.filled
-        if seen.average is not None and seen.filled:
-            fields["average_price"] = seen.average
-        if self.order.acked_at is None:
-            fields["acked_at"] = now
-        asked = False
-        if status is None and self.order.status in IN_DOUBT:
-            # Accepted, but the response does not say how it went (Bybit's create). Ask
-            # at once, before writing: a market order has filled by then, and writing
-            # its acceptance and its fill in one transaction saves a whole one.
-            asked = True
-            now_seen = self._fetch_own_order(fields.get("exchange_order_id"))
-            status = self._status_of(now_seen)
-            if status is None or now_seen is None:
-                status = OrderStatus.OPEN
-            else:
-                fields |= self._fill_fields(now_seen)
-        elif status is None:
-            status = self.order.status
-        self.order = self._move(
+        for answer in (self.accepted, seen):
+            if answer is not None and answer.id is not None:
+                fields["exchange_order_id"] = answer.id
+        if seen is not None:
+            if seen.filled is not None:
+                fields["filled"] = seen.filled
+            if seen.average is not None and seen.filled:
+                fields["average_price"] = seen.average
+        accepted_attempt = self.accepted is not None
+        if self.order.acked_at is None and (seen is not None or accepted_attempt):
+            fields["acked_at"] = datetime.now(UTC)
+        if seen is not None and not accepted_attempt and self.order.attempts == 0:
+            # Found on the exchange: a create did reach it, sent by a run that died
+            # before it could record its attempt.
+            fields["attempts"] = 1
+        self.accepted = None
+        return self._move(
             status,
-            payload={"source": f"{source}+follow" if asked else source},
+            payload={"source": source},
             accepted_attempt=accepted_attempt,
             **fields,
         )
-        if self.order.status in RESTING:
-            return self.follow(fetch_first=not asked)
-        return self.order
 
-    def follow(self, *, fetch_first: bool = True) -> OrderSnapshot:
-        """Poll a resting order until it is terminal; requeue when the run's time is up.
-
-        ``fetch_first=False``: the exchange was asked a moment ago, so wait first.
-        """
-        delays = iter(lookup_delays(50, 0.25, 1.5))
-        fetch = fetch_first
-        while self.order.status in RESTING:
-            if fetch:
-                seen = self._fetch_own_order()
-                status = self._status_of(seen)
-                if (
-                    seen is not None
-                    and status is not None
-                    and (status != self.order.status or (seen.filled or 0) != self.order.filled)
-                ):
-                    self.order = self._move(
-                        status, payload={"source": "follow"}, **self._fill_fields(seen)
-                    )
-                    continue
-            fetch = True
-            delay = min(next(delays), 2.0)
-            if delay > self.remaining_s():
-                raise Requeue(min(2.0, max(delay, 0.5)), "order still resting")
-            time.sleep(delay)
-        return self.order
-
-    def _status_of(self, seen: exchange_orders.ExchangeOrder | None) -> OrderStatus | None:
-        if seen is None:
-            return None
-        return status_from_exchange(seen.status, seen.amount or self.order.amount, seen.filled)
-
-    def _fill_fields(self, seen: exchange_orders.ExchangeOrder) -> dict[str, Any]:
-        fields: dict[str, Any] = {"filled": seen.filled or self.order.filled}
-        if seen.average is not None and seen.filled:
-            fields["average_price"] = seen.average
-        return fields
-
-    def _fetch_own_order(
-        self, exchange_order_id: str | None = None
-    ) -> exchange_orders.ExchangeOrder | None:
-        """The order as the exchange shows it now; None when not visible or the read failed."""
-        try:
-            return exchange_orders.fetch_own_order(
-                self.client,
-                self.order.symbol,
-                exchange_order_id or self.order.exchange_order_id,
+    def stay_unknown(self, alert: bool) -> OrderSnapshot:
+        if self.order.status != OrderStatus.UNKNOWN:
+            self._move(OrderStatus.UNKNOWN, payload={"reason": "not seen after its create"})
+        if alert:
+            self.order = order_store.raise_order_alert(
                 self.cid,
+                "order_unknown",
+                f"{self.order.account} {self.order.symbol} order {self.cid}: the outcome of "
+                "its create is unknown and no lookup found it within the visibility window; "
+                "it is not resent (that could double it); the recovery sweep keeps looking "
+                f"for {self.settings.unknown_give_up_s:.0f}s after its last send",
+                mark_alerted=True,
             )
-        except EXCHANGE_ERRORS as exc:
-            logger.info("follow %s: %s", self.cid, describe_error(exc))
-            return None
+        return self.order
+
+    def give_up(self, reason: str) -> OrderSnapshot:
+        order = self._move(
+            OrderStatus.REJECTED,
+            payload={"reason": reason},
+            last_error_class="not_found",
+            last_error=reason,
+        )
+        order_store.raise_order_alert(
+            self.cid,
+            "order_unknown",
+            f"{order.account} {order.symbol} order {self.cid}: {reason}; recorded as "
+            "rejected; a position it may have opened shows as an orphan and is adopted",
+            payload={"given_up": True},
+        )
+        return order
 
     def _move(
         self,
@@ -383,7 +496,7 @@ class Submission:
         payload: dict | None = None,
         accepted_attempt: bool = False,
         **fields: Any,
-    ):
+    ) -> OrderSnapshot:
         try:
             self.order = order_store.transition(
                 self.cid,
@@ -394,7 +507,8 @@ class Submission:
                 **fields,
             )
         except IllegalTransition:
-            # Another run moved the order on (it can only move forward): take its word.
+            # Another run (or a tracker) moved the order on, and orders only move
+            # forward: take its word.
             latest = order_store.load_order(self.cid)
             assert latest is not None
             self.order = latest
@@ -402,14 +516,30 @@ class Submission:
         return self.order
 
 
-def visibility_window_s(settings: Settings) -> float:
-    retry = settings.retry
-    return sum(lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor))
-
-
-def visibility_deadline(order: OrderSnapshot, settings: Settings) -> datetime:
-    """The moment after which a lookup that finds nothing proves the order absent."""
-    anchor = order.submitted_at or order.created_at
-    return anchor + timedelta(
-        seconds=settings.exchange_timeout_ms / 1000 + visibility_window_s(settings)
+def record_sighting(
+    order: OrderSnapshot,
+    seen: ExchangeOrder,
+    source: str,
+    settings: Settings,
+    on_terminal: Callable[[Session, OrderSnapshot], Mapping[str, Any]] | None = None,
+) -> OrderSnapshot:
+    """Record what the exchange showed of an order outside a run (verification, the
+    tracking sweep, a stream update, a cancel's lookup), as the lifecycle core decides."""
+    run = Submission(
+        order=order, settings=settings, deadline=time.monotonic(), on_terminal=on_terminal
     )
+    step = lifecycle.decide(
+        run.facts(), lifecycle.Seen(seen, source), run.venue.traits, datetime.now(UTC), run.timing
+    )
+    if isinstance(step, lifecycle.Adopt):
+        return run.adopt(step.status, step.seen, source=source)
+    return order
+
+
+def _source_of(observation: lifecycle.Observation) -> str:
+    match observation:
+        case lifecycle.Seen(source=source):
+            return source
+        case lifecycle.Accepted():
+            return "create"
+    return "lookup"

@@ -20,11 +20,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from workers.exchange import gateway
-from workers.exchange import orders as exchange_orders
+from workers.exchange.errors import VenueError
 from workers.exchange.positions import cached_position_size, fetch_positions
 from workers.exchange.prices import amount_limits
-from workers.exchange.reads import EXCHANGE_ERRORS
-from workers.execution.order_state import IN_DOUBT, RESTING, OrderStatus, status_from_exchange
+from workers.exchange.venues.base import ExchangeOrder
+from workers.execution.lifecycle import status_from_exchange
+from workers.execution.order_state import IN_DOUBT, RESTING, OrderStatus
 from workers.execution.retry import lookup_delays
 from workers.execution.verification import (
     FlatCheck,
@@ -38,8 +39,9 @@ from workers.execution.verification import (
     order_verdict,
     position_outcome,
 )
-from workers.flows.submission import describe_error
+from workers.flows.submission import record_sighting
 from workers.observability import metrics
+from workers.retrying import poll
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
@@ -54,6 +56,9 @@ logger = logging.getLogger("execq.verifier")
 ORDER_LOOKUP_TRIES = 5
 ORDER_LOOKUP_BASE_S = 0.5
 ORDER_LOOKUP_FACTOR = 1.5
+# REST positions are asked again after 0.5 s x 1.5^n while the budget lasts.
+POSITIONS_BASE_S = 0.5
+POSITIONS_FACTOR = 1.5
 
 
 def _observation(order: OrderSnapshot) -> OrderObservation | None:
@@ -73,36 +78,38 @@ def _observation(order: OrderSnapshot) -> OrderObservation | None:
     return OrderObservation(status=unified, amount=order.amount, filled=order.filled)
 
 
-def _refresh_order(order: OrderSnapshot, deadline: float) -> OrderSnapshot:
+def _refresh_order(order: OrderSnapshot, deadline: float, settings: Settings) -> OrderSnapshot:
     """Ask the exchange about the order with lag retries, and record what it said."""
-    client = gateway.get_client(order.account)
-    delays = [0.0, *lookup_delays(ORDER_LOOKUP_TRIES - 1, ORDER_LOOKUP_BASE_S, ORDER_LOOKUP_FACTOR)]
-    for delay in delays:
-        if delay:
-            if time.monotonic() + delay > deadline:
-                break
-            time.sleep(delay)
+    venue = gateway.venue(order.account)
+    delays = lookup_delays(ORDER_LOOKUP_TRIES - 1, ORDER_LOOKUP_BASE_S, ORDER_LOOKUP_FACTOR)
+    probes = 0
+
+    def probe() -> ExchangeOrder | None:
+        nonlocal probes
+        probes += 1
         try:
-            seen = exchange_orders.fetch_own_order(
-                client, order.symbol, order.exchange_order_id, order.client_order_id
+            seen = venue.fetch_order(
+                order.symbol,
+                exchange_order_id=order.exchange_order_id,
+                client_order_id=order.client_order_id,
             )
-        except EXCHANGE_ERRORS as exc:
-            logger.info("verify %s: lookup failed: %s", order.client_order_id, describe_error(exc))
-            continue
-        if seen is None:
-            continue
-        status = status_from_exchange(seen.status, seen.amount or order.amount, seen.filled)
-        if status is None:
-            continue
-        fields = {"filled": seen.filled if seen.filled is not None else order.filled}
-        if seen.id:
-            fields["exchange_order_id"] = str(seen.id)
-        if seen.average is not None and seen.filled:
-            fields["average_price"] = seen.average
-        return order_store.transition(
-            order.client_order_id, status, payload={"source": "verification"}, **fields
-        )
-    return order
+        except VenueError as exc:
+            logger.info("verify %s: lookup failed: %s", order.client_order_id, exc.describe())
+            return None
+        if seen is None or status_from_exchange(seen, order.amount) is None:
+            return None
+        return seen
+
+    seen = poll(
+        probe,
+        delays_s=lambda attempt: delays[attempt - 1],
+        until=lambda: probes >= ORDER_LOOKUP_TRIES,
+        deadline=deadline,
+        requeue_past_deadline=False,
+    )
+    if seen is None:
+        return order
+    return record_sighting(order, seen, "verification", settings)
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
 
     observation = _observation(order)
     if observation is None or observation.status == "open":
-        order = _refresh_order(order, deadline)
+        order = _refresh_order(order, deadline, settings)
         observation = _observation(order)
     asked.append(
         (
@@ -157,22 +164,26 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
     if _decided(result := judge()):
         return Verification(result, tuple(asked))
 
-    for delay in [0.0, *lookup_delays(10, 0.5, 1.5)]:
-        if delay:
-            if time.monotonic() + delay > deadline:
-                break
-            time.sleep(delay)
+    def positions_say() -> VerificationResult | None:
         try:
             positions = fetch_positions(order.account, [order.symbol])
-        except EXCHANGE_ERRORS as exc:
-            logger.info(
-                "verify %s: positions failed: %s", order.client_order_id, describe_error(exc)
-            )
-            continue
+        except VenueError as exc:
+            logger.info("verify %s: positions failed: %s", order.client_order_id, exc.describe())
+            return None
         size = sum((abs(p.size) for p in positions if p.symbol == order.symbol), Decimal(0))
         asked.append((SourceName.REST, position_outcome(size)))
-        if _decided(result := judge()):
-            return Verification(result, tuple(asked))
+        result = judge()
+        return result if _decided(result) else None
+
+    decided = poll(
+        positions_say,
+        delays_s=lambda attempt: POSITIONS_BASE_S * POSITIONS_FACTOR ** (attempt - 1),
+        until=lambda: False,
+        deadline=deadline,
+        requeue_past_deadline=False,
+    )
+    if decided is not None:
+        return Verification(decided, tuple(asked))
     return Verification(judge(exhausted=True), tuple(asked))
 
 
@@ -326,19 +337,34 @@ def check_flat(
     attempts = settings.flat_check_attempts
     interval_s = settings.flat_check_budget_s / attempts
     residuals: list[Decimal] = []
-    check = FlatCheck(flat=False, residual=Decimal(0))
-    for index in range(attempts):
-        if index:
-            time.sleep(interval_s)
+    checks = 0
+
+    def flat_now() -> FlatCheck | None:
+        nonlocal checks
+        checks += 1
         try:
             positions = fetch_positions(account, [symbol])
-        except EXCHANGE_ERRORS as exc:
-            logger.info("flat check %s %s: %s", account, symbol, describe_error(exc))
-            continue
+        except VenueError as exc:
+            logger.info("flat check %s %s: %s", account, symbol, exc.describe())
+            return None
         residuals.append(sum((abs(p.size) for p in positions if p.symbol == symbol), Decimal(0)))
+        outcome = flat_outcome(residuals[-1:], min_amount)
+        return outcome if outcome.flat else None
+
+    flat = poll(
+        flat_now,
+        delays_s=lambda attempt: interval_s,
+        until=lambda: checks >= attempts,
+        # One more interval than the checks need: the budget bounds the checks, not a clock.
+        deadline=time.monotonic() + settings.flat_check_budget_s + interval_s,
+        requeue_past_deadline=False,
+    )
+    if flat is not None:
+        check = flat
+    elif residuals:
         check = flat_outcome(residuals[-1:], min_amount)
-        if check.flat:
-            break
+    else:
+        check = FlatCheck(flat=False, residual=Decimal(0))
     with session_scope() as session:
         if check.flat:
             record_event(

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from workers.app import app
 from workers.exchange import gateway
-from workers.exchange import orders as exchange_orders
+from workers.exchange.venues.base import OrderRequest
 from workers.settings import ExchangeAccount, get_settings
 
 
@@ -31,16 +31,17 @@ def create_only(account: str, symbol: str, amount: str, client_order_id: str) ->
     record, so it refuses every account that is not simulated.
     """
     refuse_unless_simulated(get_settings().account(account))
-    exchange_orders.create_order(
-        gateway.get_client(account),
-        symbol=symbol,
-        order_type="market",
-        side="buy",
-        amount=Decimal(amount),
-        price=None,
-        client_order_id=client_order_id,
-        reduce_only=False,
-        time_in_force=None,
+    gateway.venue(account).create_order(
+        OrderRequest(
+            symbol=symbol,
+            order_type="market",
+            side="buy",
+            amount=Decimal(amount),
+            price=None,
+            client_order_id=client_order_id,
+            reduce_only=False,
+            time_in_force=None,
+        )
     )
 
 

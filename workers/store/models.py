@@ -86,6 +86,10 @@ class Order(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     terminal_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Celery task that placed it: a tracker stores the final result under its id.
+    task_id: Mapped[str | None] = mapped_column(String(255))
+    # When the critical alert for a create whose outcome stays unknown was raised.
+    alerted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_orders_signal_id", "signal_id"),

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from workers.execution.order_state import (
     EVENT_FOR_STATUS,
     IN_FLIGHT,
+    NOT_SENT_EVENT,
     TERMINAL,
     OrderStatus,
     path_to,
@@ -33,6 +34,7 @@ from workers.store.db import DriverStatement, session_scope, single_statement
 from workers.store.events import (
     event_row,
     insert_recorded_events,
+    raise_alert,
     record_event,
     take_recorded_events,
 )
@@ -71,6 +73,8 @@ class OrderSnapshot:
     submitted_at: datetime | None
     # How much of ``filled`` is already in the position book.
     booked_filled: Decimal
+    task_id: str | None = None
+    alerted_at: datetime | None = None
 
     @classmethod
     def of(cls, order: Any) -> OrderSnapshot:
@@ -102,6 +106,8 @@ class OrderSnapshot:
             acked_at=order.acked_at,
             submitted_at=order.submitted_at,
             booked_filled=order.booked_filled,
+            task_id=order.task_id,
+            alerted_at=order.alerted_at,
         )
 
     @property
@@ -176,6 +182,7 @@ _INTENT_COLUMNS = (
     "metadata",
     "status",
     "submitted_at",
+    "task_id",
 )
 
 
@@ -274,7 +281,7 @@ def ensure_intent(
     on its own (``_INSERT_INTENT``): it is the last write before the exchange call.
     """
     status = OrderStatus.SUBMITTING if submitting else OrderStatus.INTENT
-    columns = {
+    columns = {"task_id": None} | {
         ("metadata" if name == "metadata_" else name): value for name, value in values.items()
     }
     ids = {name: columns.get(name) for name in _EVENT_ID_COLUMNS}
@@ -367,7 +374,7 @@ def transition(
             metrics.observe_order_status(order.account, step.value)
             record_event(
                 session,
-                EVENT_FOR_STATUS[step],
+                EVENT_FOR_STATUS.get(step, NOT_SENT_EVENT),
                 **_event_ids(changed),
                 attempt=changed.attempts,
                 error_class=changed.last_error_class if step == OrderStatus.REJECTED else None,
@@ -399,8 +406,10 @@ def record_attempt(
     retry_class: str | None,
     error: str | None,
     outcome: str,
+    sent: bool = True,
 ) -> OrderSnapshot:
-    """Count one create attempt and write its event (class and error, or success)."""
+    """Write one create attempt's event (class and error, or success); ``sent`` counts it
+    in ``attempts`` (false for a request that provably never left)."""
     with session_scope() as session:
         order = lock_order(session, client_order_id)
         values = _attempt_values(
@@ -410,6 +419,7 @@ def record_attempt(
             error=error,
             outcome=outcome,
             now=datetime.now(UTC),
+            sent=sent,
         )
         _update_order(session, order.id, values)
         return _changed(order, values)
@@ -423,15 +433,14 @@ def _attempt_values(
     error: str | None,
     outcome: str,
     now: datetime,
+    sent: bool = True,
 ) -> dict[str, Any]:
     """The row changes for one more create attempt; records its event."""
-    # The latest moment a create may have reached the exchange: the visibility
-    # window for concluding "absent" is measured from here.
-    values: dict[str, Any] = {
-        "attempts": order.attempts + 1,
-        "submitted_at": now,
-        "updated_at": now,
-    }
+    values: dict[str, Any] = {"updated_at": now}
+    if sent:
+        # The latest moment a create may have reached the exchange: the visibility
+        # window for concluding "absent" is measured from here.
+        values |= {"attempts": order.attempts + 1, "submitted_at": now}
     metrics.observe_attempt(order.account, retry_class or "success")
     if error is not None:
         values["last_error_class"] = retry_class
@@ -440,11 +449,41 @@ def _attempt_values(
         session,
         "order_attempt",
         **_event_ids(order),
-        attempt=values["attempts"],
+        attempt=values.get("attempts", order.attempts),
         error_class=retry_class,
-        payload={"outcome": outcome, "error": error},
+        payload={"outcome": outcome, "error": error, "sent": sent},
     )
     return values
+
+
+def raise_order_alert(
+    client_order_id: str,
+    kind: str,
+    message: str,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    mark_alerted: bool = False,
+) -> OrderSnapshot:
+    """A critical alert about one order; ``mark_alerted`` records on the row that the
+    alert for its unknown outcome was raised (so it is raised once)."""
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        order = lock_order(session, client_order_id)
+        raise_alert(
+            session,
+            kind,
+            message,
+            account=order.account,
+            symbol=order.symbol,
+            order_id=order.id,
+            position_id=order.position_id,
+            payload={"client_order_id": order.client_order_id, **dict(payload or {})},
+        )
+        if not mark_alerted:
+            return order
+        values = {"alerted_at": now, "updated_at": now}
+        _update_order(session, order.id, values)
+        return _changed(order, values)
 
 
 def record_order_event(
