@@ -47,6 +47,21 @@ def attempt_classes(client_order_id: str) -> list[str | None]:
     return [e.error_class for e in events_for(client_order_id) if e.type == "order_attempt"]
 
 
+def alerts_for(client_order_id: str) -> list:
+    from workers.store.db import session_scope
+    from workers.store.models import Alert, Order
+
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Alert)
+                .join(Order, Order.id == Alert.order_id)
+                .where(Order.client_order_id == client_order_id)
+                .order_by(Alert.id)
+            )
+        )
+
+
 def order_row(client_order_id: str):
     from workers.store.orders import load_order
 
@@ -117,8 +132,8 @@ def test_a_stale_reference_price_is_used_and_refreshed_after_the_create(worker, 
     assert get_redis().pttl(key) > (PRICE_CACHE_TTL_S - PRICE_FRESH_S) * 1000
 
 
-def test_server_error_then_success_sends_two_creates_and_one_order(worker, sim):
-    # Given the exchange answers the next create with a 503
+def test_a_binance_open_whose_create_failed_ambiguously_is_unknown_and_never_resent(worker, sim):
+    # Given the exchange answers the next Binance create with a 503 (it may have acted)
     sim.faults(
         {
             "rules": [
@@ -135,9 +150,35 @@ def test_server_error_then_success_sends_two_creates_and_one_order(worker, sim):
     # When an order is sent
     summary = run_order(exchange="binance", symbol=BTC, side="buy", amount="0.01")
 
-    # Then it was looked up (5xx is ambiguous), found absent, sent again and filled once
+    # Then it was looked up over the visibility window, never seen, and not resent:
+    # Binance would accept the same client id again and could fill it twice
+    assert summary["status"] == "unknown"
+    assert sim.calls("binance", "create_order") == 1
+    assert attempt_classes(summary["client_order_id"]) == ["ambiguous"]
+    # and a person is told, once
+    assert [a.kind for a in alerts_for(summary["client_order_id"])] == ["order_unknown"]
+
+
+def test_a_bybit_open_whose_create_failed_ambiguously_is_resent_and_fills_once(worker, sim):
+    # Given the same 503 on Bybit, which refuses a reused orderLinkId forever
+    sim.faults(
+        {
+            "rules": [
+                {
+                    "exchange": "bybit",
+                    "operation": "create_order",
+                    "kind": "server_error",
+                    "count": 1,
+                }
+            ]
+        }
+    )
+
+    summary = run_order(exchange="bybit", symbol=ETH, side="buy", amount="0.01")
+
+    # Then a resend could not double it: sent again at once, one order on the exchange
     assert summary["status"] == "filled"
-    assert sim.calls("binance", "create_order") == 2
+    assert sim.calls("bybit", "create_order") == 2
     assert len(sim.orders_for(summary["client_order_id"])) == 1
     assert attempt_classes(summary["client_order_id"]) == ["ambiguous", None]
 
@@ -173,11 +214,13 @@ def test_timeout_after_accept_leaves_exactly_one_order_reported_filled(worker, s
 
     summary = run_order(exchange=exchange, symbol=ETH, side="sell", amount="0.2")
 
-    # Then the lookup by client order id found it: one order, reported filled
+    # Then one order exists, reported filled: Binance's was found by a lookup; Bybit's
+    # copy was sent again at once and refused as a duplicate, which proved it exists
     assert summary["status"] == "filled"
     assert len(sim.orders_for(summary["client_order_id"])) == 1
-    assert sim.calls(exchange, "create_order") == 1
-    assert attempt_classes(summary["client_order_id"]) == ["ambiguous"]
+    creates = {"binance": 1, "bybit": 2}[exchange]
+    assert sim.calls(exchange, "create_order") == creates
+    assert attempt_classes(summary["client_order_id"]) == ["ambiguous", "permanent"][:creates]
 
 
 def test_binance_reuse_trap_visibility_lag_longer_than_first_lookup(worker, sim):
@@ -404,13 +447,30 @@ def test_limit_order_rests_then_fills_when_the_price_crosses(worker, sim):
         message="the limit order never rested on the book",
     )
 
-    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3390"})
-    summary = result.get(timeout=90)
+    # The task ends when the exchange has accepted the order: it rests, the result says so
+    accepted = result.get(timeout=60)
+    assert accepted["status"] == "open" and accepted["order_id"]
 
-    assert summary["status"] == "filled"
+    # When the price crosses and the tracker follows the order
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3390"})
+    from workers.app import app
+
+    def final() -> dict | None:
+        app.send_task("order_tracking_sweep").get(timeout=30)
+        summary = app.AsyncResult(result.id).result
+        return summary if summary["status"] == "filled" else None
+
+    # Then the producer's result is replaced by the final one
+    summary = wait_for(final, 60, interval_s=0.5, message="the fill was never recorded")
     assert Decimal(summary["average_price"]) <= Decimal("3400")
     types = [e.type for e in events_for(summary["client_order_id"])]
     assert types.index("order_submitted") < types.index("order_filled")
+    # and the fill is verified and booked into a position
+    wait_for(
+        lambda: order_row(summary["client_order_id"]).booked_filled == Decimal("0.1"),
+        30,
+        message="the tracked fill was not booked",
+    )
 
 
 def test_ioc_limit_that_cannot_fill_ends_canceled_with_nothing_filled(worker, sim):

@@ -357,7 +357,7 @@ class Submission:
             set_cooldown(self.order.account, exc.retry_after_s or base_s)
 
     def _record_failed_attempt(self, exc: VenueError) -> None:
-        if not isinstance(exc, NotSent):
+        if isinstance(exc, Ambiguous | Unexpected | DuplicateClientId):
             self.possibly_sent = True
         self.order = order_store.record_attempt(
             self.cid,

@@ -153,6 +153,8 @@ def finish(order: OrderSnapshot) -> None:
     if order.filled > order.booked_filled:
         app.send_task("verify_position", kwargs={"client_order_id": order.client_order_id})
     if order.terminal and order.task_id:
+        # The backend never overwrites a finished task's result: drop it, then store.
+        app.backend.forget(order.task_id)
         app.backend.store_result(order.task_id, order.summary(), "SUCCESS")
 
 
