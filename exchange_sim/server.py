@@ -170,7 +170,9 @@ async def handle_exchange(request: web.BaseRequest, state: SimState) -> web.Stre
 def _run(front: FrontEnd, endpoint, ctx: Ctx, request: web.Request, operation: str):
     try:
         if endpoint.private:
-            front.authenticate(request, ctx.params)
+            # On arrival at the engine, after any injected latency: a request
+            # held past its validity window is refused as the exchange would.
+            front.authenticate(request, ctx.params, ctx.now_ms)
         payload = endpoint.handler(ctx)
     except ApiError as error:
         return _render(front, error)

@@ -106,10 +106,13 @@ def exchange(request: pytest.FixtureRequest, sim: Simulator) -> ccxt.Exchange:
     return client_for(request.param)
 
 
-def load_fixture(exchange: str) -> dict[str, dict]:
-    """The copied ccxt fixture entries, keyed by "method: description"."""
+def load_fixture(exchange: str) -> dict[str, list[dict]]:
+    """The copied ccxt fixture entries, keyed by "method: description" (a key may repeat)."""
     data = json.loads((FIXTURES / f"{exchange}.json").read_text())
-    return {f"{entry['method']}: {entry['description']}": entry for entry in data["entries"]}
+    entries: dict[str, list[dict]] = {}
+    for entry in data["entries"]:
+        entries.setdefault(f"{entry['method']}: {entry['description']}", []).append(entry)
+    return entries
 
 
 def fetch_order_params(client: ccxt.Exchange) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,8 +12,23 @@ from hypothesis import strategies as st
 from tests.sim.conftest import Simulator
 
 BINANCE_KEY = {"X-MBX-APIKEY": "sim-key"}
-BYBIT_AUTH = {"X-BAPI-API-KEY": "sim-key", "X-BAPI-TIMESTAMP": "1", "X-BAPI-SIGN": "ab" * 32}
-SIGNED = "timestamp=1&signature=" + "a" * 64
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def signed() -> str:
+    """A Binance timestamp and signature for a request sent now (inside its recvWindow)."""
+    return f"timestamp={now_ms()}&signature=" + "a" * 64
+
+
+def bybit_auth() -> dict[str, str]:
+    return {
+        "X-BAPI-API-KEY": "sim-key",
+        "X-BAPI-TIMESTAMP": str(now_ms()),
+        "X-BAPI-SIGN": "ab" * 32,
+    }
 
 
 def binance_error(response) -> tuple[int, int, str]:
@@ -48,7 +64,7 @@ def test_binance_malformed_orders_get_binance_errors(sim: Simulator, body, code,
     response = sim.raw(
         "POST",
         "/fapi/v1/order",
-        data=f"{body}&{SIGNED}",
+        data=f"{body}&{signed()}",
         headers={**BINANCE_KEY, "Content-Type": "application/x-www-form-urlencoded"},
     )
     status, got_code, got_message = binance_error(response)
@@ -58,10 +74,10 @@ def test_binance_malformed_orders_get_binance_errors(sim: Simulator, body, code,
 
 
 def test_binance_lookup_without_any_id(sim: Simulator):
-    response = sim.raw("GET", f"/fapi/v1/order?symbol=BTCUSDT&{SIGNED}", headers=BINANCE_KEY)
+    response = sim.raw("GET", f"/fapi/v1/order?symbol=BTCUSDT&{signed()}", headers=BINANCE_KEY)
     assert binance_error(response)[:2] == (400, -1102)
     response = sim.raw(
-        "GET", f"/fapi/v1/order?symbol=BTCUSDT&orderId=abc&{SIGNED}", headers=BINANCE_KEY
+        "GET", f"/fapi/v1/order?symbol=BTCUSDT&orderId=abc&{signed()}", headers=BINANCE_KEY
     )
     assert binance_error(response)[:2] == (400, -1100)
 
@@ -104,7 +120,7 @@ def test_binance_lookup_without_any_id(sim: Simulator):
     ],
 )
 def test_bybit_malformed_orders_get_bybit_errors(sim: Simulator, body, message):
-    response = sim.raw("POST", "/v5/order/create", data=body, headers=BYBIT_AUTH)
+    response = sim.raw("POST", "/v5/order/create", data=body, headers=bybit_auth())
     assert response.status_code == 200
     answer = response.json()
     assert answer["retCode"] == 10001
@@ -196,7 +212,7 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
         response = sim.raw(
             method,
             path,
-            params={**params, "timestamp": "1", "signature": "a" * 64},
+            params={**params, "timestamp": str(now_ms()), "signature": "a" * 64},
             headers=BINANCE_KEY,
         )
         assert response.status_code < 500, response.text
@@ -204,9 +220,9 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
         assert isinstance(body, list) or "code" not in body or body["code"] < 0
     else:
         if method == "POST":
-            response = sim.raw(method, path, data=json.dumps(params), headers=BYBIT_AUTH)
+            response = sim.raw(method, path, data=json.dumps(params), headers=bybit_auth())
         else:
-            response = sim.raw(method, path, params=params, headers=BYBIT_AUTH)
+            response = sim.raw(method, path, params=params, headers=bybit_auth())
         assert response.status_code == 200, response.text
         assert response.json()["retCode"] != 10016, response.text
 
@@ -219,13 +235,15 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
     body=st.dictionaries(KEYS, JSON_VALUES, max_size=8),
 )
 def test_random_bybit_json_bodies_never_cause_an_internal_error(sim: Simulator, path, body):
-    response = sim.raw("POST", path, data=json.dumps(body), headers=BYBIT_AUTH)
+    response = sim.raw("POST", path, data=json.dumps(body), headers=bybit_auth())
     assert response.status_code == 200, response.text
     assert response.json()["retCode"] != 10016, response.text
 
 
 def test_an_oversized_body_is_refused(sim: Simulator):
-    response = sim.raw("POST", "/v5/order/create", data="x" * (2 * 1024 * 1024), headers=BYBIT_AUTH)
+    response = sim.raw(
+        "POST", "/v5/order/create", data="x" * (2 * 1024 * 1024), headers=bybit_auth()
+    )
     assert response.status_code == 413
 
 

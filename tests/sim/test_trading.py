@@ -6,6 +6,7 @@ order ccxt returns, the position the exchange reports, the simulator's ledger.
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import ccxt
@@ -248,8 +249,12 @@ def test_bybit_realtime_knows_only_the_500_most_recent_finished_orders(
 ):
     # Given an order that filled, followed by 500 more finished orders
     first = bybit.create_order(BTC, "market", "buy", 0.005, None, {"clientOrderId": "old-one"})
-    headers = {"X-BAPI-API-KEY": "sim-key", "X-BAPI-TIMESTAMP": "1", "X-BAPI-SIGN": "ab" * 32}
     for index in range(500):
+        headers = {
+            "X-BAPI-API-KEY": "sim-key",
+            "X-BAPI-TIMESTAMP": str(time.time_ns() // 1_000_000),
+            "X-BAPI-SIGN": "ab" * 32,
+        }
         body = {
             "category": "linear",
             "symbol": "BTCUSDT",
