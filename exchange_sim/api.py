@@ -1,6 +1,6 @@
-"""What the Binance and Bybit front ends share: endpoints, request context, errors.
+"""What the exchange front ends share: endpoints, request context, errors.
 
-A front end (``binance.py``, ``bybit.py``) owns an exchange's wire format:
+A front end (``binance.py``, ``bybit.py``, ``okx.py``) owns an exchange's wire format:
 how parameters arrive, how authentication and the request's validity
 window (``recvWindow``, timestamps) are checked on arrival, how a result or a
 refusal is rendered. The server owns everything around it: statistics, the

@@ -15,6 +15,7 @@ simulator serves, not only the first (see tests/sim/shapes.py). For each call:
 The simulated order or position is put in the same state as the recorded
 one (a resting limit order against a resting one, a filled market order
 against a filled one), so state-dependent fields compare like for like.
+OKX is compared in test_okx_fidelity.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each exchange refuses a request whose timestamp is too old (or too far
 ahead) when the request reaches it: Binance against ``recvWindow``, Bybit
-against ``X-BAPI-RECV-WINDOW``. The simulator judges on arrival at the matching engine, after any
+against ``X-BAPI-RECV-WINDOW``, OKX against 30 s and the optional ``expTime``
+header. The simulator judges on arrival at the matching engine, after any
 injected latency, so a latency fault can hold a request past its window. A
 refused request never executes: the ledger stays empty.
 """
@@ -10,11 +11,12 @@ refused request never executes: the ledger stays empty.
 from __future__ import annotations
 
 import json
+import time
 
 import ccxt
 import pytest
 
-from tests.sim.conftest import Simulator
+from tests.sim.conftest import Simulator, okx_client
 
 BTC = "BTC/USDT:USDT"
 
@@ -105,3 +107,51 @@ def test_bybit_timestamp_ahead_of_the_server_is_refused(bybit: ccxt.Exchange, si
     with pytest.raises(ccxt.InvalidNonce) as caught:
         bybit.fetch_positions([BTC])
     assert code(caught.value) == "10002"
+
+
+# --- OKX v5 -------------------------------------------------------------------------------
+
+
+def test_okx_request_timestamp_older_than_30_s_is_refused(sim: Simulator):
+    # Given a client whose clock is 29.7 s behind, and creates held 600 ms on the way
+    okx = okx_client(timeDifference=29_700)
+    okx.load_markets()
+    hold_creates(sim, "okx", 600)
+    # When an order is sent it arrives 30.3 s after its OK-ACCESS-TIMESTAMP: 50102, InvalidNonce
+    with pytest.raises(ccxt.InvalidNonce) as caught:
+        okx.create_order(BTC, "market", "buy", 1)
+    assert code(caught.value) == "50102"
+    assert sim.ledger() == []
+    # Without the hold it arrives inside the 30 s and executes
+    sim.faults({})
+    okx.create_order(BTC, "market", "buy", 1)
+    assert len(sim.ledger()) == 1
+
+
+def test_okx_timestamp_ahead_of_the_server_is_refused(sim: Simulator):
+    okx = okx_client(timeDifference=-31_000)
+    with pytest.raises(ccxt.InvalidNonce):
+        okx.fetch_balance()
+
+
+def test_okx_order_arriving_after_its_exp_time_is_refused(okx: ccxt.okx, sim: Simulator):
+    # Given an order request that expires 300 ms after it is sent, held 600 ms on the way
+    hold_creates(sim, "okx", 600)
+    okx.headers = {"expTime": str(time.time_ns() // 1_000_000 + 300)}
+    # When it arrives, OKX refuses it: 50036, which ccxt 4.5 does not map (ExchangeError)
+    with pytest.raises(ccxt.ExchangeError) as caught:
+        okx.create_order(BTC, "market", "buy", 1)
+    assert type(caught.value) is ccxt.ExchangeError
+    assert code(caught.value) == "50036"
+    assert sim.ledger() == []
+    # One that arrives in time executes
+    okx.headers = {"expTime": str(time.time_ns() // 1_000_000 + 5000)}
+    okx.create_order(BTC, "market", "buy", 1)
+    assert len(sim.ledger()) == 1
+
+
+def test_okx_exp_time_applies_to_order_placement_only(okx: ccxt.okx, sim: Simulator):
+    okx.headers = {"expTime": str(time.time_ns() // 1_000_000 - 1000)}
+    assert okx.fetch_positions() == []
+    with pytest.raises(ccxt.ExchangeError):
+        okx.create_order(BTC, "market", "buy", 1)
