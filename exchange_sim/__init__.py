@@ -1,4 +1,4 @@
-"""Exchange simulator: Binance USDⓈ-M and Bybit v5 REST, with fault injection.
+"""Exchange simulator: Binance USDⓈ-M, Bybit v5 and OKX v5 REST, with fault injection.
 
 Real ccxt clients trade against it (the execq gateway routes them here in
 ``sim`` mode). It never imports ``workers``. Start it with

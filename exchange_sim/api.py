@@ -1,7 +1,8 @@
-"""What the Binance and Bybit front ends share: endpoints, request context, errors.
+"""What the exchange front ends share: endpoints, request context, errors.
 
-A front end (``binance.py``, ``bybit.py``) owns an exchange's wire format:
-how parameters arrive, how authentication is checked, how a result or a
+A front end (``binance.py``, ``bybit.py``, ``okx.py``) owns an exchange's wire format:
+how parameters arrive, how authentication and the request's validity
+window (``recvWindow``, timestamps) are checked on arrival, how a result or a
 refusal is rendered. The server owns everything around it: statistics, the
 fault plan, latency, hanging and dropping connections.
 """
@@ -70,7 +71,9 @@ class FrontEnd(Protocol):
 
     async def read_params(self, request: web.Request) -> dict[str, Any]: ...
 
-    def authenticate(self, request: web.Request, params: Mapping[str, Any]) -> None: ...
+    def authenticate(
+        self, request: web.Request, params: Mapping[str, Any], now_ms: int
+    ) -> None: ...
 
     def unified_symbol(self, params: Mapping[str, Any]) -> str | None: ...
 

@@ -49,6 +49,9 @@ STATUS = {
     Status.EXPIRED: "EXPIRED",
 }
 TIME_IN_FORCE = ("GTC", "IOC", "FOK", "GTX")
+# recvWindow when a signed request sends none, and the largest Binance accepts.
+DEFAULT_RECV_WINDOW_MS = 5000
+MAX_RECV_WINDOW_MS = 60_000
 
 
 def _error(status: int, code: int, msg: str, headers: Mapping[str, str] | None = None) -> ApiError:
@@ -91,7 +94,7 @@ class BinanceFutures:
             ("GET", "/fapi/v3/positionRisk"): Endpoint("positions", True, self.position_risk_v3),
             ("GET", "/fapi/v2/positionRisk"): Endpoint("positions", True, self.position_risk_v2),
             ("GET", "/fapi/v3/account"): Endpoint("balance", True, self.account_v3),
-            ("GET", "/fapi/v2/account"): Endpoint("balance", True, self.account_v3),
+            ("GET", "/fapi/v2/account"): Endpoint("balance", True, self.account_v2),
             ("GET", "/fapi/v2/balance"): Endpoint("balance", True, self.balance),
             ("GET", "/fapi/v3/balance"): Endpoint("balance", True, self.balance),
             ("GET", "/fapi/v1/leverageBracket"): Endpoint("other", True, self.leverage_brackets),
@@ -111,10 +114,11 @@ class BinanceFutures:
             params.update(parse_query(body))
         return params
 
-    def authenticate(self, request: web.Request, params: Mapping[str, Any]) -> None:
+    def authenticate(self, request: web.Request, params: Mapping[str, Any], now_ms: int) -> None:
         if not request.headers.get("X-MBX-APIKEY"):
             raise _error(401, -2014, "API-key format invalid.")
-        if not params.get("timestamp"):
+        timestamp = params.get("timestamp")
+        if not timestamp:
             raise _mandatory("timestamp")
         signature = params.get("signature")
         if not signature:
@@ -123,6 +127,20 @@ class BinanceFutures:
         # secret), but a signature must look like one.
         if not re.fullmatch(r"[0-9a-fA-F]{64}|[A-Za-z0-9%+/=_-]{40,}", signature):
             raise _error(400, -1022, "Signature for this request is not valid.")
+        if not timestamp.isdigit():
+            raise _illegal("timestamp", "^[0-9]{1,20}$")
+        recv_window = _int_param(params, "recvWindow", DEFAULT_RECV_WINDOW_MS, 1, None)
+        if recv_window > MAX_RECV_WINDOW_MS:
+            raise _error(400, -1131, "recvWindow must be less than 60000")
+        # Binance's rule: accepted while timestamp < serverTime + 1000 and
+        # serverTime - timestamp <= recvWindow, judged when the request arrives.
+        sent_ms = int(timestamp)
+        if sent_ms >= now_ms + 1000:
+            raise _error(
+                400, -1021, "Timestamp for this request was 1000ms ahead of the server's time."
+            )
+        if now_ms - sent_ms > recv_window:
+            raise _error(400, -1021, "Timestamp for this request is outside of the recvWindow.")
 
     def unified_symbol(self, params: Mapping[str, Any]) -> str | None:
         market_id = params.get("symbol")
@@ -635,6 +653,49 @@ class BinanceFutures:
             "availableBalance": asset["availableBalance"],
             "maxWithdrawAmount": asset["maxWithdrawAmount"],
             "assets": [asset],
+            "positions": positions,
+        }
+
+    def account_v2(self, ctx: Ctx) -> dict[str, Any]:
+        """The older account answer: account flags, every symbol's position row."""
+        v3 = self.account_v3(ctx)
+        exchange = ctx.exchange
+        positions = []
+        for mid, position in exchange.positions.items():
+            state = position.state
+            mark = exchange.price(mid)
+            initial = abs(state.size) * mark / position.leverage
+            order_margin = sum((o.held_margin for o in exchange.resting[mid].values()), ZERO)
+            positions.append(
+                {
+                    "symbol": mid,
+                    "initialMargin": fmt(initial + order_margin, 8),
+                    "maintMargin": fmt(abs(state.size) * mark * MAINT_MARGIN_RATE, 8),
+                    "unrealizedProfit": fmt((mark - state.entry_price) * state.size, 8),
+                    "positionInitialMargin": fmt(initial, 8),
+                    "openOrderInitialMargin": fmt(order_margin, 8),
+                    "leverage": str(position.leverage),
+                    "isolated": False,
+                    "entryPrice": plain(state.entry_price),
+                    "breakEvenPrice": plain(_break_even(state.size, state.entry_price)),
+                    "maxNotional": "50000000",
+                    "bidNotional": "0",
+                    "askNotional": "0",
+                    "positionSide": "BOTH",
+                    "positionAmt": fmt(state.size, position.rules.quantity_precision),
+                    "updateTime": state.updated_ms,
+                }
+            )
+        return {
+            "feeTier": 0,
+            "canTrade": True,
+            "canDeposit": True,
+            "canWithdraw": True,
+            "tradeGroupId": -1,
+            "updateTime": 0,
+            "multiAssetsMargin": False,
+            **{key: value for key, value in v3.items() if key not in ("assets", "positions")},
+            "assets": [{**asset, "marginAvailable": True} for asset in v3["assets"]],
             "positions": positions,
         }
 

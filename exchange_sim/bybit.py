@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -44,6 +44,8 @@ CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 TIME_IN_FORCE = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "PostOnly": "GTX"}
 TIME_IN_FORCE_OUT = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "GTX": "PostOnly"}
 RECENT_CLOSED = 500
+# X-BAPI-RECV-WINDOW when a request sends none.
+DEFAULT_RECV_WINDOW_MS = 5000
 
 
 def _error(code: int, msg: str, status: int = 200, headers: Mapping[str, str] | None = None):
@@ -109,17 +111,30 @@ class BybitV5:
             return params
         return parse_query(request.rel_url.raw_query_string)
 
-    def authenticate(self, request: web.Request, params: Mapping[str, Any]) -> None:
+    def authenticate(self, request: web.Request, params: Mapping[str, Any], now_ms: int) -> None:
         headers = request.headers
         if not headers.get("X-BAPI-API-KEY"):
             raise _error(10003, "API key is invalid.", status=401)
-        if not headers.get("X-BAPI-TIMESTAMP"):
+        timestamp = headers.get("X-BAPI-TIMESTAMP", "")
+        if not timestamp:
             raise _error(
                 10002,
                 "invalid request, please check your server timestamp or recv_window param",
             )
         if not headers.get("X-BAPI-SIGN"):
             raise _error(10004, "error sign! origin_string[] missing signature")
+        recv_window = headers.get("X-BAPI-RECV-WINDOW") or str(DEFAULT_RECV_WINDOW_MS)
+        if not timestamp.isdigit() or not recv_window.isdigit():
+            raise _error(10001, "params error: timestamp or recv_window invalid")
+        # Bybit's rule: server_time - recv_window <= timestamp < server_time + 1000,
+        # judged when the request arrives.
+        sent_ms, window_ms = int(timestamp), int(recv_window)
+        if not now_ms - window_ms <= sent_ms < now_ms + 1000:
+            raise _error(
+                10002,
+                "invalid request, please check your server timestamp or recv_window param. "
+                f"req_timestamp[{sent_ms}],server_timestamp[{now_ms}],recv_window[{window_ms}]",
+            )
 
     def unified_symbol(self, params: Mapping[str, Any]) -> str | None:
         market_id = params.get("symbol")
@@ -413,31 +428,26 @@ class BybitV5:
         status_filter = ctx.params.get("orderStatus") or None
         start = _int_param(ctx.params, "startTime", 0)
         end = _int_param(ctx.params, "endTime", 1 << 62)
-        limit = _int_param(ctx.params, "limit", 20, high=50)
-        offset = _int_param(ctx.params, "cursor", 0)
         named = self._by_ids(ctx, market_id)
         candidates = named if named is not None else ctx.exchange.history(market_id, ctx.now_ms)
-        found: list[Order] = []
-        if not (settle and settle != "USDT"):
-            for order in candidates:
-                if order.is_open:
-                    continue  # history lists finished orders; open ones are in realtime
-                if status_filter is not None and _order_status(order) != status_filter:
-                    continue
-                if not start <= order.created_ms <= end:
-                    continue
-                found.append(order)
-                if len(found) > offset + limit:
-                    break  # one more than the page tells there is a next page
+        if settle and settle != "USDT":
+            candidates = []
+        found = (
+            order
+            for order in candidates
+            # History lists finished orders; open ones are in realtime.
+            if not order.is_open
+            and (status_filter is None or _order_status(order) == status_filter)
+            and start <= order.created_ms <= end
+        )
         return self._page(ctx, found, _history_row)
 
-    def _page(self, ctx: Ctx, orders: list[Order], render) -> dict[str, Any]:
+    def _page(self, ctx: Ctx, orders: Iterable[Order], render) -> dict[str, Any]:
+        """One page after the request's cursor; the answer's cursor names its first and last."""
         limit = _int_param(ctx.params, "limit", 20, high=50)
-        offset = _int_param(ctx.params, "cursor", 0) if ctx.params.get("cursor") else 0
-        page = orders[offset : offset + limit]
-        next_cursor = str(offset + limit) if offset + limit < len(orders) else ""
+        page = list(itertools.islice(_after_cursor(orders, ctx.params.get("cursor")), limit))
         return {
-            "nextPageCursor": next_cursor,
+            "nextPageCursor": _order_cursor(page),
             "category": "linear",
             "list": [render(order) for order in page],
         }
@@ -467,7 +477,12 @@ class BybitV5:
             if not state.size and rules is None:
                 continue
             rows.append(_position_row(exchange, position, state, ctx.now_ms))
-        return {"nextPageCursor": "", "category": "linear", "list": rows}
+        # Bybit's position cursor: "symbol,updatedTime,0" of the page's last row.
+        cursor = f"{rows[-1]['symbol']}%2C{rows[-1]['updatedTime']}%2C0" if rows else ""
+        for row in rows:
+            # As in Bybit's answers recorded by ccxt: the cursor rides in the rows too.
+            row["nextPageCursor"] = cursor
+        return {"nextPageCursor": cursor, "category": "linear", "list": rows}
 
     def wallet(self, ctx: Ctx) -> dict[str, Any]:
         account_type = ctx.params.get("accountType")
@@ -710,6 +725,9 @@ def _common_order_fields(order: Order) -> dict[str, Any]:
 
 
 def _realtime_row(order: Order) -> dict[str, Any]:
+    if not order.is_open:
+        # A finished order comes from the order store with history's fields.
+        return _history_row(order)
     row = _common_order_fields(order)
     row["marketUnit"] = ""
     return row
@@ -762,6 +780,29 @@ def _position_row(exchange, position, state, now_ms: int) -> dict[str, Any]:
         "stopLoss": "",
         "tradeMode": 0,
     }
+
+
+def _order_cursor(page: list[Order]) -> str:
+    """Bybit's order cursor: "orderId:createdTime,orderId:createdTime" of first and last, encoded."""
+    if not page:
+        return ""
+    first, last = page[0], page[-1]
+    return f"{first.order_id}%3A{first.created_ms}%2C{last.order_id}%3A{last.created_ms}"
+
+
+def _after_cursor(orders: Iterable[Order], cursor: object) -> Iterator[Order]:
+    """The orders after the cursor's last order; all of them without a cursor."""
+    if not cursor:
+        yield from orders
+        return
+    text = str(cursor).replace("%2C", ",").replace("%3A", ":")
+    last_id = text.rsplit(",", 1)[-1].split(":", 1)[0]
+    passed = False
+    for order in orders:
+        if passed:
+            yield order
+        elif order.order_id == last_id:
+            passed = True
 
 
 def _decimal_param(params: Mapping[str, Any], name: str) -> Decimal | None:

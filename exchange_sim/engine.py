@@ -1,7 +1,8 @@
 """The matching engine and account of one simulated exchange.
 
 Exchange-neutral: orders, one-way positions, a USDT wallet and the trading
-rules. The Binance and Bybit modules translate requests into calls here and
+rules, with every quantity in base units. The Binance, Bybit and OKX modules
+translate requests into calls here (OKX's contracts into base units) and
 ``Rejected`` reasons into each exchange's real error codes.
 
 Everything runs on the server's event loop, so no locking is needed. Money is
@@ -26,8 +27,16 @@ ZERO = Decimal(0)
 DEFAULT_BALANCE = Decimal("1000000")
 DEFAULT_LEVERAGE = 10
 MAINT_MARGIN_RATE = Decimal("0.004")
-TAKER_FEE_RATE = {"binance": Decimal("0.0005"), "bybit": Decimal("0.00055")}
-MAKER_FEE_RATE = {"binance": Decimal("0.0002"), "bybit": Decimal("0.0002")}
+TAKER_FEE_RATE = {
+    "binance": Decimal("0.0005"),
+    "bybit": Decimal("0.00055"),
+    "okx": Decimal("0.0005"),
+}
+MAKER_FEE_RATE = {
+    "binance": Decimal("0.0002"),
+    "bybit": Decimal("0.0002"),
+    "okx": Decimal("0.0002"),
+}
 POSITION_HISTORY = 512
 
 
@@ -84,6 +93,8 @@ class OrderRequest:
     time_in_force: str = "GTC"  # GTC | IOC | FOK | GTX (post-only)
     reduce_only: bool = False
     client_order_id: str | None = None
+    # OKX's order tag, echoed back in order answers.
+    tag: str = ""
 
 
 @dataclass(slots=True)
@@ -106,6 +117,9 @@ class Order:
     filled: Decimal = ZERO
     filled_quote: Decimal = ZERO
     fee: Decimal = ZERO
+    # PnL this order's fills realized by closing a position (fees excluded).
+    realized_pnl: Decimal = ZERO
+    tag: str = ""
     # Initial margin held while the order rests on the book.
     held_margin: Decimal = ZERO
     # Position in the account's ledger (0 = first order since reset).
@@ -211,8 +225,11 @@ class Exchange:
         self._next_numeric_id = 8_389_765_000 + self.rng.randrange(1_000_000)
         self.taker_fee = TAKER_FEE_RATE[name]
         self.maker_fee = MAKER_FEE_RATE[name]
-        # Bybit keeps every orderLinkId forever; Binance only checks open orders.
+        # Bybit keeps every orderLinkId forever; Binance and OKX only check open orders.
         self.client_ids_unique_forever = name == "bybit"
+        # OKX accepts a post-only order that would take and cancels it at once;
+        # Binance and Bybit refuse it.
+        self.post_only_taker_canceled = name == "okx"
 
     # --- lookups ------------------------------------------------------------------
 
@@ -229,6 +246,10 @@ class Exchange:
         if self.name == "binance":
             self._next_numeric_id += 1 + self.rng.randrange(3)
             return str(self._next_numeric_id)
+        if self.name == "okx":
+            # OKX order ids are 19-digit numbers ("2896576259728695296").
+            self._next_numeric_id += 1 + self.rng.randrange(3)
+            return str(2_896_576_259_000_000_000 + self._next_numeric_id)
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def new_client_id(self) -> str:
@@ -409,7 +430,8 @@ class Exchange:
         if request.reduce_only:
             self._check_reduce_only(request)
         crosses = request.type == "market" or _crosses(request.side, request.price, last)
-        if request.type == "limit" and request.time_in_force == "GTX" and crosses:
+        post_only_taker = request.type == "limit" and request.time_in_force == "GTX" and crosses
+        if post_only_taker and not self.post_only_taker_canceled:
             raise Rejected(Reason.POST_ONLY_WOULD_TAKE)
         reference = last if request.type == "market" else (request.price or last)
         if not request.reduce_only and request.quantity * reference < rules.min_notional:
@@ -436,6 +458,7 @@ class Exchange:
             updated_ms=at_ms,
             visible_from_ms=at_ms + visibility_lag_ms,
             last_price_on_created=last,
+            tag=request.tag,
         )
         self.orders[order.order_id] = order
         if order.client_order_id:
@@ -443,7 +466,9 @@ class Exchange:
         order.seq = len(self.ledger)
         self.ledger.append(order)
 
-        if crosses:
+        if post_only_taker:
+            order.status = Status.CANCELED
+        elif crosses:
             fill_qty = order.quantity
             if partial_fraction is not None:
                 fill_qty = floor_to_step(order.quantity * partial_fraction, rules.step_size)
@@ -491,6 +516,7 @@ class Exchange:
             closing = min(qty, abs(size))
             pnl = closing * (price - state.entry_price) * (1 if size > 0 else -1)
             state.realized_pnl += pnl
+            order.realized_pnl += pnl
             self.wallet += pnl
             new_size = size + signed
             if not new_size:

@@ -10,7 +10,7 @@ one (``{}`` clears it)::
     ]}
 
 Every rule names a ``kind`` and may narrow where it applies with
-``exchange`` (``binance``/``bybit``/``any``), ``operation`` (see
+``exchange`` (``binance``/``bybit``/``okx``/``any``), ``operation`` (see
 ``OPERATIONS``, or ``any``) and ``symbol`` (a unified symbol). How often it
 fires: ``count`` (the next N matching requests), ``probability`` (each
 matching request, drawn from the plan's seeded generator), both (at most N
@@ -28,6 +28,8 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from exchange_sim.markets import EXCHANGES
 
 OPERATIONS = (
     "create_order",
@@ -222,8 +224,8 @@ def _parse_rule(index: int, raw: object) -> FaultRule:
     if kind not in KINDS:
         raise FaultPlanError(f"{where}: 'kind' must be one of {sorted(KINDS)}")
     exchange = raw.get("exchange", "any")
-    if exchange not in ("any", "binance", "bybit"):
-        raise FaultPlanError(f"{where}: 'exchange' must be binance, bybit or any")
+    if exchange != "any" and exchange not in EXCHANGES:
+        raise FaultPlanError(f"{where}: 'exchange' must be any or one of {list(EXCHANGES)}")
     operation = raw.get("operation", KINDS[kind])
     if operation != "any" and operation not in OPERATIONS:
         raise FaultPlanError(f"{where}: 'operation' must be any or one of {list(OPERATIONS)}")

@@ -1,10 +1,13 @@
 """The simulated linear perpetual markets and their trading rules.
 
-Both exchanges list the same ten USDT-margined perpetuals. The filters are
+Every exchange lists the same ten USDT-margined perpetuals. The filters are
 close to the real ones (Binance ``exchangeInfo`` / Bybit ``instruments-info``
 in 2024-2025) with one deliberate change: BTC's minimum quantity is 0.005
-(five steps of 0.001) on both exchanges, so chunked closes have a minimum to
-run into. Prices are the simulator's defaults, not live quotes.
+(five steps of 0.001) on Binance and Bybit, so chunked closes have a minimum
+to run into. OKX trades contracts: an order's size is a number of contracts
+of ``contract_size`` base units each; its rules are kept here in base units
+too (step = lot size x contract value), so the matching engine never sees a
+contract. Prices are the simulator's defaults, not live quotes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-EXCHANGES = ("binance", "bybit")
+EXCHANGES = ("binance", "bybit", "okx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class MarketRules:
     min_notional: Decimal
     max_leverage: int
     default_price: Decimal
+    # Base units per contract: 1 where the exchange trades the base asset itself.
+    contract_size: Decimal = Decimal(1)
     # Decimals of prices and quantities on the wire (derived from tick and step).
     price_precision: int = field(init=False)
     quantity_precision: int = field(init=False)
@@ -98,12 +103,64 @@ BYBIT_MARKETS = (
     _rules("BNB", "0.01", "0.01", "0.01", "2000", "800", "5", 75, "580"),
 )
 
+
+# maxLmtSz of every OKX swap, in contracts.
+OKX_MAX_LIMIT_SIZE = Decimal(100_000_000)
+
+
+def _okx_swap(
+    base: str,
+    contract_value: str,
+    tick: str,
+    lot: str,
+    min_size: str,
+    max_market_size: str,
+    max_leverage: int,
+    price: str,
+) -> MarketRules:
+    """An OKX USDT swap from its instrument fields (sizes in contracts)."""
+    contract_size = Decimal(contract_value)
+    return MarketRules(
+        symbol=f"{base}/USDT:USDT",
+        market_id=f"{base}-USDT-SWAP",
+        base=base,
+        tick_size=Decimal(tick),
+        step_size=(Decimal(lot) * contract_size).normalize(),
+        min_qty=(Decimal(min_size) * contract_size).normalize(),
+        max_qty=(OKX_MAX_LIMIT_SIZE * contract_size).normalize(),
+        max_market_qty=(Decimal(max_market_size) * contract_size).normalize(),
+        # OKX swaps have no minimum order value, only a minimum size.
+        min_notional=Decimal(0),
+        max_leverage=max_leverage,
+        default_price=Decimal(price),
+        contract_size=contract_size,
+    )
+
+
+# OKX v5 SWAP instruments (ctVal, tickSz, lotSz, minSz, maxMktSz, lever). Contract
+# values and ticks as in ccxt's recorded OKX instruments where it has them (BTC,
+# ETH, LTC, ADA, XRP, DOGE); lot and minimum sizes as OKX lists them (that
+# recording is older and shows 0.1 contracts for all six).
+OKX_MARKETS = (
+    _okx_swap("BTC", "0.01", "0.1", "0.01", "0.01", "12000", 100, "65000"),
+    _okx_swap("ETH", "0.1", "0.01", "0.01", "0.01", "20000", 100, "3500"),
+    _okx_swap("SOL", "1", "0.01", "0.01", "0.01", "10000", 50, "150"),
+    _okx_swap("XRP", "100", "0.0001", "0.01", "0.01", "15000", 50, "0.6"),
+    _okx_swap("DOGE", "1000", "0.00001", "0.01", "0.01", "12000", 50, "0.15"),
+    _okx_swap("ADA", "100", "0.0001", "0.1", "0.1", "10000", 50, "0.45"),
+    _okx_swap("LINK", "1", "0.001", "0.01", "0.01", "10000", 50, "15"),
+    _okx_swap("AVAX", "1", "0.001", "0.01", "0.01", "10000", 50, "30"),
+    _okx_swap("LTC", "1", "0.01", "0.1", "0.1", "10000", 50, "80"),
+    _okx_swap("BNB", "0.01", "0.1", "1", "1", "10000", 50, "580"),
+)
+
 MARKETS: dict[str, tuple[MarketRules, ...]] = {
     "binance": BINANCE_MARKETS,
     "bybit": BYBIT_MARKETS,
+    "okx": OKX_MARKETS,
 }
 
 
 def default_prices() -> dict[str, Decimal]:
-    """Unified symbol -> default last price (the same on both exchanges)."""
+    """Unified symbol -> default last price (the same on every exchange)."""
     return {rules.symbol: rules.default_price for rules in BINANCE_MARKETS}

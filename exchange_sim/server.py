@@ -1,9 +1,10 @@
-"""The simulator's HTTP server: both exchanges' REST APIs plus the admin API.
+"""The simulator's HTTP server: the exchanges' REST APIs plus the admin API.
 
 Requests are routed by path: ``/fapi/...`` is Binance USDⓈ-M, ``/v5/...`` is
-Bybit v5, ``/_sim/...`` is the admin API (documented in docs/simulator.md).
-One process holds both exchanges' state in memory; every handler runs on the
-event loop, so state changes need no locks.
+Bybit v5, ``/api/v5/...`` is OKX v5, ``/_sim/...`` is the admin API
+(documented in docs/simulator.md). One process holds every exchange's state
+in memory; every handler runs on the event loop, so state changes need no
+locks.
 
 Per exchange request the server counts it, asks the fault plan what to do,
 sleeps for injected latency, then either answers with the injected fault or
@@ -32,6 +33,7 @@ from exchange_sim.bybit import BybitV5
 from exchange_sim.engine import DEFAULT_BALANCE, Exchange, Rejected, Status, now_ms
 from exchange_sim.faults import FaultPlan, FaultPlanError, parse_plan
 from exchange_sim.markets import EXCHANGES, MARKETS, default_prices
+from exchange_sim.okx import OkxV5
 
 log = logging.getLogger("exchange_sim")
 
@@ -49,7 +51,7 @@ class AdminError(Exception):
 
 
 class SimState:
-    """Both exchanges, the fault plan, request statistics and background price walks."""
+    """The exchanges, the fault plan, request statistics and background price walks."""
 
     def __init__(self, seed: int | None = None) -> None:
         self.base_seed = seed if seed is not None else 0
@@ -90,6 +92,7 @@ class SimState:
 
 BINANCE: FrontEnd = BinanceFutures()
 BYBIT: FrontEnd = BybitV5()
+OKX: FrontEnd = OkxV5()
 
 
 def _front_end(path: str) -> FrontEnd | None:
@@ -98,6 +101,8 @@ def _front_end(path: str) -> FrontEnd | None:
         return BINANCE
     if path.startswith("/v5/"):
         return BYBIT
+    if path.startswith("/api/v5/"):
+        return OKX
     return None
 
 
@@ -170,7 +175,9 @@ async def handle_exchange(request: web.BaseRequest, state: SimState) -> web.Stre
 def _run(front: FrontEnd, endpoint, ctx: Ctx, request: web.Request, operation: str):
     try:
         if endpoint.private:
-            front.authenticate(request, ctx.params)
+            # On arrival at the engine, after any injected latency: a request
+            # held past its validity window is refused as the exchange would.
+            front.authenticate(request, ctx.params, ctx.now_ms)
         payload = endpoint.handler(ctx)
     except ApiError as error:
         return _render(front, error)
@@ -384,8 +391,12 @@ async def ledger(request: web.BaseRequest, state: SimState) -> web.Response:
                     "orderId": order.order_id,
                     "side": order.side,
                     "type": order.type,
+                    # Base units on every exchange; OKX's contracts alongside.
                     "amount": plain(order.quantity),
                     "filled": plain(order.filled),
+                    "contractSize": plain(rules.contract_size),
+                    "contracts": plain(order.quantity / rules.contract_size),
+                    "filledContracts": plain(order.filled / rules.contract_size),
                     "price": plain(order.price) if order.price is not None else None,
                     "average": plain(average) if average is not None else None,
                     "status": UNIFIED_STATUS[order.status],
@@ -405,6 +416,7 @@ def _position_json(name: str, exchange: Exchange, market_id: str) -> dict[str, A
         "symbol": position.rules.symbol,
         "side": "long" if state.size > 0 else ("short" if state.size < 0 else None),
         "size": plain(state.size),
+        "contracts": plain(state.size / position.rules.contract_size),
         "entryPrice": plain(state.entry_price),
         "realizedPnl": plain(state.realized_pnl),
         "unrealizedPnl": plain(exchange.unrealized_pnl(market_id)),
@@ -513,7 +525,7 @@ async def serve(host: str, port: int, seed: int | None = None) -> None:
     await site.start()
     log.info(
         "exchange simulator on http://%s:%s (seed %s): Binance USDⓈ-M under /fapi, "
-        "Bybit v5 under /v5, admin under /_sim",
+        "Bybit v5 under /v5, OKX v5 under /api/v5, admin under /_sim",
         host,
         port,
         seed if seed is not None else 0,
@@ -529,7 +541,7 @@ async def serve(host: str, port: int, seed: int | None = None) -> None:
 
 
 def main(host: str, port: int, seed: int | None = None) -> None:
-    """Serve both simulated exchanges on ``host:port`` until SIGINT/SIGTERM."""
+    """Serve the simulated exchanges on ``host:port`` until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -19,6 +19,7 @@ import requests
 
 from tests.conftest import SimulatorClient
 from workers.exchange import gateway
+from workers.exchange.transport import ExchangeSession, ExchangeTransport
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ccxt"
 
@@ -106,10 +107,53 @@ def exchange(request: pytest.FixtureRequest, sim: Simulator) -> ccxt.Exchange:
     return client_for(request.param)
 
 
-def load_fixture(exchange: str) -> dict[str, dict]:
-    """The copied ccxt fixture entries, keyed by "method: description"."""
+# What a user gives ccxt.okx: key, secret and the key's passphrase (``password``).
+OKX_CREDENTIALS = {"apiKey": "sim-key", "secret": "sim-secret", "password": "sim-passphrase"}
+
+
+def okx_client(timeout_ms: int = TEST_TIMEOUT_MS, **options: object) -> ccxt.okx:
+    """A real ``ccxt.okx`` whose requests reach the simulator through execq's transport.
+
+    The transport changes only scheme and host (the path ``/api/v5/...`` is
+    kept), as it does for the other exchanges in ``sim`` mode. The options
+    are the ones the gateway sets for every exchange; markets are not loaded.
+    """
+    client = ccxt.okx(
+        {
+            **OKX_CREDENTIALS,
+            "enableRateLimit": False,
+            "timeout": timeout_ms,
+            "options": {
+                "defaultType": "swap",
+                "maxRetriesOnFailure": 0,
+                "adjustForTimeDifference": False,
+                "fetchMarkets": {"types": ["swap"]},
+                **options,
+            },
+        }
+    )
+    session = ExchangeSession()
+    session.trust_env = False
+    transport = ExchangeTransport("okx", lambda: None, sim_url=os.environ["EXECQ_SIM_URL"])
+    session.mount("https://", transport)
+    client.session = session
+    return client
+
+
+@pytest.fixture
+def okx(sim: Simulator) -> ccxt.okx:
+    client = okx_client()
+    client.load_markets()
+    return client
+
+
+def load_fixture(exchange: str) -> dict[str, list[dict]]:
+    """The copied ccxt fixture entries, keyed by "method: description" (a key may repeat)."""
     data = json.loads((FIXTURES / f"{exchange}.json").read_text())
-    return {f"{entry['method']}: {entry['description']}": entry for entry in data["entries"]}
+    entries: dict[str, list[dict]] = {}
+    for entry in data["entries"]:
+        entries.setdefault(f"{entry['method']}: {entry['description']}", []).append(entry)
+    return entries
 
 
 def fetch_order_params(client: ccxt.Exchange) -> dict:
@@ -118,4 +162,4 @@ def fetch_order_params(client: ccxt.Exchange) -> dict:
 
 
 def sim_name(client: ccxt.Exchange) -> str:
-    return "bybit" if client.id == "bybit" else "binance"
+    return {"bybit": "bybit", "okx": "okx"}.get(client.id, "binance")

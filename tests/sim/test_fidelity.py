@@ -1,24 +1,21 @@
-"""The simulator's responses have the shape of the real exchanges' responses.
+"""The simulator's Binance and Bybit answers have the shape of the real exchanges' answers.
 
 Compared with real responses recorded by ccxt (tests/fixtures/ccxt, copied
-from ccxt's static test fixtures). For each call:
+from ccxt's static test fixtures), every recording of each call the
+simulator serves, not only the first (see tests/sim/shapes.py). For each call:
 
-1. the simulator's raw response carries the same keys with the same kinds of
-   values as the recorded one, and
-2. the installed ccxt parses both into the same unified fields with the same
-   kinds of values. The recording is parsed by making the same call on a
-   second real client whose HTTP transport answers with the recording, so
-   both go through ccxt's real code path (and a ccxt upgrade cannot make the
-   recorded ``parsedResponse`` stale).
+1. the simulator's raw response carries the keys the recordings carry, with
+   the kinds of values they show, in every row, and
+2. the installed ccxt parses the simulated and the recorded answers into the
+   same unified fields with the same kinds of values. A recording is parsed
+   by making the same call on a second real client whose HTTP transport
+   answers with the recording, so both go through ccxt's real code path (and
+   a ccxt upgrade cannot make the recorded ``parsedResponse`` stale).
 
-"Kind" is deliberately a little coarse: ccxt's recorder stored some numbers
-as strings (Binance's ``orderId`` is a JSON number on the wire but a string in
-one fixture and a number in another), so integers and numeric strings are
-both "number". Text, empty strings, booleans, nulls, lists and objects are
-kinds of their own. The simulated order or position is put in the same state
-as the recorded one (a resting limit order against a resting one, a filled
-market order against a filled one), so state-dependent fields compare like
-for like.
+The simulated order or position is put in the same state as the recorded
+one (a resting limit order against a resting one, a filled market order
+against a filled one), so state-dependent fields compare like for like.
+OKX is compared in test_okx_fidelity.py.
 """
 
 from __future__ import annotations
@@ -33,73 +30,14 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from tests.sim.conftest import Simulator, load_fixture
+from tests.sim.shapes import differences
 from workers.exchange import gateway
 from workers.settings import get_settings
 
 BTC = "BTC/USDT:USDT"
 
-# Keys ccxt's recorder added to the raw response (pagination cursors copied into rows).
-RECORDER_ARTEFACTS = {"nextPageCursor"}
 # Per-account facts a replaying client must not try to fetch from the recording.
 ACCOUNT_OPTIONS = ("enableUnifiedMargin", "enableUnifiedAccount", "unifiedMarginStatus")
-
-
-def kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        if value == "":
-            return "empty"
-        try:
-            float(value)
-        except ValueError:
-            return "text"
-        return "number"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def shape_differences(
-    real: Any, simulated: Any, path: str = "$", ids: frozenset[str] = frozenset()
-) -> list[str]:
-    """Where the simulated value's keys or kinds differ from the real one.
-
-    Keys in ``ids`` are compared for presence only (an id's format is the
-    exchange's business: Bybit's spot ids are digits, its linear ids UUIDs).
-    """
-    if kind(real) != kind(simulated):
-        return [
-            f"{path}: real {kind(real)} {real!r:.60}, simulated {kind(simulated)} {simulated!r:.60}"
-        ]
-    differences = []
-    if isinstance(real, dict):
-        real_keys = set(real) - RECORDER_ARTEFACTS
-        simulated_keys = set(simulated) - RECORDER_ARTEFACTS
-        for missing in sorted(real_keys - simulated_keys):
-            differences.append(f"{path}.{missing}: missing in the simulator")
-        for extra in sorted(simulated_keys - real_keys):
-            differences.append(f"{path}.{extra}: not in the real response")
-        for key in sorted((real_keys & simulated_keys) - ids):
-            differences.extend(shape_differences(real[key], simulated[key], f"{path}.{key}", ids))
-    elif isinstance(real, list) and real and simulated:
-        differences.extend(shape_differences(real[0], simulated[0], f"{path}[0]", ids))
-    return differences
-
-
-def unified_differences(
-    real: dict, simulated: dict, ids: frozenset[str] = frozenset()
-) -> list[str]:
-    """Unified fields: same keys, same kinds (``info`` is the raw part, checked on its own)."""
-    real_fields = {k: v for k, v in real.items() if k != "info"}
-    simulated_fields = {k: v for k, v in simulated.items() if k != "info"}
-    return shape_differences(real_fields, simulated_fields, "unified", ids)
 
 
 class Recording(HTTPAdapter):
@@ -141,196 +79,309 @@ def raw(client: ccxt.Exchange) -> Any:
     return json.loads(client.last_http_response)
 
 
+def unified(parsed: Any) -> list[dict]:
+    """Unified structures without ``info`` (the raw part, compared on its own)."""
+    items = parsed if isinstance(parsed, list) else [parsed]
+    return [{k: v for k, v in item.items() if k != "info"} for item in items]
+
+
+def assert_like(
+    account: str,
+    client: ccxt.Exchange,
+    call: Callable[[ccxt.Exchange], Any],
+    recorded: list[Any],
+    alike: list[Any] | None = None,
+    ids: frozenset[str] = frozenset(),
+    parsed: list[Any] | None = None,
+) -> Any:
+    """Make ``call`` on the simulator and on each recording; compare raw and unified shapes.
+
+    ``parsed`` names the recordings ``call`` can parse (a call for one order
+    cannot parse a recorded list of two); all of ``recorded`` by default.
+    """
+    alike = recorded if alike is None else alike
+    parsed = recorded if parsed is None else parsed
+    simulated = call(client)
+    assert differences(raw(client), recorded, alike, ids) == []
+    real = [parsed_by_ccxt(account, body, call) for body in parsed]
+    real_alike = [parsed_by_ccxt(account, body, call) for body in alike if body in parsed]
+    assert simulated, "the simulated answer must hold something to compare"
+    real_unified = [item for parsed in real for item in unified(parsed)]
+    alike_unified = [item for parsed in real_alike for item in unified(parsed)]
+    for item in unified(simulated):
+        assert differences(item, real_unified, alike_unified, ids) == []
+    return simulated
+
+
+def responses(fixture: dict[str, list[dict]], *names: str) -> list[Any]:
+    """The raw recorded answers of the named entries."""
+    return [entry["httpResponse"] for name in names for entry in fixture[name]]
+
+
 BINANCE = load_fixture("binance")
 BYBIT = load_fixture("bybit")
 
 
 # --- Binance -------------------------------------------------------------------------
 
+BINANCE_CREATE = "createOrders: create swap orders"
+BINANCE_OPEN = "fetchOpenOrder: swap open order"
+BINANCE_POSITIONS = (
+    "fetchPositions: Fetch linear positions without symbols",
+    "fetchPositions: Fetch linear positions with symbols",
+)
+BINANCE_ACCOUNT = "fetchPositions: Fetch linear positions using account endnpoint"
+BINANCE_ACCOUNT_V2 = "fetchBalance: Linear swap balance"
 
-def assert_same_shape(
-    account: str,
-    client: ccxt.Exchange,
-    call: Callable[[ccxt.Exchange], Any],
-    recorded: Any,
-    ids: frozenset[str] = frozenset(),
-) -> Any:
-    """Make ``call`` on the simulator and on the recording; compare raw and unified shapes."""
-    simulated = call(client)
-    assert shape_differences(recorded, raw(client), ids=ids) == []
-    real = parsed_by_ccxt(account, recorded, call)
-    if isinstance(real, list):
-        assert real and simulated, "both answers must hold something to compare"
-        real, simulated = real[0], simulated[0]
-    assert unified_differences(real, simulated, ids) == []
-    return simulated
+
+def binance_created() -> list[Any]:
+    # createOrders answers a list; each element is a create answer
+    return [row for body in responses(BINANCE, BINANCE_CREATE) for row in body]
 
 
 def test_binance_create_order(binance: ccxt.Exchange, sim: Simulator):
-    recorded = BINANCE["createOrders: create swap orders"]["httpResponse"][0]
     # The recording is a resting limit sell far above the market
-    order = assert_same_shape(
-        "binance", binance, lambda c: c.create_order(BTC, "limit", "sell", 0.2, 110001), recorded
+    order = assert_like(
+        "binance",
+        binance,
+        lambda c: c.create_order(BTC, "limit", "sell", 0.2, 110001),
+        binance_created(),
     )
     assert order["status"] == "open"
 
 
 def test_binance_fetch_order(binance: ccxt.Exchange, sim: Simulator):
-    recorded = BINANCE["fetchOpenOrder: swap open order"]["httpResponse"]
     # The recording is a resting post-only limit buy (GTX)
     created = binance.create_order(BTC, "limit", "buy", 0.2, 50000, {"timeInForce": "PO"})
-    order = assert_same_shape(
-        "binance", binance, lambda c: c.fetch_order(created["id"], BTC), recorded
+    order = assert_like(
+        "binance",
+        binance,
+        lambda c: c.fetch_order(created["id"], BTC),
+        responses(BINANCE, BINANCE_OPEN),
     )
     assert order["postOnly"] is True
 
 
 def test_binance_open_orders(binance: ccxt.Exchange, sim: Simulator):
-    recorded = [BINANCE["fetchOpenOrder: swap open order"]["httpResponse"]]
     binance.create_order(BTC, "limit", "buy", 0.2, 50000, {"timeInForce": "PO"})
-    assert_same_shape("binance", binance, lambda c: c.fetch_open_orders(BTC), recorded)
+    binance.create_order(BTC, "limit", "buy", 0.3, 49000, {"timeInForce": "PO"})
+    orders = assert_like(
+        "binance",
+        binance,
+        lambda c: c.fetch_open_orders(BTC),
+        [[row] for row in responses(BINANCE, BINANCE_OPEN)],
+    )
+    assert len(orders) == 2
 
 
 def test_binance_cancel_order(binance: ccxt.Exchange, sim: Simulator):
     # DELETE /fapi/v1/order answers with the create's fields (status CANCELED)
-    recorded = BINANCE["createOrders: create swap orders"]["httpResponse"][0]
     created = binance.create_order(BTC, "limit", "sell", 0.2, 110001)
-    simulated = binance.cancel_order(created["id"], BTC)
-    assert shape_differences(recorded, raw(binance)) == []
-    real = parsed_by_ccxt("binance", recorded, lambda c: c.cancel_order(created["id"], BTC))
-    assert unified_differences(real, simulated) == []
-    assert simulated["status"] == "canceled"
+    canceled = assert_like(
+        "binance", binance, lambda c: c.cancel_order(created["id"], BTC), binance_created()
+    )
+    assert canceled["status"] == "canceled"
 
 
-def test_binance_positions(binance: ccxt.Exchange, sim: Simulator):
-    recorded = BINANCE["fetchPositions: Fetch linear positions without symbols"]["httpResponse"]
+@pytest.mark.parametrize("symbols", [None, [BTC]], ids=["all", "by-symbol"])
+def test_binance_positions(binance: ccxt.Exchange, sim: Simulator, symbols):
     # The recorded account: 25.7 USDT wallet, 0.009 BTC long from 67,445.9
     sim.reset(balance="25.7261006", prices={BTC: "67502.6"})
     sim.set_position("binance", BTC, "0.009", "67445.9")
-    position = assert_same_shape("binance", binance, lambda c: c.fetch_positions(), recorded)
+    (position,) = assert_like(
+        "binance",
+        binance,
+        lambda c: c.fetch_positions(symbols),
+        responses(BINANCE, *BINANCE_POSITIONS),
+    )
     assert position["side"] == "long" and position["liquidationPrice"] > 0
 
 
 def test_binance_balance(binance: ccxt.Exchange, sim: Simulator):
     # ccxt reads the futures balance from /fapi/v3/account (recorded for positions)
-    recorded = BINANCE["fetchPositions: Fetch linear positions using account endnpoint"]
-    body = recorded["httpResponse"]
-    usdt_only = {**body, "assets": [a for a in body["assets"] if a["asset"] == "USDT"]}
     sim.set_position("binance", BTC, "0.009", "67445.9")
+    recorded = responses(BINANCE, BINANCE_ACCOUNT)
     simulated = binance.fetch_balance()
-    assert shape_differences(usdt_only, raw(binance)) == []
-    real = parsed_by_ccxt("binance", usdt_only, lambda c: c.fetch_balance())
-    assert shape_differences(real["USDT"], simulated["USDT"]) == []
+    assert differences(raw(binance), recorded) == []
+    real = parsed_by_ccxt("binance", recorded[0], lambda c: c.fetch_balance())
+    assert differences(simulated["USDT"], [real["USDT"]]) == []
     assert simulated["USDT"]["total"] == pytest.approx(1_000_000, rel=1e-3)
+
+
+def test_binance_balance_from_the_v2_account(binance: ccxt.Exchange, sim: Simulator):
+    # The older /fapi/v2/account (ccxt's useV2) answers with the account's flags too
+    recorded = responses(BINANCE, BINANCE_ACCOUNT_V2)
+    simulated = binance.fetch_balance({"useV2": True})
+    assert "/fapi/v2/account" in binance.last_request_url
+    body = raw(binance)
+    # The recorded account held no position; v2 lists every symbol's row.
+    assert differences({**body, "positions": []}, recorded) == []
+    real = parsed_by_ccxt("binance", recorded[0], lambda c: c.fetch_balance({"useV2": True}))
+    assert differences(simulated["USDT"], [real["USDT"]]) == []
 
 
 def test_binance_ticker_parses_like_a_swap_ticker(binance: ccxt.Exchange, sim: Simulator):
     # No USDⓈ-M ticker was recorded among the fixtures: check what ccxt fills
     ticker = binance.fetch_ticker(BTC)
     assert raw(binance)["symbol"] == "BTCUSDT"
-    for field in ("last", "open", "high", "low", "close", "baseVolume", "quoteVolume"):
-        assert kind(ticker[field]) == "number", field
+    for name in ("last", "open", "high", "low", "close", "baseVolume", "quoteVolume"):
+        assert ticker[name] is not None and ticker[name] > 0, name
     assert ticker["timestamp"] is not None
 
 
 # --- Bybit ---------------------------------------------------------------------------
 
 BYBIT_IDS = frozenset({"orderId", "orderLinkId", "id", "clientOrderId"})
+BYBIT_CREATE = ("createOrder: create spot order", "createOrder: spot stopLossPrice order")
+BYBIT_OPEN = "fetchOpenOrder: Fetch an open swap order by its ID and symbol"
+BYBIT_CLOSED = (
+    "fetchClosedOrder: Fetch swap closed order by its ID and symbol",
+    "fetchClosedOrders: Fetch swap closed orders by the symbol",
+)
+BYBIT_OPEN_POSITION = "fetchPositions: Fetch linear position"
+BYBIT_FLAT_POSITION = "fetchPosition: linear position"
+
+
+def bybit_create_answers() -> list[Any]:
+    # Both recordings are spot creates; the v5 answer is the same two ids for linear
+    return responses(BYBIT, *BYBIT_CREATE)
 
 
 def test_bybit_create_order(bybit: ccxt.Exchange, sim: Simulator):
-    # The recording is a spot create; the v5 answer is the same two ids for linear
-    recorded = BYBIT["createOrder: create spot order"]["httpResponse"]
-    order = assert_same_shape(
+    order = assert_like(
         "bybit",
         bybit,
         lambda c: c.create_order(BTC, "limit", "buy", 0.1, 60000, {"clientOrderId": "fid-1"}),
-        recorded,
+        bybit_create_answers(),
         ids=BYBIT_IDS,
     )
     assert order["status"] is None
 
 
-def test_bybit_fetch_order(bybit: ccxt.Exchange, sim: Simulator):
-    recorded = BYBIT["fetchOpenOrder: Fetch an open swap order by its ID and symbol"]
+def test_bybit_open_order(bybit: ccxt.Exchange, sim: Simulator):
     # The recording is a resting limit buy without an orderLinkId
     created = bybit.create_order(BTC, "limit", "buy", 0.005, 60000)
+    bybit.create_order(BTC, "limit", "buy", 0.005, 59000)
+    recorded = responses(BYBIT, BYBIT_OPEN)
     for call in (
         lambda c: c.fetch_order(created["id"], BTC, {"acknowledged": True}),
         lambda c: c.fetch_open_order(created["id"], BTC),
         lambda c: c.fetch_open_orders(BTC),
     ):
-        assert_same_shape("bybit", bybit, call, recorded["httpResponse"])
+        assert_like("bybit", bybit, call, recorded)
+
+
+def test_bybit_filled_order_through_the_realtime_endpoint(bybit: ccxt.Exchange, sim: Simulator):
+    # fetch_order asks /v5/order/realtime; a finished order has history's fields
+    # (extraFees, slippageTolerance, slippageToleranceType), as recorded for closed orders
+    created = bybit.create_order(BTC, "market", "buy", 0.005)
+    order = assert_like(
+        "bybit",
+        bybit,
+        lambda c: c.fetch_order(created["id"], BTC, {"acknowledged": True}),
+        responses(BYBIT, *BYBIT_CLOSED),
+        parsed=responses(BYBIT, BYBIT_CLOSED[0]),
+    )
+    assert order["status"] == "closed"
+    row = raw(bybit)["result"]["list"][0]
+    assert {"extraFees", "slippageTolerance", "slippageToleranceType"} <= set(row)
 
 
 def test_bybit_order_history(bybit: ccxt.Exchange, sim: Simulator):
-    recorded = BYBIT["fetchClosedOrder: Fetch swap closed order by its ID and symbol"]
-    # The recording is a filled market buy without an orderLinkId
-    created = bybit.create_order(BTC, "market", "buy", 0.005)
-    order = assert_same_shape(
+    # The recordings are filled market orders without an orderLinkId, one and two rows
+    first = bybit.create_order(BTC, "market", "buy", 0.005)
+    bybit.create_order(BTC, "market", "sell", 0.005, None, {"reduceOnly": True})
+    recorded = responses(BYBIT, *BYBIT_CLOSED)
+    order = assert_like(
         "bybit",
         bybit,
-        lambda c: c.fetch_closed_order(created["id"], BTC),
-        recorded["httpResponse"],
+        lambda c: c.fetch_closed_order(first["id"], BTC),
+        recorded,
+        parsed=responses(BYBIT, BYBIT_CLOSED[0]),
     )
     assert order["status"] == "closed"
+    orders = assert_like("bybit", bybit, lambda c: c.fetch_closed_orders(BTC), recorded)
+    assert len(orders) == 2
 
 
 def test_bybit_cancel_order(bybit: ccxt.Exchange, sim: Simulator):
     # v5 cancel answers like create: {orderId, orderLinkId}
-    recorded = BYBIT["createOrder: create spot order"]["httpResponse"]
     created = bybit.create_order(BTC, "limit", "buy", 0.1, 60000, {"clientOrderId": "fid-2"})
-    canceled = assert_same_shape(
-        "bybit", bybit, lambda c: c.cancel_order(created["id"], BTC), recorded, ids=BYBIT_IDS
+    canceled = assert_like(
+        "bybit",
+        bybit,
+        lambda c: c.cancel_order(created["id"], BTC),
+        bybit_create_answers(),
+        ids=BYBIT_IDS,
     )
     assert canceled["id"] == created["id"]
 
 
-def test_bybit_positions(bybit: ccxt.Exchange, sim: Simulator):
-    recorded = BYBIT["fetchPositions: Fetch linear position"]["httpResponse"]
+def test_bybit_open_position(bybit: ccxt.Exchange, sim: Simulator):
     sim.set_position("bybit", BTC, "1.2", "64599.47")
-    position = assert_same_shape("bybit", bybit, lambda c: c.fetch_positions([BTC]), recorded)
+    recorded = responses(BYBIT, BYBIT_OPEN_POSITION, BYBIT_FLAT_POSITION)
+    (position,) = assert_like(
+        "bybit",
+        bybit,
+        lambda c: c.fetch_positions([BTC]),
+        recorded,
+        alike=responses(BYBIT, BYBIT_OPEN_POSITION),
+    )
     assert position["side"] == "long"
+    # The position rows carry the page cursor, as in the recorded answer
+    (row,) = raw(bybit)["result"]["list"]
+    assert row["nextPageCursor"] == raw(bybit)["result"]["nextPageCursor"] != ""
 
 
 def test_bybit_flat_position_row(bybit: ccxt.Exchange, sim: Simulator):
-    recorded = BYBIT["fetchPosition: linear position"]["httpResponse"]
-    position = assert_same_shape("bybit", bybit, lambda c: c.fetch_position(BTC), recorded)
+    recorded = responses(BYBIT, BYBIT_OPEN_POSITION, BYBIT_FLAT_POSITION)
+    position = assert_like(
+        "bybit",
+        bybit,
+        lambda c: c.fetch_position(BTC),
+        recorded,
+        alike=responses(BYBIT, BYBIT_FLAT_POSITION),
+    )
     assert position["contracts"] == 0
 
 
 def test_bybit_ticker(bybit: ccxt.Exchange, sim: Simulator):
-    recorded = BYBIT["fetchTicker: swap ticker"]["httpResponse"]
-    ticker = assert_same_shape("bybit", bybit, lambda c: c.fetch_ticker(BTC), recorded)
+    ticker = assert_like(
+        "bybit", bybit, lambda c: c.fetch_ticker(BTC), responses(BYBIT, "fetchTicker: swap ticker")
+    )
     assert ticker["last"] == pytest.approx(65000)
 
 
 def test_bybit_balance(bybit: ccxt.Exchange, sim: Simulator):
-    body = BYBIT["fetchBalance: balance after availableToWithdraw update"]["httpResponse"]
-    account = body["result"]["list"][0]
-    usdt_only = {
-        **body,
-        "result": {
-            "list": [{**account, "coin": [c for c in account["coin"] if c["coin"] == "USDT"]}]
-        },
-    }
+    recorded = responses(BYBIT, "fetchBalance: balance after availableToWithdraw update")
     simulated = bybit.fetch_balance()
-    assert shape_differences(usdt_only, raw(bybit)) == []
-    real = parsed_by_ccxt("bybit", usdt_only, lambda c: c.fetch_balance())
-    assert shape_differences(real["USDT"], simulated["USDT"]) == []
+    assert differences(raw(bybit), recorded) == []
+    real = parsed_by_ccxt("bybit", recorded[0], lambda c: c.fetch_balance())
+    assert differences(simulated["USDT"], [real["USDT"]]) == []
     assert simulated["USDT"]["total"] == pytest.approx(1_000_000)
+
+
+# --- the comparison itself -----------------------------------------------------------
 
 
 def test_the_comparison_notices_missing_keys_and_changed_kinds():
     real = {"a": "1.5", "b": {"c": True}, "d": [{"e": ""}]}
-    assert shape_differences(real, {"a": 1.5, "b": {"c": False}, "d": [{"e": ""}]}) == []
-    assert shape_differences(real, {"a": "x", "b": {"c": True}, "d": [{"e": ""}]}) != []
-    assert shape_differences(real, {"a": "1", "b": {}, "d": [{"e": ""}]}) != []
-    assert shape_differences(real, {"a": "1", "b": {"c": True}, "d": [{"e": "", "f": 1}]}) != []
+    assert differences({"a": 1.5, "b": {"c": False}, "d": [{"e": ""}]}, [real]) == []
+    assert differences({"a": "x", "b": {"c": True}, "d": [{"e": ""}]}, [real]) != []
+    assert differences({"a": "1", "b": {}, "d": [{"e": ""}]}, [real]) != []
+    assert differences({"a": "1", "b": {"c": True}, "d": [{"e": ""}, {"e": "", "f": 1}]}, [real])
+
+
+def test_the_comparison_takes_keys_from_every_recording():
+    older, newer = {"a": "1"}, {"a": "2", "added": ""}
+    # A key only the newer recording has is still required ...
+    assert differences({"a": "3"}, [older, newer]) == ["$.added: missing in the simulator"]
+    # ... and kinds come from the recordings in the same state
+    assert differences({"a": "", "added": ""}, [older, newer], alike=[older]) != []
 
 
 def test_the_recording_is_what_ccxt_parsed(sim: Simulator):
-    recorded = BINANCE["fetchPositions: Fetch linear positions without symbols"]["httpResponse"]
+    recorded = responses(BINANCE, BINANCE_POSITIONS[0])[0]
     (position,) = parsed_by_ccxt("binance", recorded, lambda c: c.fetch_positions())
     assert position["contracts"] == pytest.approx(0.009)
     assert position["entryPrice"] == pytest.approx(67445.9)

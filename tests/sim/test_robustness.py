@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,8 +12,34 @@ from hypothesis import strategies as st
 from tests.sim.conftest import Simulator
 
 BINANCE_KEY = {"X-MBX-APIKEY": "sim-key"}
-BYBIT_AUTH = {"X-BAPI-API-KEY": "sim-key", "X-BAPI-TIMESTAMP": "1", "X-BAPI-SIGN": "ab" * 32}
-SIGNED = "timestamp=1&signature=" + "a" * 64
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def signed() -> str:
+    """A Binance timestamp and signature for a request sent now (inside its recvWindow)."""
+    return f"timestamp={now_ms()}&signature=" + "a" * 64
+
+
+def bybit_auth() -> dict[str, str]:
+    return {
+        "X-BAPI-API-KEY": "sim-key",
+        "X-BAPI-TIMESTAMP": str(now_ms()),
+        "X-BAPI-SIGN": "ab" * 32,
+    }
+
+
+def okx_auth() -> dict[str, str]:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000Z"
+    return {
+        "OK-ACCESS-KEY": "sim-key",
+        "OK-ACCESS-PASSPHRASE": "sim-passphrase",
+        "OK-ACCESS-TIMESTAMP": stamp,
+        "OK-ACCESS-SIGN": "a" * 43 + "=",
+        "Content-Type": "application/json",
+    }
 
 
 def binance_error(response) -> tuple[int, int, str]:
@@ -48,7 +75,7 @@ def test_binance_malformed_orders_get_binance_errors(sim: Simulator, body, code,
     response = sim.raw(
         "POST",
         "/fapi/v1/order",
-        data=f"{body}&{SIGNED}",
+        data=f"{body}&{signed()}",
         headers={**BINANCE_KEY, "Content-Type": "application/x-www-form-urlencoded"},
     )
     status, got_code, got_message = binance_error(response)
@@ -58,10 +85,10 @@ def test_binance_malformed_orders_get_binance_errors(sim: Simulator, body, code,
 
 
 def test_binance_lookup_without_any_id(sim: Simulator):
-    response = sim.raw("GET", f"/fapi/v1/order?symbol=BTCUSDT&{SIGNED}", headers=BINANCE_KEY)
+    response = sim.raw("GET", f"/fapi/v1/order?symbol=BTCUSDT&{signed()}", headers=BINANCE_KEY)
     assert binance_error(response)[:2] == (400, -1102)
     response = sim.raw(
-        "GET", f"/fapi/v1/order?symbol=BTCUSDT&orderId=abc&{SIGNED}", headers=BINANCE_KEY
+        "GET", f"/fapi/v1/order?symbol=BTCUSDT&orderId=abc&{signed()}", headers=BINANCE_KEY
     )
     assert binance_error(response)[:2] == (400, -1100)
 
@@ -104,7 +131,7 @@ def test_binance_lookup_without_any_id(sim: Simulator):
     ],
 )
 def test_bybit_malformed_orders_get_bybit_errors(sim: Simulator, body, message):
-    response = sim.raw("POST", "/v5/order/create", data=body, headers=BYBIT_AUTH)
+    response = sim.raw("POST", "/v5/order/create", data=body, headers=bybit_auth())
     assert response.status_code == 200
     answer = response.json()
     assert answer["retCode"] == 10001
@@ -112,9 +139,85 @@ def test_bybit_malformed_orders_get_bybit_errors(sim: Simulator, body, message):
     assert set(answer) == {"retCode", "retMsg", "result", "retExtInfo", "time"}
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "code", "message"),
+    [
+        ("/api/v5/trade/order", "{not json", "50002", "JSON syntax error"),
+        ("/api/v5/trade/order", "", "50000", "Body for POST request cannot be empty."),
+        ("/api/v5/trade/order", '{"tdMode": "cross"}', "50014", "instId"),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "NOPE-USDT-SWAP", "tdMode": "cross"}',
+            "51001",
+            "doesn't exist",
+        ),
+        ("/api/v5/trade/order", '{"instId": "BTC-USDT-SWAP", "side": "buy"}', "50014", "tdMode"),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "isolated", "side": "buy"}',
+            "51000",
+            "tdMode",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "up", "ordType": "market", "sz": "1"}',
+            "51000",
+            "side",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "buy", "ordType": "market", "sz": "1", "posSide": "long"}',
+            "51000",
+            "posSide",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "buy", "ordType": "trigger", "sz": "1"}',
+            "51000",
+            "ordType",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "buy", "ordType": "market"}',
+            "50014",
+            "sz",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "buy", "ordType": "market", "sz": "lots"}',
+            "51000",
+            "sz",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "buy", "ordType": "market", "sz": "1", "clOrdId": "has-dash"}',
+            "51000",
+            "clOrdId",
+        ),
+        (
+            "/api/v5/trade/order",
+            '{"instId": "BTC-USDT-SWAP", "tdMode": "cross", "side": "buy", "ordType": "market", "sz": "1", "attachAlgoOrds": [{"slTriggerPx": "1"}]}',
+            "51000",
+            "attachAlgoOrds",
+        ),
+        ("/api/v5/trade/batch-orders", "[]", "50014", "data"),
+        ("/api/v5/trade/batch-orders", "[1, 2]", "50002", "JSON"),
+        ("/api/v5/trade/cancel-order", '{"instId": "BTC-USDT-SWAP"}', "51407", "order ID"),
+    ],
+)
+def test_okx_malformed_requests_get_okx_errors(sim: Simulator, path, body, code, message):
+    response = sim.raw("POST", path, data=body, headers=okx_auth())
+    answer = response.json()
+    assert answer["code"] == code, answer
+    assert message in answer["msg"]
+    assert set(answer) == {"code", "data", "msg"}
+    assert sim.ledger() == []
+
+
 def test_unknown_endpoints_are_404_pages(sim: Simulator):
     assert sim.raw("GET", "/fapi/v9/teleport").status_code == 404
     assert sim.raw("PUT", "/v5/order/create").status_code == 404
+    assert sim.raw("GET", "/api/v5/trade/teleport").status_code == 404
     assert sim.raw("GET", "/nothing").status_code == 404
     assert sim.raw("GET", "/_sim/nothing").status_code == 404
 
@@ -161,6 +264,14 @@ PATHS = st.sampled_from(
         ("GET", "/v5/order/history"),
         ("GET", "/v5/position/list"),
         ("GET", "/v5/market/tickers"),
+        ("POST", "/api/v5/trade/order"),
+        ("POST", "/api/v5/trade/cancel-order"),
+        ("GET", "/api/v5/trade/order"),
+        ("GET", "/api/v5/trade/orders-pending"),
+        ("GET", "/api/v5/trade/orders-history"),
+        ("GET", "/api/v5/account/positions"),
+        ("GET", "/api/v5/public/instruments"),
+        ("GET", "/api/v5/market/tickers"),
     ]
 )
 KEYS = st.sampled_from(
@@ -168,10 +279,15 @@ KEYS = st.sampled_from(
         "symbol", "side", "type", "quantity", "price", "timeInForce", "orderId",
         "origClientOrderId", "newClientOrderId", "reduceOnly", "limit", "category",
         "orderType", "qty", "orderLinkId", "settleCoin", "cursor", "openOnly", "startTime",
+        "instId", "instType", "tdMode", "ordType", "sz", "px", "clOrdId", "ordId", "state",
+        "after", "before", "begin",
     ]
 )  # fmt: skip
 VALUES = st.one_of(
-    st.sampled_from(["BTCUSDT", "BUY", "Sell", "MARKET", "Limit", "linear", "GTC", "true", "0"]),
+    st.sampled_from(
+        ["BTCUSDT", "BUY", "Sell", "MARKET", "Limit", "linear", "GTC", "true", "0"]
+        + ["BTC-USDT-SWAP", "SWAP", "cross", "buy", "market", "limit", "filled", "live"]
+    ),
     st.text(max_size=12),
     st.integers(-(10**30), 10**30).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
@@ -196,17 +312,24 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
         response = sim.raw(
             method,
             path,
-            params={**params, "timestamp": "1", "signature": "a" * 64},
+            params={**params, "timestamp": str(now_ms()), "signature": "a" * 64},
             headers=BINANCE_KEY,
         )
         assert response.status_code < 500, response.text
         body = response.json()
         assert isinstance(body, list) or "code" not in body or body["code"] < 0
+    elif path.startswith("/api/v5"):
+        if method == "POST":
+            response = sim.raw(method, path, data=json.dumps(params), headers=okx_auth())
+        else:
+            response = sim.raw(method, path, params=params, headers=okx_auth())
+        assert response.status_code < 500, response.text
+        assert response.json()["code"] != "50026", response.text
     else:
         if method == "POST":
-            response = sim.raw(method, path, data=json.dumps(params), headers=BYBIT_AUTH)
+            response = sim.raw(method, path, data=json.dumps(params), headers=bybit_auth())
         else:
-            response = sim.raw(method, path, params=params, headers=BYBIT_AUTH)
+            response = sim.raw(method, path, params=params, headers=bybit_auth())
         assert response.status_code == 200, response.text
         assert response.json()["retCode"] != 10016, response.text
 
@@ -219,13 +342,33 @@ def test_random_requests_never_cause_an_internal_error(sim: Simulator, route, pa
     body=st.dictionaries(KEYS, JSON_VALUES, max_size=8),
 )
 def test_random_bybit_json_bodies_never_cause_an_internal_error(sim: Simulator, path, body):
-    response = sim.raw("POST", path, data=json.dumps(body), headers=BYBIT_AUTH)
+    response = sim.raw("POST", path, data=json.dumps(body), headers=bybit_auth())
     assert response.status_code == 200, response.text
     assert response.json()["retCode"] != 10016, response.text
 
 
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(
+        ["/api/v5/trade/order", "/api/v5/trade/batch-orders", "/api/v5/trade/cancel-order"]
+    ),
+    body=st.one_of(
+        st.dictionaries(KEYS, JSON_VALUES, max_size=8),
+        st.lists(st.dictionaries(KEYS, JSON_VALUES, max_size=8), max_size=3),
+    ),
+)
+def test_random_okx_json_bodies_never_cause_an_internal_error(sim: Simulator, path, body):
+    response = sim.raw("POST", path, data=json.dumps(body), headers=okx_auth())
+    assert response.status_code < 500, response.text
+    assert response.json()["code"] != "50026", response.text
+
+
 def test_an_oversized_body_is_refused(sim: Simulator):
-    response = sim.raw("POST", "/v5/order/create", data="x" * (2 * 1024 * 1024), headers=BYBIT_AUTH)
+    response = sim.raw(
+        "POST", "/v5/order/create", data="x" * (2 * 1024 * 1024), headers=bybit_auth()
+    )
     assert response.status_code == 413
 
 

@@ -6,6 +6,7 @@ order ccxt returns, the position the exchange reports, the simulator's ledger.
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import ccxt
@@ -226,6 +227,9 @@ def test_the_ledger_records_every_accepted_order(exchange: ccxt.Exchange, sim: S
         "type": "market",
         "amount": "0.01",
         "filled": "0.01",
+        "contractSize": "1",
+        "contracts": "0.01",
+        "filledContracts": "0.01",
         "price": None,
         "average": "65000",
         "status": "closed",
@@ -248,8 +252,12 @@ def test_bybit_realtime_knows_only_the_500_most_recent_finished_orders(
 ):
     # Given an order that filled, followed by 500 more finished orders
     first = bybit.create_order(BTC, "market", "buy", 0.005, None, {"clientOrderId": "old-one"})
-    headers = {"X-BAPI-API-KEY": "sim-key", "X-BAPI-TIMESTAMP": "1", "X-BAPI-SIGN": "ab" * 32}
     for index in range(500):
+        headers = {
+            "X-BAPI-API-KEY": "sim-key",
+            "X-BAPI-TIMESTAMP": str(time.time_ns() // 1_000_000),
+            "X-BAPI-SIGN": "ab" * 32,
+        }
         body = {
             "category": "linear",
             "symbol": "BTCUSDT",
