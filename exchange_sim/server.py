@@ -2,6 +2,8 @@
 
 Requests are routed by path: ``/fapi/...`` is Binance USDⓈ-M, ``/v5/...`` is
 Bybit v5, ``/_sim/...`` is the admin API (documented in docs/simulator.md).
+The WebSocket streams, when ``serve`` gets a ``ws_port``, run on that port
+(``exchange_sim.streams``) against the same state.
 One process holds both exchanges' state in memory; every handler runs on the
 event loop, so state changes need no locks.
 
@@ -50,7 +52,8 @@ class AdminError(Exception):
 
 
 class SimState:
-    """Both exchanges, the fault plan, request statistics and background price walks."""
+    """Both exchanges, the fault plan, request statistics, background price walks and
+    the stream hub (which outlives resets: its listen keys are credentials)."""
 
     def __init__(self, seed: int | None = None, streams: StreamSettings | None = None) -> None:
         self.base_seed = seed if seed is not None else 0

@@ -203,8 +203,8 @@ def test_keep_alives_hold_the_listen_key(short_listen_keys: StreamSimulator):
         client = await pro_client("binance", sim.base_url, sim.ws_url)
 
         async def keep_alive() -> None:
-            # ccxt 4.5 (Python) renews a listen key once only, so a long-lived user
-            # stream must renew it itself: every 0.25 s here, against a 1 s validity.
+            # ccxt 4.5 (Python) schedules its own renewal once only, so a long-lived
+            # user stream renews the key itself: every 0.25 s here, for a 1 s validity.
             while True:
                 await client.fapiPrivatePutListenKey()
                 await asyncio.sleep(0.25)
