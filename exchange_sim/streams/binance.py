@@ -81,7 +81,7 @@ class StreamName:
 
     @classmethod
     def parse(cls, name: object) -> StreamName | None:
-        if not isinstance(name, str) or "@" not in name:
+        if not isinstance(name, str):
             return None
         if name.startswith("!"):
             parts = name[1:].split("@")
@@ -96,7 +96,11 @@ class StreamName:
             return None
         symbol, _, rest = name.partition("@")
         channel, _, speed = rest.partition("@")
-        if channel not in CHANNELS or (speed and (channel, speed) != ("markPrice", "1s")):
+        if (
+            not symbol
+            or channel not in CHANNELS
+            or (speed and (channel, speed) != ("markPrice", "1s"))
+        ):
             return None
         return cls(name, symbol.upper(), channel, speed == "1s")
 

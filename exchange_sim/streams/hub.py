@@ -71,6 +71,8 @@ class StreamHub:
         self.protocols: dict[str, ExchangeStreams] = {"binance": self.binance, "bybit": self.bybit}
         self.counts: dict[str, dict[str, dict[str, int]]] = _new_counts()
         self._closing: set[asyncio.Task[bool]] = set()
+        self._exchanges: Mapping[str, Exchange] = {}
+        self._listening: set[str] = set()
 
     @property
     def listen_keys(self) -> ListenKeys:
@@ -80,11 +82,10 @@ class StreamHub:
     # --- engine side ------------------------------------------------------------------
 
     def on_reset(self, exchanges: Mapping[str, Exchange]) -> None:
-        """A reset made new exchanges: listen to them, and close every old connection."""
-        for name, exchange in exchanges.items():
-            protocol = self.protocols.get(name)
-            if protocol is not None:
-                exchange.listeners.append(_guarded(protocol))
+        """A reset made new exchanges: close every old connection; listen to the new
+        exchanges once a stream client connects to them."""
+        self._exchanges = exchanges
+        self._listening = set()
         for connection in [c for group in self.connections.values() for c in group]:
             closing = connection.close(RESET_CLOSE_CODE, "simulator reset")
             self._closing.add(closing)
@@ -116,6 +117,13 @@ class StreamHub:
         counts["sent"] += 1
         connection.enqueue(text, decision.delay_s)
 
+    def _listen(self, name: str) -> None:
+        """Hear the engine's events from now on. Until a stream client connects, the
+        engine publishes nothing, and REST requests pay nothing for the streams."""
+        if name not in self._listening:
+            self._listening.add(name)
+            self._exchanges[name].listeners.append(_guarded(self.protocols[name]))
+
     def remove(self, connection: Connection) -> None:
         self.connections[connection.exchange].discard(connection)
 
@@ -134,6 +142,7 @@ class StreamHub:
         await ws.prepare(request)
         connection = Connection(self, request, ws, name, stream)
         self.connections[name].add(connection)
+        self._listen(name)
         try:
             on_connect(connection)
             async for message in ws:

@@ -13,6 +13,8 @@ import ccxt
 import pytest
 import requests
 
+from exchange_sim.faults import parse_plan
+from exchange_sim.streams.binance import StreamName
 from tests.sim.conftest import StreamSimulator
 from tests.sim.stream_clients import (
     BTC,
@@ -311,6 +313,62 @@ def test_stream_fault_rules_are_validated_and_described(stream_sim: StreamSimula
         response = requests.post(f"{stream_sim.base_url}/_sim/faults", json={"rules": [rule]})
         assert response.status_code == 400, rule
         assert "rule 0" in response.json()["error"]
+
+
+def test_a_stream_message_gets_every_delay_and_the_first_outcome_that_fires():
+    plan = parse_plan(
+        {
+            "rules": [
+                {"kind": "stream_delay", "delay_ms": 100},
+                {"kind": "stream_drop", "exchange": "bybit", "count": 1},
+                {"kind": "listen_key_expired", "count": 1},
+                {"kind": "stream_stall", "count": 1},
+                {"kind": "stream_delay", "operation": "public_stream", "delay_ms": 50},
+                {"kind": "latency", "latency_ms": 999},
+            ]
+        },
+        default_seed=0,
+    )
+    # A Binance private message with a listen key: both applicable delays do not
+    # apply (the second is public only), the key expires, and the stall waits its turn
+    decision = plan.decide_stream("binance", "private_stream", BTC, has_listen_key=True)
+    assert decision.delay_s == pytest.approx(0.1)
+    assert decision.outcome is not None and decision.outcome.kind == "listen_key_expired"
+    # A Bybit public message: the drop fires; the stall is not consumed by it
+    decision = plan.decide_stream("bybit", "public_stream", None, has_listen_key=False)
+    assert decision.delay_s == pytest.approx(0.15)
+    assert decision.outcome is not None and decision.outcome.kind == "stream_drop"
+    # Bybit has no listen keys: the next private message stalls
+    decision = plan.decide_stream("bybit", "private_stream", ETH, has_listen_key=False)
+    assert decision.outcome is not None and decision.outcome.kind == "stream_stall"
+    # And REST requests see none of the stream rules, only their own
+    assert plan.decide("binance", "create_order", BTC).outcome is None
+    assert plan.decide("binance", "create_order", BTC).delay_s == pytest.approx(0.999)
+
+
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("btcusdt@markPrice", ("BTCUSDT", "markPrice", False)),
+        ("btcusdt@markPrice@1s", ("BTCUSDT", "markPrice", True)),
+        ("!markPrice@arr@1s", (None, "markPrice", True)),
+        ("!miniTicker@arr", (None, "miniTicker", False)),
+        ("ethusdt@ticker", ("ETHUSDT", "ticker", False)),
+        ("!bookTicker", (None, "bookTicker", False)),
+        ("btcusdt@depth@100ms", None),
+        ("btcusdt@ticker@1s", None),
+        ("!ticker", None),
+        ("btcusdt", None),
+        (7, None),
+    ],
+)
+def test_binance_stream_names_the_simulator_serves(name: object, served: tuple | None):
+    stream = StreamName.parse(name)
+    if served is None:
+        assert stream is None
+    else:
+        assert stream is not None
+        assert (stream.market_id, stream.channel, stream.fast) == served
 
 
 # --- Bybit authentication -----------------------------------------------------------------
