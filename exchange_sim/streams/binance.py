@@ -25,7 +25,7 @@ rendered by the same functions as the REST answers (``exchange_sim.binance``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +134,7 @@ class BinanceStreams:
     def on_reset(self) -> None:
         """Listen keys are account credentials: they outlive a reset."""
 
-    def _connections(self, stream: str) -> Iterable[Connection]:
+    def _connections(self, stream: str) -> list[Connection]:
         return [c for c in self.hub.connections["binance"] if c.stream == stream]
 
     # --- connections --------------------------------------------------------------------
@@ -212,8 +212,7 @@ class BinanceStreams:
                 self.hub.deliver(connection, text, symbol)
 
     def refresh(self, tick: int) -> None:
-        connections = list(self._connections(PUBLIC))
-        if not connections:
+        if not self._connections(PUBLIC):
             return
         exchange = self.hub.state.exchanges["binance"]
         self._push_prices(exchange, list(exchange.rules_by_id.values()), now_ms(), tick)

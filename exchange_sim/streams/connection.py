@@ -165,10 +165,10 @@ class Connection:
             "stalled": self.stalled,
             "queued": len(self._queue),
         }
-        if self.stream == PRIVATE:
-            described["authenticated"] = self.authenticated
         if self.listen_key is not None:
             described["listenKey"] = self.listen_key
+        elif self.stream == PRIVATE:
+            described["authenticated"] = self.authenticated
         return described
 
 
