@@ -42,6 +42,8 @@ class Ctx:
     now_ms: int
     faults: FaultDecision
     headers: Mapping[str, str]
+    # The stream hub (exchange_sim.streams.StreamHub): Binance's listen keys live there.
+    streams: Any = None
 
     @property
     def force_insufficient_margin(self) -> bool:

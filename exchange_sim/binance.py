@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -28,6 +28,7 @@ from exchange_sim.api import (
 from exchange_sim.engine import (
     MAINT_MARGIN_RATE,
     ZERO,
+    Exchange,
     Order,
     OrderRequest,
     Reason,
@@ -37,6 +38,9 @@ from exchange_sim.engine import (
 )
 from exchange_sim.faults import FaultRule
 from exchange_sim.markets import MarketRules
+
+if TYPE_CHECKING:
+    from exchange_sim.streams.listen_keys import ListenKeys
 
 JSON = "application/json"
 CLIENT_ID_PATTERN = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
@@ -100,6 +104,10 @@ class BinanceFutures:
             ("GET", "/fapi/v1/leverageBracket"): Endpoint("other", True, self.leverage_brackets),
             ("POST", "/fapi/v1/leverage"): Endpoint("other", True, self.set_leverage),
             ("GET", "/fapi/v1/positionSide/dual"): Endpoint("other", True, self.position_mode),
+            # The user data stream's key takes the API key only, no signature.
+            ("POST", "/fapi/v1/listenKey"): Endpoint("listen_key", False, self.new_listen_key),
+            ("PUT", "/fapi/v1/listenKey"): Endpoint("listen_key", False, self.keep_alive_key),
+            ("DELETE", "/fapi/v1/listenKey"): Endpoint("listen_key", False, self.close_listen_key),
         }
 
     # --- FrontEnd protocol ------------------------------------------------------------
@@ -279,33 +287,7 @@ class BinanceFutures:
         return rows[0] if "symbol" in ctx.params else rows
 
     def ticker_24hr(self, ctx: Ctx) -> Any:
-        rows = []
-        for rules in self._markets(ctx):
-            last = ctx.exchange.price(rules.market_id)
-            places = rules.price_precision
-            open_price = ctx.exchange.open_prices.get(rules.market_id, last)
-            change = last - open_price
-            percent = (change / open_price * 100) if open_price else ZERO
-            rows.append(
-                {
-                    "symbol": rules.market_id,
-                    "priceChange": fmt(change, places),
-                    "priceChangePercent": fmt(percent, 3),
-                    "weightedAvgPrice": fmt((open_price + last) / 2, places),
-                    "lastPrice": fmt(last, places),
-                    "lastQty": fmt(rules.min_qty, rules.quantity_precision),
-                    "openPrice": fmt(open_price, places),
-                    "highPrice": fmt(max(open_price, last), places),
-                    "lowPrice": fmt(min(open_price, last), places),
-                    "volume": fmt(Decimal(1000), rules.quantity_precision),
-                    "quoteVolume": fmt(1000 * last, 2),
-                    "openTime": ctx.now_ms - 86_400_000,
-                    "closeTime": ctx.now_ms,
-                    "firstId": 1,
-                    "lastId": 1000,
-                    "count": 1000,
-                }
-            )
+        rows = [ticker_24hr_row(ctx.exchange, rules, ctx.now_ms) for rules in self._markets(ctx)]
         return self._one_or_all(ctx, rows)
 
     def ticker_price(self, ctx: Ctx) -> Any:
@@ -320,38 +302,11 @@ class BinanceFutures:
         return self._one_or_all(ctx, rows)
 
     def book_ticker(self, ctx: Ctx) -> Any:
-        rows = []
-        for rules in self._markets(ctx):
-            last = ctx.exchange.price(rules.market_id)
-            rows.append(
-                {
-                    "symbol": rules.market_id,
-                    "bidPrice": fmt(last - rules.tick_size, rules.price_precision),
-                    "bidQty": fmt(rules.max_market_qty, rules.quantity_precision),
-                    "askPrice": fmt(last + rules.tick_size, rules.price_precision),
-                    "askQty": fmt(rules.max_market_qty, rules.quantity_precision),
-                    "time": ctx.now_ms,
-                    "lastUpdateId": ctx.now_ms,
-                }
-            )
+        rows = [book_ticker_row(ctx.exchange, rules, ctx.now_ms) for rules in self._markets(ctx)]
         return self._one_or_all(ctx, rows)
 
     def premium_index(self, ctx: Ctx) -> Any:
-        rows = []
-        for rules in self._markets(ctx):
-            last = ctx.exchange.price(rules.market_id)
-            rows.append(
-                {
-                    "symbol": rules.market_id,
-                    "markPrice": fmt(last, 8),
-                    "indexPrice": fmt(last, 8),
-                    "estimatedSettlePrice": fmt(last, 8),
-                    "lastFundingRate": "0.00010000",
-                    "interestRate": "0.00010000",
-                    "nextFundingTime": (ctx.now_ms // 28_800_000 + 1) * 28_800_000,
-                    "time": ctx.now_ms,
-                }
-            )
+        rows = [premium_index_row(ctx.exchange, rules, ctx.now_ms) for rules in self._markets(ctx)]
         return self._one_or_all(ctx, rows)
 
     # --- orders -----------------------------------------------------------------------
@@ -539,7 +494,7 @@ class BinanceFutures:
                     "positionSide": "BOTH",
                     "positionAmt": fmt(state.size, rules.quantity_precision),
                     "entryPrice": plain(state.entry_price),
-                    "breakEvenPrice": plain(_break_even(state.size, state.entry_price)),
+                    "breakEvenPrice": plain(break_even_price(state.size, state.entry_price)),
                     "markPrice": fmt(mark, 8),
                     "unRealizedProfit": fmt(unrealized, 8),
                     "liquidationPrice": fmt(ctx.exchange.liquidation_price(rules.market_id), 8),
@@ -569,7 +524,7 @@ class BinanceFutures:
                     "symbol": rules.market_id,
                     "positionAmt": fmt(state.size, rules.quantity_precision),
                     "entryPrice": plain(state.entry_price),
-                    "breakEvenPrice": plain(_break_even(state.size, state.entry_price)),
+                    "breakEvenPrice": plain(break_even_price(state.size, state.entry_price)),
                     "markPrice": fmt(mark, 8),
                     "unRealizedProfit": fmt(unrealized, 8),
                     "liquidationPrice": fmt(ctx.exchange.liquidation_price(rules.market_id), 8),
@@ -677,7 +632,7 @@ class BinanceFutures:
                     "leverage": str(position.leverage),
                     "isolated": False,
                     "entryPrice": plain(state.entry_price),
-                    "breakEvenPrice": plain(_break_even(state.size, state.entry_price)),
+                    "breakEvenPrice": plain(break_even_price(state.size, state.entry_price)),
                     "maxNotional": "50000000",
                     "bidNotional": "0",
                     "askNotional": "0",
@@ -754,8 +709,86 @@ class BinanceFutures:
     def position_mode(self, ctx: Ctx) -> dict[str, Any]:
         return {"dualSidePosition": False}
 
+    # --- user data stream -------------------------------------------------------------
 
-# --- rendering -----------------------------------------------------------------------
+    def _listen_keys(self, ctx: Ctx) -> ListenKeys:
+        if not ctx.headers.get("X-MBX-APIKEY"):
+            raise _error(401, -2014, "API-key format invalid.")
+        return ctx.streams.listen_keys
+
+    def new_listen_key(self, ctx: Ctx) -> dict[str, Any]:
+        return {"listenKey": self._listen_keys(ctx).open()}
+
+    def keep_alive_key(self, ctx: Ctx) -> dict[str, Any]:
+        key = self._listen_keys(ctx).keep_alive(ctx.params.get("listenKey") or None)
+        if key is None:
+            raise _error(400, -1125, "This listenKey does not exist.")
+        return {"listenKey": key}
+
+    def close_listen_key(self, ctx: Ctx) -> dict[str, Any]:
+        self._listen_keys(ctx).close(ctx.params.get("listenKey") or None)
+        return {}
+
+
+# --- rendering (shared with the streams, so both show the same numbers) ----------------
+
+
+def ticker_24hr_row(exchange: Exchange, rules: MarketRules, now_ms: int) -> dict[str, Any]:
+    last = exchange.price(rules.market_id)
+    places = rules.price_precision
+    open_price = exchange.open_prices.get(rules.market_id, last)
+    change = last - open_price
+    percent = (change / open_price * 100) if open_price else ZERO
+    return {
+        "symbol": rules.market_id,
+        "priceChange": fmt(change, places),
+        "priceChangePercent": fmt(percent, 3),
+        "weightedAvgPrice": fmt((open_price + last) / 2, places),
+        "lastPrice": fmt(last, places),
+        "lastQty": fmt(rules.min_qty, rules.quantity_precision),
+        "openPrice": fmt(open_price, places),
+        "highPrice": fmt(max(open_price, last), places),
+        "lowPrice": fmt(min(open_price, last), places),
+        "volume": fmt(Decimal(1000), rules.quantity_precision),
+        "quoteVolume": fmt(1000 * last, 2),
+        "openTime": now_ms - 86_400_000,
+        "closeTime": now_ms,
+        "firstId": 1,
+        "lastId": 1000,
+        "count": 1000,
+    }
+
+
+def book_ticker_row(exchange: Exchange, rules: MarketRules, now_ms: int) -> dict[str, Any]:
+    last = exchange.price(rules.market_id)
+    return {
+        "symbol": rules.market_id,
+        "bidPrice": fmt(last - rules.tick_size, rules.price_precision),
+        "bidQty": fmt(rules.max_market_qty, rules.quantity_precision),
+        "askPrice": fmt(last + rules.tick_size, rules.price_precision),
+        "askQty": fmt(rules.max_market_qty, rules.quantity_precision),
+        "time": now_ms,
+        "lastUpdateId": now_ms,
+    }
+
+
+def premium_index_row(exchange: Exchange, rules: MarketRules, now_ms: int) -> dict[str, Any]:
+    last = exchange.price(rules.market_id)
+    return {
+        "symbol": rules.market_id,
+        "markPrice": fmt(last, 8),
+        "indexPrice": fmt(last, 8),
+        "estimatedSettlePrice": fmt(last, 8),
+        "lastFundingRate": "0.00010000",
+        "interestRate": "0.00010000",
+        "nextFundingTime": next_funding_ms(now_ms),
+        "time": now_ms,
+    }
+
+
+def next_funding_ms(now_ms: int) -> int:
+    """Funding every 8 hours from midnight UTC."""
+    return (now_ms // 28_800_000 + 1) * 28_800_000
 
 
 def _symbol_info(rules: MarketRules) -> dict[str, Any]:
@@ -827,7 +860,7 @@ def _symbol_info(rules: MarketRules) -> dict[str, Any]:
     }
 
 
-def _order_fields(order: Order, acknowledged_only: bool = False) -> dict[str, Any]:
+def order_fields(order: Order, acknowledged_only: bool = False) -> dict[str, Any]:
     rules = order.rules
     price_places = rules.price_precision
     filled = ZERO if acknowledged_only else order.filled
@@ -866,19 +899,19 @@ def _order_fields(order: Order, acknowledged_only: bool = False) -> dict[str, An
 
 def _order_result(order: Order, acknowledged_only: bool = False) -> dict[str, Any]:
     """POST/DELETE /fapi/v1/order: carries cumQty, not time."""
-    fields = _order_fields(order, acknowledged_only)
+    fields = order_fields(order, acknowledged_only)
     del fields["time"]
     return fields
 
 
 def _order_query(order: Order) -> dict[str, Any]:
     """GET /fapi/v1/order, openOrder(s), allOrders: carries time, not cumQty."""
-    fields = _order_fields(order)
+    fields = order_fields(order)
     del fields["cumQty"]
     return fields
 
 
-def _break_even(size: Decimal, entry: Decimal) -> Decimal:
+def break_even_price(size: Decimal, entry: Decimal) -> Decimal:
     if not size:
         return ZERO
     # Entry plus the taker fee of opening and closing, in the position's direction.

@@ -29,6 +29,7 @@ from exchange_sim.api import (
 from exchange_sim.engine import (
     MAINT_MARGIN_RATE,
     ZERO,
+    Exchange,
     Order,
     OrderRequest,
     Reason,
@@ -261,45 +262,10 @@ class BybitV5:
                 if rules is None:
                     raise _error(10001, "Not supported symbols")
                 rules_list = [rules]
-            rows = [self._ticker(ctx, rules) for rules in rules_list]
+            rows = [ticker_row(ctx.exchange, rules, ctx.now_ms) for rules in rules_list]
         elif ctx.params.get("symbol"):
             raise _error(10001, "Not supported symbols")
         return {"category": category, "list": rows}
-
-    def _ticker(self, ctx: Ctx, rules: MarketRules) -> dict[str, Any]:
-        exchange = ctx.exchange
-        last = exchange.price(rules.market_id)
-        places = rules.price_precision
-        qty_places = rules.quantity_precision
-        previous = exchange.open_prices.get(rules.market_id, last)
-        change = (last - previous) / previous if previous else ZERO
-        volume = Decimal(1000)
-        return {
-            "symbol": rules.market_id,
-            "lastPrice": fmt(last, places),
-            "indexPrice": fmt(last, places),
-            "markPrice": fmt(last, places),
-            "prevPrice24h": fmt(previous, places),
-            "price24hPcnt": fmt(change, 6),
-            "highPrice24h": fmt(max(previous, last), places),
-            "lowPrice24h": fmt(min(previous, last), places),
-            "prevPrice1h": fmt(previous, places),
-            "openInterest": fmt(volume, qty_places),
-            "openInterestValue": fmt(volume * last, 2),
-            "turnover24h": fmt(volume * last, 4),
-            "volume24h": fmt(volume, 4),
-            "fundingRate": "0.0001",
-            "nextFundingTime": str((ctx.now_ms // 28_800_000 + 1) * 28_800_000),
-            "predictedDeliveryPrice": "",
-            "basisRate": "",
-            "deliveryFeeRate": "",
-            "deliveryTime": "0",
-            "ask1Size": fmt(rules.max_market_qty, qty_places),
-            "bid1Price": fmt(last - rules.tick_size, places),
-            "ask1Price": fmt(last + rules.tick_size, places),
-            "bid1Size": fmt(rules.max_market_qty, qty_places),
-            "basis": "",
-        }
 
     # --- orders -----------------------------------------------------------------------
 
@@ -455,6 +421,9 @@ class BybitV5:
     # --- account ----------------------------------------------------------------------
 
     def positions(self, ctx: Ctx) -> dict[str, Any]:
+        if self._category(ctx) == "inverse":
+            # The account holds no inverse contracts (ccxt.pro's watch_positions asks).
+            return {"nextPageCursor": "", "category": "inverse", "list": []}
         self._linear_only(ctx)
         exchange = ctx.exchange
         rules = self._rules(ctx, required=False)
@@ -476,7 +445,7 @@ class BybitV5:
             # Asked by symbol Bybit returns the row even when flat; by coin only open ones.
             if not state.size and rules is None:
                 continue
-            rows.append(_position_row(exchange, position, state, ctx.now_ms))
+            rows.append(position_row(exchange, position, state, ctx.now_ms))
         # Bybit's position cursor: "symbol,updatedTime,0" of the page's last row.
         cursor = f"{rows[-1]['symbol']}%2C{rows[-1]['updatedTime']}%2C0" if rows else ""
         for row in rows:
@@ -663,7 +632,42 @@ def _instrument(rules: MarketRules) -> dict[str, Any]:
     }
 
 
-def _common_order_fields(order: Order) -> dict[str, Any]:
+def ticker_row(exchange: Exchange, rules: MarketRules, now_ms: int) -> dict[str, Any]:
+    last = exchange.price(rules.market_id)
+    places = rules.price_precision
+    qty_places = rules.quantity_precision
+    previous = exchange.open_prices.get(rules.market_id, last)
+    change = (last - previous) / previous if previous else ZERO
+    volume = Decimal(1000)
+    return {
+        "symbol": rules.market_id,
+        "lastPrice": fmt(last, places),
+        "indexPrice": fmt(last, places),
+        "markPrice": fmt(last, places),
+        "prevPrice24h": fmt(previous, places),
+        "price24hPcnt": fmt(change, 6),
+        "highPrice24h": fmt(max(previous, last), places),
+        "lowPrice24h": fmt(min(previous, last), places),
+        "prevPrice1h": fmt(previous, places),
+        "openInterest": fmt(volume, qty_places),
+        "openInterestValue": fmt(volume * last, 2),
+        "turnover24h": fmt(volume * last, 4),
+        "volume24h": fmt(volume, 4),
+        "fundingRate": "0.0001",
+        "nextFundingTime": str((now_ms // 28_800_000 + 1) * 28_800_000),
+        "predictedDeliveryPrice": "",
+        "basisRate": "",
+        "deliveryFeeRate": "",
+        "deliveryTime": "0",
+        "ask1Size": fmt(rules.max_market_qty, qty_places),
+        "bid1Price": fmt(last - rules.tick_size, places),
+        "ask1Price": fmt(last + rules.tick_size, places),
+        "bid1Size": fmt(rules.max_market_qty, qty_places),
+        "basis": "",
+    }
+
+
+def order_fields(order: Order) -> dict[str, Any]:
     rules = order.rules
     price_places = rules.price_precision
     qty_places = rules.quantity_precision
@@ -728,20 +732,20 @@ def _realtime_row(order: Order) -> dict[str, Any]:
     if not order.is_open:
         # A finished order comes from the order store with history's fields.
         return _history_row(order)
-    row = _common_order_fields(order)
+    row = order_fields(order)
     row["marketUnit"] = ""
     return row
 
 
 def _history_row(order: Order) -> dict[str, Any]:
-    row = _common_order_fields(order)
+    row = order_fields(order)
     row["slippageToleranceType"] = "UNKNOWN"
     row["slippageTolerance"] = "0"
     row["extraFees"] = ""
     return row
 
 
-def _position_row(exchange, position, state, now_ms: int) -> dict[str, Any]:
+def position_row(exchange, position, state, now_ms: int) -> dict[str, Any]:
     rules: MarketRules = position.rules
     mark = exchange.price(rules.market_id)
     size = state.size

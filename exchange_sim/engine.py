@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 
@@ -186,6 +186,58 @@ class Position:
         )
 
 
+# --- events for listeners (the streams) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of an order: ``trade_id`` counts the exchange's fills from 1."""
+
+    trade_id: int
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    maker: bool
+    # The part of this fill that reduced the position, and the PnL it realized
+    # (before fees).
+    closed_quantity: Decimal
+    realized_pnl: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdated:
+    """An order changed. ``execution`` is ``new`` (accepted), ``trade`` (``fill`` set),
+    ``canceled`` or ``expired``; the order object carries its state after the change."""
+
+    order: Order
+    execution: str
+    at_ms: int
+    fill: Fill | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionChanged:
+    """A position changed, by a fill (``reason`` "fill") or by hand ("admin")."""
+
+    market_id: str
+    at_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceChanged:
+    market_id: str
+    price: Decimal
+    at_ms: int
+
+
+EngineEvent = OrderUpdated | PositionChanged | PriceChanged
+# Called synchronously, inside the engine call that caused the event, so a listener
+# reads the exchange exactly as the REST API would answer at that moment. It must not
+# block or raise.
+Listener = Callable[["Exchange", EngineEvent], None]
+
+
 def floor_to_step(value: Decimal, step: Decimal) -> Decimal:
     return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
 
@@ -230,6 +282,13 @@ class Exchange:
         # OKX accepts a post-only order that would take and cancels it at once;
         # Binance and Bybit refuse it.
         self.post_only_taker_canceled = name == "okx"
+        # Whoever wants to hear about orders, fills, positions and prices (the streams).
+        self.listeners: list[Listener] = []
+        self._last_trade_id = 0
+
+    def _publish(self, event: EngineEvent) -> None:
+        for listener in self.listeners:
+            listener(self, event)
 
     # --- lookups ------------------------------------------------------------------
 
@@ -465,6 +524,8 @@ class Exchange:
             self.orders_by_client_id.setdefault(order.client_order_id, []).append(order)
         order.seq = len(self.ledger)
         self.ledger.append(order)
+        if self.listeners:
+            self._publish(OrderUpdated(order, "new", at_ms))
 
         if post_only_taker:
             order.status = Status.CANCELED
@@ -478,8 +539,12 @@ class Exchange:
                 # Market and IOC remainders expire; so does a partially filled GTC
                 # order under the partial-fill fault (the book ran dry).
                 order.status = Status.EXPIRED
+                if self.listeners:
+                    self._publish(OrderUpdated(order, "expired", at_ms))
         elif order.time_in_force in ("IOC", "FOK"):
             order.status = Status.EXPIRED
+            if self.listeners:
+                self._publish(OrderUpdated(order, "expired", at_ms))
         else:
             order.held_margin = self._margin_needed(request, order.price or last)
             self.resting[rules.market_id][order.order_id] = order
@@ -499,6 +564,8 @@ class Exchange:
         order.updated_ms = at_ms
         order.held_margin = ZERO
         self.resting[market_id].pop(order.order_id, None)
+        if self.listeners:
+            self._publish(OrderUpdated(order, "canceled", at_ms))
         return order
 
     def _fill(self, order: Order, qty: Decimal, price: Decimal, at_ms: int, maker: bool) -> None:
@@ -506,6 +573,7 @@ class Exchange:
         state = position.state
         signed = qty * order.sign
         size = state.size
+        closing = pnl = ZERO
         if not size or (size > 0) == (signed > 0):
             new_size = size + signed
             state.entry_price = (abs(size) * state.entry_price + qty * price) / abs(new_size)
@@ -534,6 +602,11 @@ class Exchange:
         order.filled_quote += qty * price
         order.updated_ms = at_ms
         order.status = Status.FILLED if order.filled == order.quantity else Status.PARTIALLY_FILLED
+        if self.listeners:
+            self._last_trade_id += 1
+            fill = Fill(self._last_trade_id, qty, price, fee, maker, closing, pnl)
+            self._publish(OrderUpdated(order, "trade", at_ms, fill))
+            self._publish(PositionChanged(order.rules.market_id, at_ms, "fill"))
 
     # --- prices -------------------------------------------------------------------
 
@@ -541,6 +614,8 @@ class Exchange:
         rules = self.rules(market_id)
         price = max(rules.tick_size, floor_to_step(price, rules.tick_size))
         self.prices[market_id] = price
+        if self.listeners:
+            self._publish(PriceChanged(market_id, price, at_ms))
         self._match_resting(market_id, price, at_ms)
 
     def walk(self, market_id: str, steps: int, volatility: float, rng: random.Random, at_ms: int):
@@ -565,11 +640,13 @@ class Exchange:
                 qty = min(qty, abs(size))
             if qty:
                 self._fill(order, qty, order.price or last, at_ms, maker=True)
+            order.held_margin = ZERO
+            del book[order.order_id]
             if order.remaining:
                 order.status = Status.EXPIRED
                 order.updated_ms = at_ms
-            order.held_margin = ZERO
-            del book[order.order_id]
+                if self.listeners:
+                    self._publish(OrderUpdated(order, "expired", at_ms))
 
     # --- manual positions (admin API) ---------------------------------------------
 
@@ -588,6 +665,8 @@ class Exchange:
             state.entry_price = entry_price if entry_price is not None else self.prices[market_id]
         state.updated_ms = at_ms
         position.record(at_ms)
+        if self.listeners:
+            self._publish(PositionChanged(market_id, at_ms, "admin"))
         return state
 
 

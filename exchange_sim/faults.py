@@ -20,6 +20,11 @@ Rules are looked at in order. *Effects* (``latency``, ``partial_fill``,
 ``visibility_lag``, ``positions_lag``) all apply when they fire; of the
 *outcomes* (everything else) only the first that fires is used, and later
 outcome rules are not consumed for that request.
+
+The stream kinds (``STREAM_KINDS``) apply to the messages the WebSocket streams
+push, never to REST requests, and REST kinds never to stream messages. Their
+``operation`` is the stream: ``private_stream`` (orders, fills, positions) or
+``public_stream`` (prices). ``stream_delay`` is an effect; the others are outcomes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ OPERATIONS = (
     "markets",
     "time",
     "account",
+    "listen_key",
     "other",
 )
 
@@ -62,7 +68,16 @@ OUTCOME_KINDS = {
     "timeout_after_accept": "any",
     "insufficient_margin": "create_order",
 }
-KINDS = {**EFFECT_KINDS, **OUTCOME_KINDS}
+STREAM_OPERATIONS = ("private_stream", "public_stream")
+# kind -> operation used when the rule does not name one.
+STREAM_KINDS = {
+    "stream_delay": "any",
+    "stream_drop": "any",
+    "stream_disconnect": "any",
+    "stream_stall": "any",
+    "listen_key_expired": "private_stream",
+}
+KINDS = {**EFFECT_KINDS, **OUTCOME_KINDS, **STREAM_KINDS}
 
 DEFAULT_HANG_MS = 1500
 DEFAULT_RETRY_AFTER_S = 1
@@ -85,6 +100,7 @@ class FaultRule:
     jitter_ms: int = 0
     hang_ms: int = DEFAULT_HANG_MS
     lag_ms: int = 0
+    delay_ms: int = 0
     fraction: Decimal = Decimal("0.5")
     status: int = 503
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
@@ -143,6 +159,17 @@ NO_FAULTS = FaultDecision()
 
 
 @dataclass(slots=True)
+class StreamFaultDecision:
+    """What the plan says about one stream message."""
+
+    delay_s: float = 0.0
+    outcome: FaultRule | None = None
+
+
+NO_STREAM_FAULTS = StreamFaultDecision()
+
+
+@dataclass(slots=True)
 class FaultPlan:
     seed: int
     rules: list[FaultRule] = field(default_factory=list)
@@ -156,6 +183,8 @@ class FaultPlan:
             return NO_FAULTS
         decision = FaultDecision()
         for rule in self.rules:
+            if rule.kind in STREAM_KINDS:
+                continue
             if not rule.is_effect and decision.outcome is not None:
                 continue
             if not rule.matches(exchange, operation, symbol) or not rule.try_fire(self.rng):
@@ -172,6 +201,30 @@ class FaultPlan:
             else:
                 decision.outcome = rule
         return decision
+
+    def decide_stream(
+        self, exchange: str, stream: str, symbol: str | None, has_listen_key: bool
+    ) -> StreamFaultDecision:
+        """The faults for one message about to be pushed on ``stream`` (see STREAM_KINDS)."""
+        if not self.rules:
+            return NO_STREAM_FAULTS
+        decision: StreamFaultDecision | None = None
+        for rule in self.rules:
+            if rule.kind not in STREAM_KINDS:
+                continue
+            is_delay = rule.kind == "stream_delay"
+            if not is_delay and decision is not None and decision.outcome is not None:
+                continue
+            if rule.kind == "listen_key_expired" and not has_listen_key:
+                continue
+            if not rule.matches(exchange, stream, symbol) or not rule.try_fire(self.rng):
+                continue
+            decision = decision or StreamFaultDecision()
+            if is_delay:
+                decision.delay_s += rule.delay_ms / 1000
+            else:
+                decision.outcome = rule
+        return decision or NO_STREAM_FAULTS
 
     def describe(self) -> dict[str, Any]:
         return {"seed": self.seed, "rules": [rule.describe() for rule in self.rules]}
@@ -206,6 +259,7 @@ _RULE_FIELDS = {
     "jitter_ms",
     "hang_ms",
     "lag_ms",
+    "delay_ms",
     "fraction",
     "status",
     "retry_after_s",
@@ -227,8 +281,9 @@ def _parse_rule(index: int, raw: object) -> FaultRule:
     if exchange != "any" and exchange not in EXCHANGES:
         raise FaultPlanError(f"{where}: 'exchange' must be any or one of {list(EXCHANGES)}")
     operation = raw.get("operation", KINDS[kind])
-    if operation != "any" and operation not in OPERATIONS:
-        raise FaultPlanError(f"{where}: 'operation' must be any or one of {list(OPERATIONS)}")
+    operations = STREAM_OPERATIONS if kind in STREAM_KINDS else OPERATIONS
+    if operation != "any" and operation not in operations:
+        raise FaultPlanError(f"{where}: 'operation' must be any or one of {list(operations)}")
     symbol = raw.get("symbol")
     if symbol is not None and not isinstance(symbol, str):
         raise FaultPlanError(f"{where}: 'symbol' must be a unified symbol string")
@@ -246,6 +301,7 @@ def _parse_rule(index: int, raw: object) -> FaultRule:
     rule.jitter_ms = _int(raw.get("jitter_ms", 0), where, "jitter_ms", minimum=0)
     rule.hang_ms = _int(raw.get("hang_ms", DEFAULT_HANG_MS), where, "hang_ms", minimum=0)
     rule.lag_ms = _int(raw.get("lag_ms", 0), where, "lag_ms", minimum=0)
+    rule.delay_ms = _int(raw.get("delay_ms", 0), where, "delay_ms", minimum=0)
     rule.retry_after_s = _int(
         raw.get("retry_after_s", DEFAULT_RETRY_AFTER_S), where, "retry_after_s", minimum=0
     )

@@ -2,9 +2,10 @@
 
 Requests are routed by path: ``/fapi/...`` is Binance USDⓈ-M, ``/v5/...`` is
 Bybit v5, ``/api/v5/...`` is OKX v5, ``/_sim/...`` is the admin API
-(documented in docs/simulator.md). One process holds every exchange's state
-in memory; every handler runs on the event loop, so state changes need no
-locks.
+(documented in docs/simulator.md). The WebSocket streams, when ``serve`` gets a
+``ws_port``, run on that port (``exchange_sim.streams``) against the same state.
+One process holds every exchange's state in memory; every handler runs on the
+event loop, so state changes need no locks.
 
 Per exchange request the server counts it, asks the fault plan what to do,
 sleeps for injected latency, then either answers with the injected fault or
@@ -34,6 +35,7 @@ from exchange_sim.engine import DEFAULT_BALANCE, Exchange, Rejected, Status, now
 from exchange_sim.faults import FaultPlan, FaultPlanError, parse_plan
 from exchange_sim.markets import EXCHANGES, MARKETS, default_prices
 from exchange_sim.okx import OkxV5
+from exchange_sim.streams import StreamHub, StreamSettings, create_stream_app
 
 log = logging.getLogger("exchange_sim")
 
@@ -51,11 +53,13 @@ class AdminError(Exception):
 
 
 class SimState:
-    """The exchanges, the fault plan, request statistics and background price walks."""
+    """The exchanges, the fault plan, request statistics, background price walks and
+    the stream hub (which outlives resets: its listen keys are credentials)."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, streams: StreamSettings | None = None) -> None:
         self.base_seed = seed if seed is not None else 0
         self.walk_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.streams = StreamHub(self, streams)
         self.reset(seed=self.base_seed)
 
     def reset(
@@ -78,6 +82,7 @@ class SimState:
             )
             for name in EXCHANGES
         }
+        self.streams.on_reset(self.exchanges)
         self.faults = FaultPlan(seed=self.seed)
         self.price_rng = random.Random(f"prices:{self.seed}")
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -160,7 +165,7 @@ async def handle_exchange(request: web.BaseRequest, state: SimState) -> web.Stre
         if outcome.kind in ("server_error", "unknown_status") and not outcome.accept:
             return _render(front, front.fault(outcome, at_ms))
 
-    ctx = Ctx(state.exchanges[front.name], params, at_ms, faults, request.headers)
+    ctx = Ctx(state.exchanges[front.name], params, at_ms, faults, request.headers, state.streams)
     response = _run(front, endpoint, ctx, request, operation)
 
     if outcome is not None:
@@ -458,6 +463,11 @@ async def set_position(request: web.BaseRequest, state: SimState) -> web.Respons
 
 
 @admin
+async def stream_status(request: web.BaseRequest, state: SimState) -> web.Response:
+    return _json(state.streams.describe())
+
+
+@admin
 async def stats(request: web.BaseRequest, state: SimState) -> web.Response:
     requests = {name: dict(ops) for name, ops in state.stats.items()}
     total = sum(sum(ops.values()) for ops in requests.values())
@@ -486,6 +496,7 @@ ADMIN_ROUTES = {
     ("GET", "/_sim/positions"): positions,
     ("POST", "/_sim/positions"): set_position,
     ("GET", "/_sim/stats"): stats,
+    ("GET", "/_sim/streams"): stream_status,
 }
 
 
@@ -513,16 +524,24 @@ def create_app(seed: int | None = None) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, seed: int | None = None) -> None:
-    """Serve until cancelled or until SIGINT/SIGTERM."""
+async def serve(
+    host: str,
+    port: int,
+    seed: int | None = None,
+    ws_port: int | None = None,
+    streams: StreamSettings | None = None,
+) -> None:
+    """Serve until cancelled or until SIGINT/SIGTERM; the streams too when ``ws_port``."""
+    state = SimState(seed, streams)
     # The low-level server skips aiohttp's application router and middleware
     # machinery: a good share of the per-request cost at thousands of req/s.
-    server = web.Server(make_handler(SimState(seed)), access_log=None)
+    server = web.Server(make_handler(state), access_log=None)
     runner = web.ServerRunner(server)
     await runner.setup()
     # A hanging "timeout" fault must not hold up shutdown.
     site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=1.0)
     await site.start()
+    runners = [runner]
     log.info(
         "exchange simulator on http://%s:%s (seed %s): Binance USDⓈ-M under /fapi, "
         "Bybit v5 under /v5, OKX v5 under /api/v5, admin under /_sim",
@@ -530,6 +549,17 @@ async def serve(host: str, port: int, seed: int | None = None) -> None:
         port,
         seed if seed is not None else 0,
     )
+    if ws_port is not None:
+        stream_runner = web.AppRunner(create_stream_app(state.streams), access_log=None)
+        await stream_runner.setup()
+        await web.TCPSite(stream_runner, host, ws_port, shutdown_timeout=1.0).start()
+        runners.append(stream_runner)
+        log.info(
+            "streams on ws://%s:%s: Binance under /binance (urls.api.ws.linear = .../binance/ws), "
+            "Bybit under /bybit (/bybit/v5/public/linear, /bybit/v5/private)",
+            host,
+            ws_port,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -537,21 +567,29 @@ async def serve(host: str, port: int, seed: int | None = None) -> None:
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        for each in reversed(runners):
+            await each.cleanup()
 
 
-def main(host: str, port: int, seed: int | None = None) -> None:
-    """Serve the simulated exchanges on ``host:port`` until SIGINT/SIGTERM."""
+def main(
+    host: str,
+    port: int,
+    seed: int | None = None,
+    ws_port: int | None = None,
+    streams: StreamSettings | None = None,
+) -> None:
+    """Serve the simulated exchanges on ``host:port`` (streams on ``ws_port``) until
+    SIGINT/SIGTERM."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         import uvloop
     except ImportError:  # uvloop is optional: plain asyncio is only slower
-        asyncio.run(serve(host, port, seed))
+        asyncio.run(serve(host, port, seed, ws_port, streams))
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(host, port, seed))
+        runner.run(serve(host, port, seed, ws_port, streams))
 
 
 __all__ = ["SimState", "create_app", "main", "serve"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import ccxt
 import pytest
 import requests
 
-from tests.conftest import SimulatorClient
+from tests.conftest import ManagedProcess, SimulatorClient, free_port, wait_for
 from workers.exchange import gateway
 from workers.exchange.transport import ExchangeSession, ExchangeTransport
 
@@ -163,3 +165,90 @@ def fetch_order_params(client: ccxt.Exchange) -> dict:
 
 def sim_name(client: ccxt.Exchange) -> str:
     return {"bybit": "bybit", "okx": "okx"}.get(client.id, "binance")
+
+
+# --- the simulator with its stream port --------------------------------------------------
+
+
+class StreamSimulator(Simulator):
+    """A simulator serving the WebSocket streams too, on ``ws_url``."""
+
+    def __init__(self, base_url: str, ws_url: str) -> None:
+        super().__init__(base_url)
+        self.ws_url = ws_url
+
+    def streams(self) -> dict:
+        """GET /_sim/streams: connections, listen keys, message counts."""
+        response = self.http.get(f"{self.base_url}/_sim/streams", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def connections(self, exchange: str, stream: str | None = None) -> list[dict]:
+        return [
+            c
+            for c in self.streams()["connections"]
+            if c["exchange"] == exchange and (stream is None or c["stream"] == stream)
+        ]
+
+    def subscribed(self, exchange: str, subscription: str) -> bool:
+        """Whether a connection to ``exchange`` has subscribed ``subscription`` (a stream
+        name or topic; ``listenKey`` for a Binance user data stream on the active key)."""
+        if subscription == "listenKey":
+            active = self.streams()["listenKeys"]["binance"]
+            return active is not None and any(
+                c.get("listenKey") == active["listenKey"] for c in self.connections(exchange)
+            )
+        return any(subscription in c["subscriptions"] for c in self.connections(exchange))
+
+    def message_counts(self, exchange: str, stream: str) -> dict[str, int]:
+        return self.streams()["messages"].get(exchange, {}).get(stream, {})
+
+
+def start_stream_simulator(*extra_args: str) -> tuple[ManagedProcess, StreamSimulator]:
+    """A simulator subprocess with a stream port, ready to answer."""
+    port, ws_port = free_port(), free_port()
+    while ws_port == port:
+        ws_port = free_port()
+    process = ManagedProcess(
+        "sim-streams",
+        [
+            sys.executable,
+            "-m",
+            "exchange_sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws-port",
+            str(ws_port),
+            *extra_args,
+        ],
+    ).start()
+    client = StreamSimulator(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{ws_port}")
+
+    def ready() -> bool:
+        if not process.alive:
+            raise AssertionError(f"simulator exited:\n{process.log_tail()}")
+        try:
+            client.streams()
+            socket.create_connection(("127.0.0.1", ws_port), timeout=1).close()
+            return True
+        except (requests.ConnectionError, OSError):
+            return False
+
+    wait_for(ready, 20, message="simulator with streams did not start")
+    return process, client
+
+
+@pytest.fixture(scope="session")
+def stream_simulator_process() -> Iterator[StreamSimulator]:
+    process, client = start_stream_simulator()
+    yield client
+    process.stop()
+
+
+@pytest.fixture
+def stream_sim(stream_simulator_process: StreamSimulator) -> StreamSimulator:
+    """The simulator with streams, reset: no faults, default prices, no stream connections."""
+    stream_simulator_process.reset()
+    return stream_simulator_process

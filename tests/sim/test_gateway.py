@@ -16,6 +16,7 @@ import requests
 
 from tests.sim.conftest import Simulator
 from workers.exchange import gateway
+from workers.exchange.errors import Refused
 from workers.exchange.transport import ORIGINAL_HOST_HEADER, ExchangeTransport
 from workers.settings import ExchangeAccount, get_settings
 
@@ -135,16 +136,21 @@ def test_reset_clients_builds_new_ones(sim: Simulator):
     assert gateway.get_client("binance") is not first
 
 
-def test_market_returns_the_ccxt_market(sim: Simulator):
-    market = gateway.market("bybit", "ETH/USDT:USDT")
+def test_a_venue_returns_the_ccxt_market_and_refuses_an_unknown_symbol(sim: Simulator):
+    market = gateway.venue("bybit").market("ETH/USDT:USDT")
     assert market["id"] == "ETHUSDT" and market["linear"]
-    with pytest.raises(ccxt.BadSymbol):
-        gateway.market("bybit", "NOPE/USDT:USDT")
+    with pytest.raises(Refused) as refused:
+        gateway.venue("bybit").market("NOPE/USDT:USDT")
+    # The venue's error names the account and the operation, and keeps ccxt's as its cause
+    assert refused.value.operation == "markets" and refused.value.venue == "bybit"
+    assert isinstance(refused.value.__cause__, ccxt.BadSymbol)
 
 
 def test_an_unknown_account_is_a_gateway_error():
     with pytest.raises(gateway.GatewayError, match="no exchange account"):
         gateway.get_client("kraken")
+    with pytest.raises(gateway.GatewayError, match="no exchange account"):
+        gateway.venue("kraken")
 
 
 @pytest.mark.parametrize(

@@ -407,11 +407,12 @@ def liquidate_all(reason: str, wait_s: float, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--seed", type=int, help="Seed for faults and price walks.")
-def sim(host: str, port: int, seed: int | None) -> None:
+@click.option("--ws-port", type=click.IntRange(0, 65535), help="Serve the WebSocket streams here.")
+def sim(host: str, port: int, seed: int | None, ws_port: int | None) -> None:
     """Run the exchange simulator (Binance USDⓈ-M and Bybit v5) in the foreground."""
     from exchange_sim.server import main as run_simulator
 
-    run_simulator(host, port, seed)
+    run_simulator(host, port, seed, ws_port)
 
 
 @cli.command("bench-flows")
