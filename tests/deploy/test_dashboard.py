@@ -209,7 +209,9 @@ def test_the_monitoring_profile_mounts_what_deploy_holds() -> None:
     provider = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/execq.yml").read_text())
     dashboards_path = provider["providers"][0]["options"]["path"]
     assert mounts[dashboards_path] == "./deploy/grafana/dashboards"
-    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    for kind in ("datasources", "dashboards"):
+        target = f"/etc/grafana/provisioning/{kind}"
+        assert mounts[target] == f"./deploy/grafana/provisioning/{kind}"
     datasource = yaml.safe_load(
         (GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]
