@@ -52,3 +52,26 @@ REDBEAT_PREFIX = PREFIX + "redbeat:"
 
 def price_cache(account: str, symbol: str) -> str:
     return f"{PREFIX}price:{account}:{symbol}"
+
+
+# When each WebSocket stream last showed it was alive, field ``<account>:<stream>``,
+# value epoch seconds: the metrics endpoint turns it into ``execq_stream_age_seconds``.
+STREAMS_LAST_ALIVE = PREFIX + "streams:last-alive"
+
+
+def stream_field(account: str, stream: str) -> str:
+    return f"{account}:{stream}"
+
+
+# kombu's Redis transport keeps a Celery queue in one list per priority step: the
+# queue's name for the lowest step, ``<name>\x06\x16<step>`` for the others.
+CELERY_PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def celery_queue_lists(queue: str, priority_steps: tuple[int, ...], prefix: str = "") -> list[str]:
+    """The Redis lists holding ``queue``'s waiting messages (``prefix``: kombu's
+    ``global_keyprefix`` transport option)."""
+    return [
+        f"{prefix}{queue}{CELERY_PRIORITY_SEPARATOR}{step}" if step else f"{prefix}{queue}"
+        for step in sorted(set(priority_steps))
+    ]

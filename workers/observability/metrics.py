@@ -17,6 +17,9 @@ execq_alerts_total                     counter    kind, severity
 execq_exchange_requests_total          counter    exchange, operation
 =====================================  =========  ===================================
 
+A worker's endpoint also serves cluster-wide gauges read from Postgres and
+Redis at scrape time (``workers.observability.cluster``).
+
 Multiprocess: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before this module is
 imported* (prometheus_client picks its value store at import), every process
 writes its samples to files there and the endpoint aggregates them, so a
@@ -115,6 +118,24 @@ EXCHANGE_REQUESTS = Counter(
 )
 
 
+# Every alert kind execq raises, with its severity. A worker exposes each at 0 from
+# its start: Prometheus' ``increase()`` sees no increase in a series that first
+# appears already at 1, so an alert raised once by a fresh worker would be missed.
+ALERT_KINDS: dict[str, str] = {
+    "possible_orphaned_position": "critical",
+    "signal_undelivered": "critical",
+    "order_unknown": "critical",
+    "aged_close_failing": "critical",
+    "aged_position_unclosable": "critical",
+    "position_exceeds_book": "critical",
+    "account_auth_failed": "critical",
+    "hedge_mode_unsupported": "critical",
+    "stream_stale": "warning",
+    "orphan_adopted": "warning",
+    "verification_unknown": "warning",
+}
+
+
 def _label(value: object) -> str:
     """A label value: an enum's value (``OrderStatus.FILLED`` -> ``filled``), else ``str``."""
     if isinstance(value, Enum):
@@ -182,6 +203,12 @@ def observe_exchange_request(exchange: str, operation: str) -> None:
     EXCHANGE_REQUESTS.labels(exchange=_label(exchange), operation=_label(operation)).inc()
 
 
+def expose_alert_kinds() -> None:
+    """Expose every known alert kind at its current count (0 until one is raised here)."""
+    for kind, severity in ALERT_KINDS.items():
+        ALERTS.labels(kind=kind, severity=severity)
+
+
 # --- the endpoint -----------------------------------------------------------------------
 
 
@@ -219,12 +246,25 @@ class SettledFilesCollector(prometheus_multiprocess.MultiProcessCollector):
         return self.merge(files, accumulate=True)
 
 
-def exposition_registry() -> CollectorRegistry:
-    """What /metrics serves: all processes' files in multiprocess mode, else this process."""
-    if multiprocess_dir() is None:
+class _ProcessMetrics:
+    """This process's default registry, as one collector among others."""
+
+    def collect(self) -> Any:
+        return REGISTRY.collect()
+
+
+def exposition_registry(*extra_collectors: Any) -> CollectorRegistry:
+    """What /metrics serves: all processes' files in multiprocess mode, else this
+    process; plus ``extra_collectors``."""
+    if multiprocess_dir() is None and not extra_collectors:
         return REGISTRY
-    registry = CollectorRegistry()
-    SettledFilesCollector(registry)
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir() is None:
+        registry.register(_ProcessMetrics())
+    else:
+        SettledFilesCollector(registry)
+    for collector in extra_collectors:
+        registry.register(collector)
     return registry
 
 
@@ -232,12 +272,15 @@ _servers: dict[int, WSGIServer] = {}
 _servers_lock = threading.Lock()
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:
+def start_metrics_server(port: int, addr: str = "0.0.0.0", *extra_collectors: Any) -> int:
     """Serve /metrics on ``addr:port`` from a daemon thread; port 0 picks a free one.
 
-    Returns the bound port. Raises ``OSError`` when the port is taken.
+    ``extra_collectors`` are served next to the process metrics (a worker adds
+    ``cluster.ClusterStateCollector``). Returns the bound port. Raises
+    ``OSError`` when the port is taken.
     """
-    server, _thread = start_http_server(port, addr=addr, registry=exposition_registry())
+    registry = exposition_registry(*extra_collectors)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
     bound = int(server.server_port)
     with _servers_lock:
         _servers[bound] = server
@@ -262,8 +305,9 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     port = get_settings().metrics_port
     if not port:
         return
+    expose_alert_kinds()
     try:
-        bound = start_metrics_server(port)
+        bound = start_metrics_server(port, "0.0.0.0", _cluster_collector(sender))
     except OSError as exc:
         # Several workers on one host with the same port: the first serves
         # (and, with a multiprocess dir, serves all of them); the others must
@@ -272,6 +316,23 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         return
     mode = f"multiprocess dir {multiprocess_dir()}" if multiprocess_dir() else "this process"
     log.info("metrics endpoint on :%s/metrics (%s)", bound, mode)
+
+
+def _cluster_collector(consumer: Any) -> Any:
+    """Cluster-state gauges for the queues of the worker's app (``consumer.app``)."""
+    from workers.observability.cluster import DEFAULT_PRIORITY_STEPS, ClusterStateCollector
+
+    app = getattr(consumer, "app", None)
+    if app is None:
+        return ClusterStateCollector()
+    conf = app.conf
+    queues = [conf.task_default_queue, *(queue.name for queue in conf.task_queues or ())]
+    options = conf.broker_transport_options or {}
+    return ClusterStateCollector(
+        queues,
+        priority_steps=options.get("priority_steps", DEFAULT_PRIORITY_STEPS),
+        key_prefix=options.get("global_keyprefix", ""),
+    )
 
 
 def _on_process_shutdown(pid: int | None = None, **_: Any) -> None:
