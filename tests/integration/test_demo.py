@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -207,3 +210,8 @@ def test_a_demo_that_cannot_start_says_why_and_drops_its_database() -> None:
     assert "simulator" in result["error"]
     assert result["database_url"].endswith(f"/{DEMO_DATABASE}")
     assert not _demo_database_exists()
+    # and it kept the process logs for the operator, and said where
+    kept = re.search(r"process logs kept in (\S+)", completed.stderr)
+    assert kept is not None, completed.stderr[-2000:]
+    assert "address already in use" in (Path(kept[1]) / "sim.log").read_text().lower()
+    shutil.rmtree(kept[1])
