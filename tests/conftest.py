@@ -7,6 +7,10 @@ free port and stops at exit. Under pytest-xdist each worker process is a run of 
 own: its own database (its pid), its own Redis server, its own simulator and ports
 (``free_port``), so two suites (two checkouts) can run side by side.
 
+The processes are started by the harness's supervisor (``workers.harness.stack``),
+``wait_for`` is the harness's polling helper and ``sim`` its simulator client, so
+tests, demo, bench and chaos start, wait for and talk to processes the same way.
+
 The environment is set at import time because ``workers.app`` reads settings
 once per process; the worker subprocesses inherit it.
 """
