@@ -7,6 +7,10 @@ free port and stops at exit. Under pytest-xdist each worker process is a run of 
 own: its own database (its pid), its own Redis server, its own simulator and ports
 (``free_port``), so two suites (two checkouts) can run side by side.
 
+The processes are started by the harness's supervisor (``workers.harness.stack``),
+``wait_for`` is the harness's polling helper and ``sim`` its simulator client, so
+tests, demo, bench and chaos start, wait for and talk to processes the same way.
+
 The environment is set at import time because ``workers.app`` reads settings
 once per process; the worker subprocesses inherit it.
 """
@@ -16,21 +20,23 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-import signal
+import shutil
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from workers.harness.polling import wait_for
+from workers.harness.sim_client import SimulatorClient
+from workers.harness.stack import ManagedProcess, Stack, stop_together
+
+__all__ = ["KILLED_WORKER_ENV", "ManagedProcess", "SimulatorClient", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DATABASE_URL = os.environ.get(
@@ -39,37 +45,23 @@ ADMIN_DATABASE_URL = os.environ.get(
 # pytest-xdist's worker gwN is 0, 1, ...; a run without xdist is worker 0.
 WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
-# Redis databases on the run's private server for the runs some tests start of their own
-# (chaos, bench), apart from the database the suite's workers use (0).
-BENCH_TEST_REDIS_DB = 8
-CHAOS_TEST_REDIS_DB = 14
-CHAOS_FAULTS_TEST_REDIS_DB = 10
-TEST_REDIS_DB = 0
+# This test process's own files: its Redis server's and its processes' logs (deleted at exit).
+RUN_DIR = Path(tempfile.mkdtemp(prefix="execq-test-"))
+atexit.register(shutil.rmtree, RUN_DIR, ignore_errors=True)
 
 
-def _start_private_redis() -> tuple[str, Any]:
+def _start_private_redis() -> str:
     """A redis-server of this test process's own: no other run (another checkout's suite,
     a demo, a user's data) shares it, and it dies with this process."""
     from workers.harness.services import start_private_redis
 
-    workdir = Path(tempfile.mkdtemp(prefix="execq-test-redis-"))
-    server = start_private_redis(
-        workdir, f"redis://127.0.0.1/{TEST_REDIS_DB}", die_with_parent=True
-    )
-    return server.url, (server, workdir)
-
-
-def _stop_private_redis(handle: Any) -> None:
-    import shutil
-
-    server, workdir = handle
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    server = start_private_redis(RUN_DIR, die_with_parent=True)
+    atexit.register(server.stop)
+    return server.url
 
 
 TEST_DATABASE = f"execq_test_{os.getpid()}"
-TEST_REDIS_URL, _PRIVATE_REDIS = _start_private_redis()
-atexit.register(_stop_private_redis, _PRIVATE_REDIS)
+TEST_REDIS_URL = _start_private_redis()
 
 
 def _database_url(name: str) -> str:
@@ -233,22 +225,6 @@ def stored_aged_episode(position_id: int, status: str, **columns: Any) -> Any:
     return AgedPosition(**(values | columns))
 
 
-def wait_for(condition, timeout_s: float, interval_s: float = 0.05, message: str = ""):
-    """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout_s``.
-
-    This is synchronisation on an observable state, not a fixed sleep: it
-    returns as soon as the state is reached.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message or f"condition not met within {timeout_s}s")
-        time.sleep(interval_s)
-
-
 # --- Postgres -------------------------------------------------------------------------
 
 
@@ -257,14 +233,13 @@ def database() -> Iterator[str]:
     """A fresh, migrated database for this test run, dropped afterwards."""
     import psycopg
     from alembic import command
-    from alembic.config import Config
+
+    from workers.store.migrate import alembic_config
 
     with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
+    command.upgrade(alembic_config(), "head")
     yield os.environ["DATABASE_URL"]
     from workers.store.db import dispose_engine
 
@@ -312,162 +287,41 @@ def redis_clean(redis_server: str) -> Iterator[None]:
 # --- processes ------------------------------------------------------------------------
 
 
-@dataclass
-class ManagedProcess:
-    name: str
-    args: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
-    terminating: bool = False
-
-    def start(self) -> ManagedProcess:
-        log = tempfile.NamedTemporaryFile(prefix=f"execq-{self.name}-", suffix=".log", delete=False)
-        self.log_path = Path(log.name)
-        self.process = subprocess.Popen(
-            self.args,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.alive:
-            assert self.process is not None
-            os.killpg(self.process.pid, sig)
-            self.process.wait(timeout=30)
-
-    def terminate(self) -> None:
-        """Ask for a graceful stop (one SIGTERM) without waiting; ``stop`` waits."""
-        if self.alive and not self.terminating:
-            assert self.process is not None
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.terminating = True
-
-    def wait_stopped(self) -> None:
-        """Wait for the process to end after ``terminate``; SIGKILL it after 15 s."""
-        if self.alive:
-            assert self.process is not None
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-
-    def stop(self) -> None:
-        self.terminate()
-        self.wait_stopped()
-
-    def log_tail(self, lines: int = 60) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-# --- exchange simulator ---------------------------------------------------------------
-
-
-class SimulatorClient:
-    """The simulator's admin API (the contract in ARCHITECTURE.md)."""
-
-    def __init__(self, base_url: str) -> None:
-        import requests
-
-        self.base_url = base_url
-        self.http = requests.Session()
-
-    def _post(self, path: str, payload: object | None = None) -> dict:
-        response = self.http.post(f"{self.base_url}{path}", json=payload or {}, timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def reset(self, **options: object) -> dict:
-        return self._post("/_sim/reset", options)
-
-    def faults(self, plan: dict) -> dict:
-        return self._post("/_sim/faults", plan)
-
-    def prices(self, payload: dict) -> dict:
-        return self._post("/_sim/prices", payload)
-
-    def ledger(self) -> list[dict]:
-        response = self.http.get(f"{self.base_url}/_sim/ledger", timeout=10)
-        response.raise_for_status()
-        body = response.json()
-        return body["orders"] if isinstance(body, dict) else body
-
-    def stats(self) -> dict:
-        """Requests the simulator served: {"binance": {"create_order": n, ...}, ...}."""
-        response = self.http.get(f"{self.base_url}/_sim/stats", timeout=10)
-        response.raise_for_status()
-        return response.json()["requests"]
-
-    def calls(self, exchange: str, operation: str) -> int:
-        return self.stats().get(exchange, {}).get(operation, 0)
-
-    def set_position(self, exchange: str, symbol: str, size: str, entry_price: str | None = None):
-        """Open, change or close a position by hand, outside execq."""
-        body = {"exchange": exchange, "symbol": symbol, "size": size}
-        if entry_price is not None:
-            body["entryPrice"] = entry_price
-        return self._post("/_sim/positions", body)
-
-    def orders_for(self, client_order_id: str) -> list[dict]:
-        return [row for row in self.ledger() if row["clientOrderId"] == client_order_id]
-
-    def positions(self) -> list[dict]:
-        response = self.http.get(f"{self.base_url}/_sim/positions", timeout=10)
-        response.raise_for_status()
-        body = response.json()
-        return body["positions"] if isinstance(body, dict) else body
+@pytest.fixture(scope="session")
+def process_stack() -> Iterator[Stack]:
+    """The test run's process supervisor: the simulator and every worker the fixtures start,
+    logging under ``RUN_DIR``, all stopped at the end of the run."""
+    with Stack(env={}, workdir=RUN_DIR / "logs", cwd=ROOT) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
-def simulator_process() -> Iterator[ManagedProcess]:
-    import requests
-
-    sim = ManagedProcess(
-        "sim",
-        [sys.executable, "-m", "exchange_sim", "--host", "127.0.0.1", "--port", str(SIM_PORT)],
-    ).start()
-
-    def ready() -> bool:
-        if not sim.alive:
-            raise AssertionError(f"simulator exited:\n{sim.log_tail()}")
-        try:
-            return requests.get(f"{os.environ['EXECQ_SIM_URL']}/_sim/positions", timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    wait_for(ready, 20, message="simulator did not start")
-    yield sim
-    sim.stop()
+def simulator_process(process_stack: Stack) -> ManagedProcess:
+    process_stack.start_simulator(port=SIM_PORT)
+    return process_stack.processes["sim"]
 
 
 @pytest.fixture
 def sim(simulator_process: ManagedProcess) -> SimulatorClient:
     """The simulator, reset to its initial state (no faults, default prices)."""
-    client = SimulatorClient(os.environ["EXECQ_SIM_URL"])
+    client = SimulatorClient(os.environ["EXECQ_SIM_URL"], timeout_s=10)
     client.reset()
     return client
 
 
 # --- Celery workers -------------------------------------------------------------------
 
+# Node names are unique across the run: every pool starts its workers on one Stack.
+_NODE_NUMBERS = itertools.count(1)
+
 
 class WorkerPool:
-    """Real ``celery -A workers worker`` subprocesses against the test Redis/Postgres."""
+    """Real ``celery -A workers worker`` subprocesses against the test Redis/Postgres,
+    started on the run's ``Stack`` and stopped as a group."""
 
-    def __init__(self) -> None:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
         self.workers: dict[str, ManagedProcess] = {}
-        self._counter = 0
 
     def start(self, concurrency: int = 8, env: dict[str, str] | None = None) -> ManagedProcess:
         """Start a worker and wait until it answers a ping."""
@@ -477,54 +331,19 @@ class WorkerPool:
 
     def spawn(self, concurrency: int = 8, env: dict[str, str] | None = None) -> ManagedProcess:
         """Start a worker without waiting: several can boot side by side (``wait_ready``)."""
-        self._counter += 1
-        nodename = f"test{self._counter}-{os.getpid()}@localhost"
-        worker = ManagedProcess(
-            nodename,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(concurrency),
-                "-n",
-                nodename,
-                "--without-mingle",
-                "--without-gossip",
-                "-l",
-                "INFO",
-            ],
-            env=env or {},
-        ).start()
+        nodename = f"test{next(_NODE_NUMBERS)}-{os.getpid()}@localhost"
+        worker = self.stack.spawn_worker(nodename, concurrency=concurrency, extra_env=env)
         self.workers[nodename] = worker
         return worker
 
     def wait_ready(self, *workers: ManagedProcess, broker: Any = None) -> None:
-        """Wait until each worker answers a ping through ``broker`` (a Celery app;
-        ``workers.app`` when not given, for workers on the test Redis)."""
-        from workers.app import app
-
-        broker = broker or app
-        for worker in workers:
-
-            def ready(worker: ManagedProcess = worker) -> bool:
-                if not worker.alive:
-                    raise AssertionError(f"worker exited:\n{worker.log_tail()}")
-                return bool(broker.control.ping(destination=[worker.name], timeout=0.3))
-
-            wait_for(ready, 30, message=f"worker {worker.name} did not come up")
+        """Wait until each worker answers a ping, through ``broker`` (a Celery app) when
+        given, else through the broker each worker was started on."""
+        self.stack.wait_ready(*workers, broker=broker, timeout_s=30)
 
     def stop_all(self) -> None:
         # Every worker gets SIGTERM first: their warm shutdowns run side by side.
-        for worker in self.workers.values():
-            worker.terminate()
-        for worker in self.workers.values():
-            worker.wait_stopped()
+        stop_together(self.workers.values(), timeout_s=15)
         self.workers.clear()
 
 
@@ -561,14 +380,14 @@ def wait_until_idle(nodename: str, timeout_s: float = 60) -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_worker(database: str, redis_server: str) -> Iterator[WorkerPool]:
-    pool = WorkerPool()
+def shared_worker(database: str, redis_server: str, process_stack: Stack) -> Iterator[WorkerPool]:
+    pool = WorkerPool(process_stack)
     yield pool
     pool.stop_all()
 
 
 @pytest.fixture
-def workers(shared_worker: WorkerPool) -> Iterator[WorkerPool]:
+def workers(shared_worker: WorkerPool, process_stack: Stack) -> Iterator[WorkerPool]:
     """Start workers with ``workers.start()``; all are stopped after the test.
 
     The session's shared worker is stopped first, so only the test's own
@@ -576,7 +395,7 @@ def workers(shared_worker: WorkerPool) -> Iterator[WorkerPool]:
     """
     shared_worker.stop_all()
     reset_broker()
-    pool = WorkerPool()
+    pool = WorkerPool(process_stack)
     yield pool
     pool.stop_all()
     reset_broker()

@@ -1,10 +1,10 @@
 """``execq chaos``: short runs under the default fault plan audit clean.
 
-One with a worker kill against the configured servers; one restarting a private
-Redis mid-run; one restarting a private PostgreSQL mid-run. Each fault kind
-alone is ``test_chaos_faults.py``. The full run (2,000 signals, 3 kills, Redis
-and PostgreSQL restarts) is ``execq chaos --private-services``; its last
-figures are in docs/benchmarks.md.
+One with a worker kill on a given Redis database and the configured PostgreSQL
+(neither of which a run may restart); one restarting its private Redis mid-run;
+one restarting a private PostgreSQL mid-run. Each fault kind alone is
+``test_chaos_faults.py``. The full run (2,000 signals, 3 kills, Redis and
+PostgreSQL restarts) is ``execq chaos --private-postgres`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-# A scratch Redis database of its own: the session's shared worker consumes the test database.
-from tests.conftest import CHAOS_TEST_REDIS_DB as CHAOS_REDIS_DB
-from tests.conftest import stored_order
+from tests.conftest import TEST_REDIS_URL, stored_order
 
 
-def test_fault_plan_shares_match_issue_9() -> None:
+def test_fault_plan_shares_are_the_documented_ones() -> None:
     from workers.harness.chaos import fault_plan
 
     rules = fault_plan(3)["rules"]
@@ -72,7 +71,6 @@ def short_run(workdir: Path, **options: Any) -> dict[str, Any]:
     return run_chaos(
         workers=2,
         concurrency=8,
-        redis_db=CHAOS_REDIS_DB,
         workdir=workdir,
         quiet_timeout_s=120,
         **options,
@@ -97,14 +95,16 @@ def assert_accounted_for(result: dict[str, Any]) -> None:
 
 @pytest.mark.services
 def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
+    # A Redis database and a PostgreSQL server someone else runs: the run must not restart them.
+    given_redis = TEST_REDIS_URL.rsplit("/", 1)[0] + "/3"
     result = short_run(
         tmp_path,
         signals=150,
         rate=25,
         kills=1,
-        # The test's Redis and PostgreSQL are configured ones: the run must not restart them.
         restart_redis=True,
         restart_postgres=True,
+        redis_url=given_redis,
         seed=11,
     )
     assert result["signals"] == 150
@@ -112,6 +112,10 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
     assert any("Redis restart skipped" in note for note in result["notes"]), result["notes"]
     assert_accounted_for(result)
+    # The given database is left empty.
+    client = redis.Redis.from_url(given_redis)
+    assert client.dbsize() == 0
+    client.close()
 
 
 @pytest.mark.services
@@ -120,8 +124,8 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     [
         # The broker, the rate limiter and the kill switch gone for a moment mid-stream.
         # A message popped (BRPOP) just as the connection drops is lost by kombu's
-        # Redis transport before any worker code runs (finding 11); the producers'
-        # outbox and the recovery sweep send it again.
+        # Redis transport before any worker code runs; the producers' outbox and the
+        # recovery sweep send it again.
         pytest.param("redis", 12, id="redis-loses-no-signal"),
         # missing_events 0: every committed order state kept its event (both are
         # written in one transaction) across the restart.
@@ -129,7 +133,8 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     ],
 )
 def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
-    """A private server restarted once mid-stream, the other one the configured server.
+    """A private server restarted once mid-stream (the run's own Redis, or a private
+    PostgreSQL), the other one left alone.
 
     A short stream at a fast rate, no kills, no aged closes (their position
     locks are not held that early in a run), the default faults.
@@ -142,7 +147,6 @@ def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
         aged=False,
         restart_redis=server == "redis",
         restart_postgres=server == "postgres",
-        private_redis=server == "redis",
         private_postgres=server == "postgres",
         seed=seed,
     )

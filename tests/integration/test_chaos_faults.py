@@ -1,4 +1,4 @@
-"""``execq chaos`` phases: each fault kind of the default plan alone, audited (issue 9).
+"""``execq chaos`` phases: each fault kind of the default plan alone, audited.
 
 One stack (simulator, workers, beat) serves every phase (``workers.harness.chaos.chaos_stack``);
 each phase installs one kind alone, sends a short stream, waits until quiet and
@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-# A scratch Redis database of its own (the module's stack holds it until the last test).
-from tests.conftest import CHAOS_FAULTS_TEST_REDIS_DB as FAULTS_REDIS_DB
 from tests.integration.test_chaos import assert_accounted_for
 
 SEED = 21
@@ -72,7 +70,6 @@ def fault_phases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         price_volatility=0,
         rate=40,
         seed=SEED,
-        redis_db=FAULTS_REDIS_DB,
         workdir=tmp_path_factory.mktemp("chaos-faults"),
         quiet_timeout_s=60,
     ) as chaos:

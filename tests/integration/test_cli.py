@@ -142,6 +142,7 @@ def test_every_command_has_help():
         "liquidate-all",
         "bench",
         "chaos",
+        "bench-flows",
     ]:
         result = runner.invoke(cli, [command, "--help"])
         assert result.exit_code == 0, command

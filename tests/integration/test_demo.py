@@ -1,28 +1,33 @@
 """``execq demo`` in its short form: the scenario's checks hold, and its figures are true.
 
 The demo runs as the operator runs it (``python -m workers.cli demo --json``)
-on the test run's Postgres server and Redis database number, in a database
-of its own that this test drops. It is kept running at the end so this test
-can read the simulator's ledger itself and compare every summary figure with
-Postgres and the ledger; then the test stops it the documented way.
+on the test run's Postgres server, in a database of its own, and on a private
+redis-server of its own. It is kept running at the end so this test can read
+the simulator's ledger itself and compare every summary figure with Postgres and
+the ledger; then the test stops it the documented way, which drops its database.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import redis
 import requests
 
-from tests.conftest import ADMIN_DATABASE_URL, ROOT, TEST_REDIS_DB, TEST_REDIS_URL
+from tests.conftest import ADMIN_DATABASE_URL, ROOT, TEST_REDIS_URL, free_port
 
 pytestmark = pytest.mark.services
 
@@ -31,13 +36,23 @@ DEMO_DATABASE = f"execq_demo_test_{os.getpid()}"
 DEMO_TIMEOUT_S = 240
 
 
-def _demo_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "EXECQ_DEMO_SHORT": "1",
-        "EXECQ_DEMO_DATABASE": DEMO_DATABASE,
-        "EXECQ_DEMO_REDIS_DB": str(TEST_REDIS_DB),
-    }
+def execq_demo(*args: str, timeout_s: float = DEMO_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", "demo", "--database", DEMO_DATABASE, *args],
+        cwd=ROOT,
+        env={**os.environ, "EXECQ_DEMO_SHORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def _demo_database_exists() -> bool:
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        found = admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
+        ).fetchone()
+    return found is not None
 
 
 def _drop_demo_database() -> None:
@@ -46,37 +61,25 @@ def _drop_demo_database() -> None:
 
 
 @pytest.fixture
-def demo_run(workers: Any) -> Iterator[tuple[subprocess.CompletedProcess[str], dict[str, Any]]]:
-    """Run the short demo (``--keep-running``); stop it and drop its database afterwards.
-
-    Depends on ``workers`` so the session's shared test worker is stopped: it
-    consumes the same Redis database and would take the demo's tasks.
-    """
-    env = _demo_env()
+def demo_run() -> Iterator[tuple[subprocess.CompletedProcess[str], dict[str, Any]]]:
+    """Run the short demo (``--keep-running``) on fixed ports; the test stops it."""
+    sim_port, flower_port = free_port(), free_port()
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "workers.cli", "demo", "--json", "--keep-running"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DEMO_TIMEOUT_S,
+        completed = execq_demo(
+            "--json",
+            "--keep-running",
+            "--sim-port",
+            str(sim_port),
+            "--flower-port",
+            str(flower_port),
         )
         lines = completed.stdout.strip().splitlines()
         assert lines, f"no JSON on stdout; stderr:\n{completed.stderr[-4000:]}"
-        yield completed, json.loads(lines[-1])
+        yield completed, json.loads(lines[-1]) | {"ports": (sim_port, flower_port)}
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "workers.harness.demo", "--stop"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
+        # A no-op when the test stopped it already.
+        execq_demo("--stop", timeout_s=60)
         _drop_demo_database()
-        client = redis.Redis.from_url(TEST_REDIS_URL)
-        client.flushdb()
-        client.close()
 
 
 def _query(sql: str) -> list[tuple[Any, ...]]:
@@ -106,9 +109,13 @@ def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
     assert result["flower_url"] in completed.stderr
 
     figures = result["figures"]
-    # Nothing the demo touched is the test run's own database.
+    # Nothing the demo touched is the test run's own: its database, a Redis of its own.
     assert result["database_url"].endswith(f"/{DEMO_DATABASE}")
-    assert result["redis_url"].endswith(f"/{TEST_REDIS_DB}")
+    assert urlsplit(result["redis_url"]).port != urlsplit(TEST_REDIS_URL).port
+    # The simulator and Flower listen where they were told to.
+    sim_port, flower_port = result["ports"]
+    assert urlsplit(result["sim_url"]).port == sim_port
+    assert urlsplit(result["flower_url"]).port == flower_port
 
     # --- the simulator's ledger, read here independently ---------------------------------
     sim_url = result["sim_url"]
@@ -175,3 +182,36 @@ def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
         "SELECT payload FROM events WHERE type = 'liquidation_summary' ORDER BY id DESC LIMIT 1"
     )[0][0]
     assert liquidation["failed"] == 0 and liquidation["closed"] == liquidation["total"] > 0
+
+    # Stopped the documented way, nothing of the demo is left: its processes, its private
+    # Redis, its database.
+    stopped = execq_demo("--stop", timeout_s=60)
+    assert stopped.returncode == 0 and "database" in stopped.stdout, stopped.stderr
+    assert not _demo_database_exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{sim_url}/_sim/positions", timeout=2)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(result["redis_url"], socket_connect_timeout=1).ping()
+
+
+def test_a_demo_that_cannot_start_says_why_and_drops_its_database() -> None:
+    # Given the port asked for the simulator is taken
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When the demo runs with it
+        completed = execq_demo("--json", "--sim-port", str(port), timeout_s=120)
+
+    # Then it exits 2 naming the simulator, and its database (created and migrated
+    # before the processes start) is gone again
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "simulator" in result["error"]
+    assert result["database_url"].endswith(f"/{DEMO_DATABASE}")
+    assert not _demo_database_exists()
+    # and it kept the process logs for the operator, and said where
+    kept = re.search(r"process logs kept in (\S+)", completed.stderr)
+    assert kept is not None, completed.stderr[-2000:]
+    assert "address already in use" in (Path(kept[1]) / "sim.log").read_text().lower()
+    shutil.rmtree(kept[1])

@@ -1,4 +1,4 @@
-"""``ensure_services`` reuses or starts Redis/Postgres; ``Stack`` runs and kills execq processes.
+"""``ensure_services`` starts or reuses Redis/Postgres; ``Stack`` runs and kills execq processes.
 
 The Stack tests use stand-ins (a tiny Celery app, ``python -m http.server`` as
 the simulator) so they exercise process management alone, independent of the
@@ -79,6 +79,24 @@ def test_reuses_the_running_services_and_creates_only_the_configured_database(
     assert _database_exists(throwaway_database)
     assert redis.Redis.from_url(redis_server).ping()
     assert not (tmp_path / "svc").exists(), "nothing private was created"
+
+
+def test_a_run_without_a_redis_url_gets_a_private_redis_server_of_its_own(
+    throwaway_database: str, redis_server: str, tmp_path: Path
+) -> None:
+    database_url = _local_database_url(throwaway_database)
+    with ensure_services(None, database_url, tmp_path / "svc") as services:
+        assert services.started == ["redis"]
+        assert services.notes == []
+        assert services.redis_url != redis_server
+        client = redis.Redis.from_url(services.redis_url)
+        client.set("private", "yes")
+        # Not the test run's server: its keys are not here.
+        assert redis.Redis.from_url(redis_server).get("private") is None
+        client.close()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(services.redis_url, socket_connect_timeout=1).ping()
+    assert not (tmp_path / "svc" / "redis").exists()
 
 
 def test_starts_private_redis_and_postgres_when_the_configured_ones_are_unreachable(

@@ -18,6 +18,10 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 
+REDIS_URL_HELP = (
+    "An empty Redis database to run on (flushed at the end) instead of a private redis-server."
+)
+
 
 def _emit(result: dict[str, Any], as_json: bool, summary: list[str]) -> None:
     if not as_json:
@@ -94,18 +98,13 @@ def _services_error(exc: BaseException) -> None:
     default="threads",
     show_default=True,
 )
-@click.option(
-    "--redis-db",
-    type=click.IntRange(0),
-    default=None,
-    help="Scratch Redis database number (default 15); must be empty or a bench's.",
-)
+@click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep logs here instead of a temporary directory.",
 )
-@click.option("--sim-only", is_flag=True, help="Measure the exchange simulator alone (issue 3).")
+@click.option("--sim-only", is_flag=True, help="Measure the exchange simulator alone.")
 @click.option("--sim-seconds", type=click.FloatRange(1), default=10.0, show_default=True)
 @click.option("--sim-concurrency", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--skip-throughput", is_flag=True, help="Only the baseline and the paced phase.")
@@ -119,7 +118,7 @@ def bench(
     worker_count: int,
     concurrency: int | None,
     pool: str,
-    redis_db: int | None,
+    redis_url: str | None,
     workdir: Path | None,
     sim_only: bool,
     sim_seconds: float,
@@ -130,11 +129,11 @@ def bench(
 ) -> None:
     """Benchmark the order pipeline against a no-op Celery task (and the simulator alone).
 
-    Uses its own Redis database number and its own PostgreSQL database
-    (created and dropped), its own simulator and workers. Exit 1 when a
-    target of issue 4 (or issue 3 with --sim-only) is missed.
+    Runs on a private redis-server and its own PostgreSQL database on the
+    DATABASE_URL server (created and dropped), with its own simulator and
+    workers. Exit 1 when a speed target is missed (docs/benchmarks.md).
     """
-    from workers.harness.bench import BENCH_REDIS_DB, ScratchInUse, run_bench, targets
+    from workers.harness.bench import RedisNotEmpty, run_bench, targets
     from workers.harness.services import ServicesUnavailable
     from workers.settings import load_settings
 
@@ -146,7 +145,7 @@ def bench(
         "workers": worker_count,
         "concurrency": concurrency or load_settings().worker_concurrency,
         "pool": pool,
-        "redis_db": BENCH_REDIS_DB if redis_db is None else redis_db,
+        "redis_url": redis_url,
         "workdir": workdir,
         "sim_only": sim_only,
         "sim_seconds": sim_seconds,
@@ -157,7 +156,7 @@ def bench(
     _stop_on_sigterm()
     try:
         result = run_bench(**options)
-    except (ServicesUnavailable, ScratchInUse) as exc:
+    except (ServicesUnavailable, RedisNotEmpty) as exc:
         _services_error(exc)
         return
     result["targets"] = targets(result)
@@ -225,28 +224,19 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     "--restart-redis/--no-restart-redis",
     default=True,
     show_default=True,
-    help="Restart Redis once (only when this run started it).",
+    help="Restart Redis once (only when this run started it: not with --redis-url).",
 )
 @click.option(
     "--restart-postgres/--no-restart-postgres",
     default=True,
     show_default=True,
-    help="Restart PostgreSQL once (only when this run started it).",
-)
-@click.option(
-    "--private-services",
-    is_flag=True,
-    help="Always start private Redis and PostgreSQL (so both restarts happen).",
-)
-@click.option(
-    "--private-redis",
-    is_flag=True,
-    help="Always start a private Redis (so its restart happens).",
+    help="Restart PostgreSQL once (only when this run started it: with --private-postgres).",
 )
 @click.option(
     "--private-postgres",
     is_flag=True,
-    help="Always start a private PostgreSQL (so its restart happens).",
+    help="Start a private PostgreSQL server instead of using DATABASE_URL's (so its restart "
+    "happens).",
 )
 @click.option(
     "--rate",
@@ -263,12 +253,7 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     help="Apply the default fault plan.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option(
-    "--redis-db",
-    type=click.IntRange(0),
-    default=None,
-    help="Scratch Redis database number (default 14); must be empty or a chaos run's.",
-)
+@click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -282,22 +267,21 @@ def chaos(
     kills: int,
     restart_redis: bool,
     restart_postgres: bool,
-    private_services: bool,
-    private_redis: bool,
     private_postgres: bool,
     rate: float,
     with_faults: bool,
     seed: int,
-    redis_db: int | None,
+    redis_url: str | None,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
     """Send a stream of signals under faults, kills and restarts; audit exactly-once.
 
-    Exit 1 when the audit finds duplicates, lost signals, orphans, stuck orders or
-    committed order states without their events.
+    Runs on a private redis-server and its own PostgreSQL database (created and
+    dropped). Exit 1 when the audit finds duplicates, lost signals, orphans, stuck
+    orders or committed order states without their events.
     """
-    from workers.harness.bench import CHAOS_REDIS_DB, ScratchInUse
+    from workers.harness.bench import RedisNotEmpty
     from workers.harness.chaos import run_chaos
     from workers.harness.services import ServicesUnavailable
 
@@ -310,15 +294,14 @@ def chaos(
             kills=kills,
             restart_redis=restart_redis,
             restart_postgres=restart_postgres,
-            private_redis=private_redis or private_services,
-            private_postgres=private_postgres or private_services,
+            private_postgres=private_postgres,
             rate=rate,
             faults=with_faults,
             seed=seed,
-            redis_db=CHAOS_REDIS_DB if redis_db is None else redis_db,
+            redis_url=redis_url,
             workdir=workdir,
         )
-    except (ServicesUnavailable, ScratchInUse) as exc:
+    except (ServicesUnavailable, RedisNotEmpty) as exc:
         _services_error(exc)
         return
     summary = [

@@ -47,16 +47,67 @@ def migrate(revision: str) -> None:
 
 @cli.command()
 @click.option("--keep-running", is_flag=True, help="Leave the started services up at the end.")
-@click.option("--stop", is_flag=True, help="Stop what an earlier --keep-running left up.")
+@click.option(
+    "--stop", is_flag=True, help="Stop what an earlier --keep-running left up; drop its database."
+)
 @click.option("--short", is_flag=True, help="The short form of the scenario (as in the tests).")
+@click.option(
+    "--database",
+    envvar="EXECQ_DEMO_DATABASE",
+    default="execq_demo",
+    show_default=True,
+    help="The demo's own database on the DATABASE_URL server; created fresh, dropped at the end.",
+)
+@click.option(
+    "--redis-url",
+    envvar="EXECQ_DEMO_REDIS_URL",
+    help="An empty Redis database to run on instead of a private redis-server.",
+)
+@click.option(
+    "--sim-port",
+    envvar="EXECQ_DEMO_SIM_PORT",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="The simulator's port (default: a free one).",
+)
+@click.option(
+    "--flower-port",
+    envvar="EXECQ_DEMO_FLOWER_PORT",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Flower's port (default: a free one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def demo(keep_running: bool, stop: bool, short: bool, as_json: bool) -> None:
-    """Bootstrap services, run the scripted scenario end to end and print what happened."""
+def demo(
+    keep_running: bool,
+    stop: bool,
+    short: bool,
+    database: str,
+    redis_url: str | None,
+    sim_port: int,
+    flower_port: int,
+    as_json: bool,
+) -> None:
+    """Bootstrap services, run the scripted scenario end to end and print what happened.
+
+    Runs on a private redis-server and a database of its own on the PostgreSQL
+    server at DATABASE_URL; nothing of the user's is read or written.
+    """
     from workers.harness.demo import run_demo, stop_demo
 
     if stop:
-        sys.exit(stop_demo())
-    sys.exit(run_demo(keep_running=keep_running, as_json=as_json, short=True if short else None))
+        sys.exit(stop_demo(database))
+    sys.exit(
+        run_demo(
+            keep_running=keep_running,
+            as_json=as_json,
+            short=True if short else None,
+            database=database,
+            redis_url=redis_url,
+            sim_port=sim_port,
+            flower_port=flower_port,
+        )
+    )
 
 
 @cli.command()
@@ -425,18 +476,32 @@ def sim(host: str, port: int, seed: int | None, ws_port: int | None) -> None:
     help="Exchange latency injected during the liquidation phase.",
 )
 @click.option("--sweep-positions", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@click.option(
+    "--redis-url", help="An empty Redis database to run on instead of a private redis-server."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
-def bench_flows(orders: int, latency_ms: int, sweep_positions: int, as_json: bool) -> None:
-    """Verification, aged-close, sweep, kill-recovery and liquidation figures (issues 5-7)."""
+def bench_flows(
+    orders: int, latency_ms: int, sweep_positions: int, redis_url: str | None, as_json: bool
+) -> None:
+    """Verification, aged-close, sweep, kill-recovery and liquidation figures."""
     import json
     import tempfile
 
+    from workers.harness.bench import RedisNotEmpty
     from workers.harness.bench_flows import run_flow_bench
+    from workers.harness.services import ServicesUnavailable
 
     with tempfile.TemporaryDirectory(prefix="execq-flows-") as workdir:
-        result = run_flow_bench(
-            Path(workdir), orders=orders, latency_ms=latency_ms, sweep_positions=sweep_positions
-        )
+        try:
+            result = run_flow_bench(
+                Path(workdir),
+                orders=orders,
+                latency_ms=latency_ms,
+                sweep_positions=sweep_positions,
+                redis_url=redis_url,
+            )
+        except (ServicesUnavailable, RedisNotEmpty) as exc:
+            raise UserFacingError(str(exc)) from None
     click.echo(json.dumps(result, default=str, indent=None if as_json else 2))
 
 

@@ -30,11 +30,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import requests
 from sqlalchemy import case, exists, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from workers.execution.order_state import EVENT_FOR_STATUS, IN_FLIGHT, TERMINAL
+from workers.harness.sim_client import SimulatorClient
 from workers.settings import Settings
 from workers.store.db import session_scope
 from workers.store.models import AgedPosition, Alert, Event, Order, Position
@@ -65,12 +65,6 @@ class AuditReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def fetch_sim(sim_url: str, path: str) -> Any:
-    response = requests.get(f"{sim_url.rstrip('/')}{path}", timeout=30)
-    response.raise_for_status()
-    return response.json()
 
 
 def ledger_duplicates(ledger: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -118,8 +112,12 @@ def audit(
     *,
     aged_due_grace_s: float = 30.0,
 ) -> AuditReport:
-    ledger = fetch_sim(sim_url, "/_sim/ledger")["orders"]
-    sim_positions = fetch_sim(sim_url, "/_sim/positions")["positions"]
+    sim = SimulatorClient(sim_url, timeout_s=60)
+    try:
+        ledger = sim.ledger()
+        sim_positions = sim.positions()
+    finally:
+        sim.close()
     report = AuditReport(ledger_orders=len(ledger))
 
     duplicates = ledger_duplicates(ledger)

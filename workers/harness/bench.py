@@ -1,9 +1,10 @@
 """``execq bench``: the real order pipeline against a no-op Celery task, on one machine.
 
 One run starts its own simulator and workers (``workers.harness.stack.Stack``) on a
-*scratch* Redis database number and a *scratch* PostgreSQL database created
-for the run and dropped after it (``scratch``; ``chaos`` uses the same), so a
-user's data is never read or written. Phases, in order:
+private ``redis-server`` (or a given, empty Redis database) and a *scratch*
+PostgreSQL database created for the run and dropped after it (``scratch``;
+``chaos`` uses the same), so a user's data is never read or written. Phases, in
+order:
 
 1. **warm-up**: a burst of orders and no-ops, so every worker thread has its
    ccxt clients and the reference prices are cached (not measured);
@@ -27,7 +28,7 @@ Phases 2 to 4 preload the queue with the workers' consumers cancelled and
 then re-add them, so the figure is the workers' drain rate, not the
 producer's send rate. Exchange latency is a simulator ``latency`` fault rule.
 
-``--sim-only`` instead measures the simulator alone (issue 3):
+``--sim-only`` instead measures the simulator alone:
 ``exchange_sim.bench.run_load``.
 """
 
@@ -37,7 +38,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import statistics
 import tempfile
 import time
@@ -50,18 +50,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
-import requests
 from psycopg import sql
 
+from workers.harness.polling import wait_for
 from workers.harness.services import Services, ensure_services, libpq_url
+from workers.harness.sim_client import SimulatorClient
 from workers.harness.stack import Stack
 from workers.producer import Producer, order_kwargs
 
-# Redis database numbers used when none is given: tests use 9-13 and users 0.
-BENCH_REDIS_DB = 15
-CHAOS_REDIS_DB = 14
-# Marks a Redis database as taken by a bench or chaos run (value: kind:host:pid).
-SCRATCH_MARKER = "execq:scratch-owner"
 # Seconds to wait for a phase to drain before giving up on it.
 PHASE_TIMEOUT_S = 600.0
 # How often a phase checks whether it is done. Its end time comes from the rows'
@@ -82,16 +78,11 @@ BENCH_AMOUNTS = {
 ACCOUNTS = ("binance", "bybit")
 
 
-class ScratchInUse(RuntimeError):
-    """The scratch Redis database holds someone else's keys; the message says which."""
+class RedisNotEmpty(RuntimeError):
+    """A given Redis database holds keys: a run would take its tasks and flush them."""
 
 
 # --- the scratch environment (shared with chaos) -------------------------------------------
-
-
-def redis_url_with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 def database_url_with_name(url: str, name: str) -> str:
@@ -103,43 +94,22 @@ def _database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def require_empty(url: str) -> None:
+    """Raise RedisNotEmpty unless the Redis database at ``url`` holds no key.
 
-
-def claim_redis(url: str, owner: str, *, flush: bool = False) -> None:
-    """Take the Redis database at ``url`` for this run, or raise ScratchInUse.
-
-    An empty database, or one left by a bench/chaos run whose process is gone,
-    is flushed and marked. ``flush=True`` means the caller owns the database
-    (a test's): it is flushed whatever it holds.
+    A run's workers consume the database's queue and the run flushes it at the
+    end: it must be nobody else's.
     """
-    client = redis.Redis.from_url(url, decode_responses=True)
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        marker = client.get(SCRATCH_MARKER)
         size = client.dbsize()
-        if not flush and size:
-            if marker is None:
-                raise ScratchInUse(
-                    f"Redis database {redact(url)} holds {size} keys that are not from an "
-                    "execq bench/chaos run; choose another with --redis-db"
-                )
-            kind, host, pid = (marker.split(":") + ["", "", "0"])[:3]
-            if host == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid)):
-                raise ScratchInUse(
-                    f"Redis database {redact(url)} is in use by a running {kind} "
-                    f"(pid {pid}); choose another with --redis-db"
-                )
-        client.flushdb()
-        client.set(SCRATCH_MARKER, owner)
     finally:
         client.close()
+    if size:
+        raise RedisNotEmpty(
+            f"Redis database {redact(url)} holds {size} keys; give an empty one, or leave "
+            "out --redis-url to run on a private redis-server"
+        )
 
 
 def release_redis(url: str) -> None:
@@ -251,36 +221,32 @@ class Scratch:
 def scratch(
     kind: str,
     *,
-    redis_db: int,
     workdir: Path,
     redis_url: str | None = None,
     database_url: str | None = None,
-    flush_redis: bool = False,
 ) -> Iterator[Scratch]:
-    """A migrated scratch PostgreSQL database and a claimed Redis database for one run.
+    """A Redis server and a migrated scratch PostgreSQL database for one run.
 
-    Without ``redis_url``/``database_url`` the configured servers are used
-    with database number ``redis_db`` and a new database
-    ``execq_<kind>_<pid>_<random>``; when a server does not answer, a private
-    one is started (``ensure_services``). The database is dropped and the
-    Redis database flushed at the end. A given ``database_url`` is used as is
-    and kept.
+    Redis: a private ``redis-server`` started for the run, or with ``redis_url``
+    that database, which must be empty (``require_empty``) and is flushed at the
+    end. PostgreSQL: a new database ``execq_<kind>_<pid>_<random>`` on the
+    configured server, dropped at the end (a private server when the configured
+    one does not answer, ``ensure_services``); a given ``database_url`` is used as
+    is and kept.
     """
     from workers.settings import load_settings
 
-    configured = load_settings()
     owns_database = database_url is None
-    redis_target = redis_url or redis_url_with_db(configured.redis_url, redis_db)
     database_target = database_url or database_url_with_name(
-        configured.database_url, f"execq_{kind}_{os.getpid()}_{secrets.token_hex(3)}"
+        load_settings().database_url, f"execq_{kind}_{os.getpid()}_{secrets.token_hex(3)}"
     )
-    services = ensure_services(redis_target, database_target, workdir / "services")
-    claimed = False
+    services = ensure_services(redis_url, database_target, workdir / "services")
+    given_redis = "redis" not in services.started
+    checked = False
     try:
-        claim_redis(
-            services.redis_url, f"{kind}:{socket.gethostname()}:{os.getpid()}", flush=flush_redis
-        )
-        claimed = True
+        if given_redis:
+            require_empty(services.redis_url)
+        checked = True
         migrate(services.database_url)
         run = Scratch(
             kind=kind,
@@ -293,7 +259,7 @@ def scratch(
         with process_env({"REDIS_URL": run.redis_url, "DATABASE_URL": run.database_url}):
             yield run
     finally:
-        if claimed:
+        if given_redis and checked:
             release_redis(services.redis_url)
         if owns_database and "postgres" not in services.started:
             with contextlib.suppress(psycopg.Error):
@@ -321,18 +287,6 @@ def client_app(redis_url: str, visibility_timeout_s: int | None = None) -> Any:
         result_extended=True,
     )
     return app
-
-
-def post_sim(sim_url: str, path: str, payload: object) -> dict[str, Any]:
-    response = requests.post(f"{sim_url}{path}", json=payload, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def get_sim(sim_url: str, path: str) -> dict[str, Any]:
-    response = requests.get(f"{sim_url}{path}", timeout=60)
-    response.raise_for_status()
-    return response.json()
 
 
 def process_tree_peak_rss_mb(pid: int) -> float:
@@ -404,10 +358,8 @@ class BenchOptions:
     concurrency: int = 32
     pool: str = "threads"
     loglevel: str = "WARNING"
-    redis_db: int = BENCH_REDIS_DB
     redis_url: str | None = None
     database_url: str | None = None
-    flush_redis: bool = False
     workdir: Path | None = None
     sim_only: bool = False
     sim_seconds: float = 10.0
@@ -441,6 +393,8 @@ class BenchRun:
         self.options = options
         self.app = client_app(scratch_run.redis_url)
         self.redis = redis.Redis.from_url(scratch_run.redis_url)
+        # A long ledger (thousands of orders) takes a while to serialise.
+        self.sim = SimulatorClient(stack.env["EXECQ_SIM_URL"], timeout_s=60)
         self.run_id = secrets.token_hex(3)
         self.nodes: list[str] = []
         self.pairs = _Pairs()
@@ -452,6 +406,7 @@ class BenchRun:
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
+        self.sim.close()
         self.app.close()
 
     # --- plumbing ---
@@ -524,14 +479,22 @@ class BenchRun:
         return int(count), last
 
     def _wait(self, done: Any, total: int, what: str) -> Any:
-        deadline = time.monotonic() + PHASE_TIMEOUT_S
-        while True:
-            count, last = done()
-            if count >= total:
-                return last
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: {count}/{total} done after {PHASE_TIMEOUT_S:.0f}s")
-            time.sleep(_POLL_S)
+        """Wait until ``done()`` counts ``total``; return the last completion it reports."""
+        counted: list[int] = [0]
+
+        def finished() -> tuple[Any] | None:
+            counted[0], last = done()
+            return (last,) if counted[0] >= total else None
+
+        (last,) = wait_for(
+            finished,
+            PHASE_TIMEOUT_S,
+            interval_s=_POLL_S,
+            error=lambda _: TimeoutError(
+                f"{what}: {counted[0]}/{total} done after {PHASE_TIMEOUT_S:.0f}s"
+            ),
+        )
+        return last
 
     # --- phases ---
 
@@ -666,7 +629,7 @@ class BenchRun:
 
     def _exchange_acks(self, enqueued: Mapping[str, float]) -> list[float]:
         """Enqueue -> the simulator's acceptance timestamp, per order of ``enqueued``."""
-        ledger = get_sim(self.stack.env["EXECQ_SIM_URL"], "/_sim/ledger")["orders"]
+        ledger = self.sim.ledger()
         return [
             row["timestamp"] - enqueued[row["clientOrderId"]]
             for row in ledger
@@ -733,9 +696,9 @@ class BenchRun:
         return max((process_tree_peak_rss_mb(pid) for pid in pids if pid), default=0.0)
 
 
-def set_latency(sim_url: str, latency_ms: int) -> None:
+def set_latency(sim: SimulatorClient, latency_ms: int) -> None:
     rules = [{"kind": "latency", "latency_ms": latency_ms}] if latency_ms else []
-    post_sim(sim_url, "/_sim/faults", {"rules": rules})
+    sim.faults({"rules": rules})
 
 
 def _machine() -> dict[str, Any]:
@@ -773,19 +736,17 @@ def _run_pipeline(options: BenchOptions, workdir: Path) -> dict[str, Any]:
     with (
         scratch(
             "bench",
-            redis_db=options.redis_db,
             workdir=workdir,
             redis_url=options.redis_url,
             database_url=options.database_url,
-            flush_redis=options.flush_redis,
         ) as run,
         Stack(env=run.env(), workdir=workdir / "stack") as stack,
     ):
-        sim_url = stack.start_simulator()
+        stack.start_simulator()
         bench = BenchRun(run, stack, options)
         try:
             bench.start_workers()
-            set_latency(sim_url, options.latency_ms)
+            set_latency(bench.sim, options.latency_ms)
             machine_before = _machine()
             bench.warm_up()
             baseline = bench.baseline()
@@ -824,13 +785,15 @@ def _run_pipeline(options: BenchOptions, workdir: Path) -> dict[str, Any]:
             result["worker_rss_mb"] = bench.worker_rss_mb()
             result["machine"] = {"before": machine_before, "after": _machine()}
             result["services"] = run.notes
+            result["redis_url"] = redact(run.redis_url)
+            result["database_url"] = redact(run.database_url)
             result["seconds"] = round(time.monotonic() - started, 1)
             return result
         finally:
             bench.close()
 
 
-# --- targets (issue 3 and issue 4) ---------------------------------------------------------
+# --- targets ------------------------------------------------------------------------------------
 
 SIM_TARGET_REQ_PER_S = 2000
 RATIO_TARGET = 0.5

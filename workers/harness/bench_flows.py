@@ -1,4 +1,4 @@
-"""Flow benchmarks (issues 5, 6, 7): the figures the order benchmark does not cover.
+"""``execq bench-flows``: the figures the order benchmark does not cover.
 
 - ``verify``: create response -> verification verdict, p50/p99 per exchange,
   and the exchange calls verification cost (order fetches, positions reads);
@@ -11,8 +11,9 @@
 - ``kill_recovery``: a worker SIGKILLed with orders in doubt -> every order
   terminal again, with the default 60 s recovery interval.
 
-Runs in scratch Redis/Postgres databases with its own simulator, workers and
-beat, like ``execq bench``; nothing here is a test (no thresholds asserted).
+Runs on a private ``redis-server`` and a scratch PostgreSQL database with its own
+simulator, workers and beat, like ``execq bench``; nothing here is a test (no
+thresholds asserted).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from typing import Any
 
 from sqlalchemy import text
 
-from workers.harness.bench import client_app, get_sim, percentile, post_sim, process_env, scratch
+from workers.harness.bench import client_app, percentile, process_env, scratch
+from workers.harness.polling import wait_for
+from workers.harness.sim_client import SimulatorClient
 from workers.harness.stack import Stack
 
-FLOWS_REDIS_DB = 11
 SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "LINK", "AVAX", "LTC", "BNB"]
 AMOUNTS = {
     "BTC": "0.01",
@@ -50,14 +52,12 @@ AGED_ENV = {"EXECQ_AGED__MAX_AGE_S": "1", "EXECQ_AGED__GRACE_PERIOD_S": "600"}
 
 
 def _wait(condition, timeout_s: float, what: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"flow bench: {what} not reached within {timeout_s:.0f}s")
-        time.sleep(interval_s)
+    return wait_for(
+        condition,
+        timeout_s,
+        interval_s=interval_s,
+        error=lambda _: TimeoutError(f"flow bench: {what} not reached within {timeout_s:.0f}s"),
+    )
 
 
 def _rows(sql: str, **params: Any) -> list[Any]:
@@ -90,8 +90,8 @@ def _send_open(app, signal_id: str, exchange: str, base: str, side: str = "buy")
     )
 
 
-def measure_verify(app, sim_url: str, orders: int) -> dict[str, Any]:
-    post_sim(sim_url, "/_sim/reset", {})
+def measure_verify(app, sim: SimulatorClient, orders: int) -> dict[str, Any]:
+    sim.reset()
     for index in range(orders):
         exchange = ("binance", "bybit")[index % 2]
         _send_open(app, f"flow-verify-{index}", exchange, SYMBOLS[(index // 2) % len(SYMBOLS)])
@@ -110,7 +110,7 @@ def measure_verify(app, sim_url: str, orders: int) -> dict[str, Any]:
         "FROM orders o JOIN events e ON e.order_id = o.id AND e.type = 'verification_verified' "
         "WHERE o.signal_id LIKE 'flow-verify-%'"
     )
-    stats = get_sim(sim_url, "/_sim/stats")["requests"]
+    stats = sim.stats()
     result: dict[str, Any] = {}
     for exchange in ("binance", "bybit"):
         creates = stats.get(exchange, {}).get("create_order", 0)
@@ -130,23 +130,19 @@ def measure_verify(app, sim_url: str, orders: int) -> dict[str, Any]:
     return result
 
 
-def measure_liquidation(app, sim_url: str, latency_ms: int) -> dict[str, Any]:
-    post_sim(sim_url, "/_sim/reset", {})
+def measure_liquidation(app, sim: SimulatorClient, latency_ms: int) -> dict[str, Any]:
+    sim.reset()
     for exchange in ("binance", "bybit"):
         for base in SYMBOLS:
-            post_sim(
-                sim_url,
-                "/_sim/positions",
-                {"exchange": exchange, "symbol": f"{base}/USDT:USDT", "size": AMOUNTS[base]},
-            )
+            sim.set_position(exchange, f"{base}/USDT:USDT", AMOUNTS[base])
     app.send_task("recovery_sweep").get(timeout=120)
-    post_sim(sim_url, "/_sim/faults", {"rules": [{"kind": "latency", "latency_ms": latency_ms}]})
+    sim.faults({"rules": [{"kind": "latency", "latency_ms": latency_ms}]})
     started = time.monotonic()
     summary = app.send_task("emergency_liquidate_all", kwargs={"reason": "flow bench"}).get(
         timeout=300
     )
     seconds = time.monotonic() - started
-    post_sim(sim_url, "/_sim/faults", {})
+    sim.faults({})
     from workers.coordination import set_kill_switch
 
     set_kill_switch(False)
@@ -160,8 +156,8 @@ def measure_liquidation(app, sim_url: str, latency_ms: int) -> dict[str, Any]:
     }
 
 
-def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
-    post_sim(sim_url, "/_sim/reset", {})
+def measure_aged_close(app, sim: SimulatorClient, positions: int) -> dict[str, Any]:
+    sim.reset()
     chosen = [(("binance", "bybit")[i % 2], SYMBOLS[i // 2]) for i in range(positions)]
     for index, (exchange, base) in enumerate(chosen):
         _send_open(app, f"flow-aged-{index}", exchange, base)
@@ -175,10 +171,8 @@ def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
     # Every long's breakeven target is just above entry: a 5 % rise crosses them all at once.
     crossed_at_ms = time.time() * 1000
     for exchange, base in chosen:
-        price = get_sim(sim_url, "/_sim/prices")["prices"][exchange][f"{base}/USDT:USDT"]
-        post_sim(
-            sim_url,
-            "/_sim/prices",
+        price = sim.current_prices()[exchange][f"{base}/USDT:USDT"]
+        sim.prices(
             {
                 "exchange": exchange,
                 "symbol": f"{base}/USDT:USDT",
@@ -192,7 +186,7 @@ def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
         120,
         "aged closes",
     )
-    closes = [o for o in get_sim(sim_url, "/_sim/ledger")["orders"] if o["reduceOnly"]]
+    closes = [o for o in sim.ledger() if o["reduceOnly"]]
     return {
         **_ms([o["timestamp"] - crossed_at_ms for o in closes]),
         "sweep_interval_s": 2.0,
@@ -200,14 +194,14 @@ def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
     }
 
 
-def measure_sweep(sim_url: str, settings_env: dict[str, str], count: int) -> dict[str, Any]:
+def measure_sweep(sim: SimulatorClient, settings_env: dict[str, str], count: int) -> dict[str, Any]:
     """The sweep in this process over ``count`` book positions on 100 simulated accounts."""
     accounts = [
         {"name": f"{kind}{n:02d}", "ccxt_class": cls, "mode": "sim"}
         for kind, cls in (("bn", "binanceusdm"), ("bb", "bybit"))
         for n in range(50)
     ]
-    env = {**settings_env, "EXECQ_ACCOUNTS": json.dumps(accounts), "EXECQ_SIM_URL": sim_url}
+    env = {**settings_env, "EXECQ_ACCOUNTS": json.dumps(accounts), "EXECQ_SIM_URL": sim.base_url}
     with process_env(env):
         from workers.flows.aged import sweep_aged
         from workers.settings import get_settings
@@ -233,13 +227,13 @@ def measure_sweep(sim_url: str, settings_env: dict[str, str], count: int) -> dic
                     )
                 )
         settings = get_settings()
-        before = get_sim(sim_url, "/_sim/stats")["requests"]
+        before = sim.stats()
         timings = []
         for _ in range(3):
             started = time.perf_counter()
             report = sweep_aged(settings)
             timings.append((time.perf_counter() - started) * 1000)
-        after = get_sim(sim_url, "/_sim/stats")["requests"]
+        after = sim.stats()
         tickers = sum(
             after.get(x, {}).get("tickers", 0) - before.get(x, {}).get("tickers", 0)
             for x in ("binance", "bybit")
@@ -253,11 +247,9 @@ def measure_sweep(sim_url: str, settings_env: dict[str, str], count: int) -> dic
         }
 
 
-def measure_kill_recovery(app, stack: Stack, sim_url: str, orders: int) -> dict[str, Any]:
-    post_sim(sim_url, "/_sim/reset", {})
-    post_sim(
-        sim_url,
-        "/_sim/faults",
+def measure_kill_recovery(app, stack: Stack, sim: SimulatorClient, orders: int) -> dict[str, Any]:
+    sim.reset()
+    sim.faults(
         {
             "rules": [
                 {
@@ -273,7 +265,7 @@ def measure_kill_recovery(app, stack: Stack, sim_url: str, orders: int) -> dict[
     for index in range(orders):
         _send_open(app, f"flow-kill-{index}", "binance", SYMBOLS[index % len(SYMBOLS)])
     _wait(
-        lambda: len(get_sim(sim_url, "/_sim/ledger")["orders"]) >= orders,
+        lambda: len(sim.ledger()) >= orders,
         60,
         "orders accepted and hanging",
     )
@@ -293,8 +285,8 @@ def measure_kill_recovery(app, stack: Stack, sim_url: str, orders: int) -> dict[
         interval_s=0.5,
     )
     seconds = time.monotonic() - killed
-    post_sim(sim_url, "/_sim/faults", {})
-    ledger = get_sim(sim_url, "/_sim/ledger")["orders"]
+    sim.faults({})
+    ledger = sim.ledger()
     return {
         "orders_in_doubt": orders,
         "seconds_to_resolved": round(seconds, 1),
@@ -304,25 +296,32 @@ def measure_kill_recovery(app, stack: Stack, sim_url: str, orders: int) -> dict[
 
 
 def run_flow_bench(
-    workdir: Path, *, orders: int = 100, latency_ms: int = 50, sweep_positions: int = 1000
+    workdir: Path,
+    *,
+    orders: int = 100,
+    latency_ms: int = 50,
+    sweep_positions: int = 1000,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
+    """Every flow figure; on a private ``redis-server`` unless ``redis_url`` (an empty
+    database) is given."""
     started = time.monotonic()
     with (
-        scratch("flows", redis_db=FLOWS_REDIS_DB, workdir=workdir, flush_redis=True) as run,
+        scratch("flows", workdir=workdir, redis_url=redis_url) as run,
         Stack(env=run.env(AGED_ENV), workdir=workdir / "stack") as stack,
     ):
-        sim_url = stack.start_simulator()
+        sim = SimulatorClient(stack.start_simulator(), timeout_s=60)
         stack.start_worker("flows1", concurrency=32)
         beat = stack.start_beat()
         app = client_app(run.redis_url)
-        result: dict[str, Any] = {"verify": measure_verify(app, sim_url, orders)}
-        result["liquidation"] = measure_liquidation(app, sim_url, latency_ms)
-        result["aged_close"] = measure_aged_close(app, sim_url, 10)
-        result["kill_recovery"] = measure_kill_recovery(app, stack, sim_url, 5)
+        result: dict[str, Any] = {"verify": measure_verify(app, sim, orders)}
+        result["liquidation"] = measure_liquidation(app, sim, latency_ms)
+        result["aged_close"] = measure_aged_close(app, sim, 10)
+        result["kill_recovery"] = measure_kill_recovery(app, stack, sim, 5)
         # The sweep is timed in this process, on a book the workers and beat must not touch.
         beat.stop()
         stack.kill_worker("flows1", signal.SIGTERM)
-        post_sim(sim_url, "/_sim/reset", {})
-        result["sweep"] = measure_sweep(sim_url, run.env(), sweep_positions)
+        sim.reset()
+        result["sweep"] = measure_sweep(sim, run.env(), sweep_positions)
         result["seconds"] = round(time.monotonic() - started, 1)
         return result

@@ -1,8 +1,9 @@
 """``execq chaos``: exactly-once under faults, kills and restarts, audited from the sources of truth.
 
-A run (issue 9), on a scratch Redis database and a scratch PostgreSQL
-database (``workers.harness.bench.scratch``), or on private servers it starts itself
-(``private_redis``/``private_postgres``, so that it may restart them):
+A run, on a private ``redis-server`` (or a given, empty Redis database) and a
+scratch PostgreSQL database (``workers.harness.bench.scratch``), or on a private
+PostgreSQL server it starts itself (``private_postgres``, so that it may restart
+it):
 
 1. starts the simulator, ``workers`` worker processes and beat, with aged
    time compressed to seconds and the sweeps frequent (``chaos_stack``);
@@ -14,7 +15,8 @@ database (``workers.harness.bench.scratch``), or on private servers it starts it
    opens), a few signals that validation must refuse, and some signals sent
    twice (a producer retrying); meanwhile, at seeded random moments, it
    SIGKILLs a worker and restarts it (``kills`` times) and restarts Redis and
-   PostgreSQL once each when this run started them (``ensure_services``);
+   PostgreSQL once each when this run started them (``ensure_services``; a
+   server someone else runs is never restarted);
 4. lifts the faults, stops the price walks and waits until quiet: every
    signal the producer recorded in the outbox arrived, nothing in flight in
    Postgres, no aged close claimed, the broker queue and its unacked
@@ -48,17 +50,9 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from workers.harness.bench import (
-    ACCOUNTS,
-    BENCH_AMOUNTS,
-    CHAOS_REDIS_DB,
-    Scratch,
-    client_app,
-    get_sim,
-    post_sim,
-    scratch,
-)
+from workers.harness.bench import ACCOUNTS, BENCH_AMOUNTS, Scratch, client_app, scratch
 from workers.harness.services import free_port
+from workers.harness.sim_client import SimulatorClient
 from workers.harness.stack import Stack, StackError
 from workers.producer import BROKER_ERRORS, NotEnqueued, Producer, order_kwargs
 from workers.store.outbox import OutboxMessage, undelivered_count
@@ -158,7 +152,7 @@ def _times(amount: str, lots: int) -> str:
 
 
 def fault_plan(seed: int) -> dict[str, Any]:
-    """Issue 9's default plan. Outcome rules are tried in order and only the first that
+    """The default fault plan. Outcome rules are tried in order and only the first that
     fires counts, so each later probability is conditional on the earlier ones not firing:
     that keeps the shares of all creates at 20 %, 5 %, 5 % and 3 %."""
     shares = [
@@ -248,16 +242,14 @@ class ChaosOptions:
     kills: int = 3
     restart_redis: bool = True
     restart_postgres: bool = True
-    # Start a private server (which the run may restart) instead of using the configured one.
-    private_redis: bool = False
+    # Start a private PostgreSQL (which the run may restart) instead of using the configured one.
     private_postgres: bool = False
     rate: float = 40.0
     faults: bool = True
     seed: int = 1
-    redis_db: int = CHAOS_REDIS_DB
+    # None: a private redis-server (which the run may restart); else an empty database.
     redis_url: str | None = None
     database_url: str | None = None
-    flush_redis: bool = False
     workdir: Path | None = None
     quiet_timeout_s: float = QUIET_TIMEOUT_S
     loglevel: str = "INFO"
@@ -308,6 +300,7 @@ class ChaosRun:
         self.quiet_trace: list[tuple[float, list[str]]] = []
         self.nodes: list[str] = []
         self.sim_url = ""
+        self._sim: SimulatorClient | None = None
         # Every signal id of this stack starts with it; a phase adds its name.
         self.prefix = f"chaos-{options.seed}-{secrets.token_hex(2)}"
         from sqlalchemy import create_engine
@@ -319,12 +312,22 @@ class ChaosRun:
         self.engine.dispose()
         self.redis.close()
         self.app.close()
+        if self._sim is not None:
+            self._sim.close()
+
+    @property
+    def simulator(self) -> SimulatorClient:
+        if self._sim is None:
+            raise RuntimeError("the chaos stack's simulator is not started")
+        return self._sim
 
     # --- processes ---
 
     def start(self) -> None:
         self.sim_url = self.stack.start_simulator()
-        post_sim(self.sim_url, "/_sim/reset", {"seed": self.options.seed})
+        # A long ledger (thousands of orders) takes a while to serialise.
+        self._sim = SimulatorClient(self.sim_url, timeout_s=60)
+        self._sim.reset(seed=self.options.seed)
         for index in range(self.options.workers):
             name = f"chaos{index + 1}-{self.options.seed}@localhost"
             self.stack.start_worker(
@@ -345,17 +348,17 @@ class ChaosRun:
             }
             for symbol in BENCH_AMOUNTS
         ]
-        post_sim(self.sim_url, "/_sim/prices", {"prices": changes})
+        self.simulator.set_prices(changes)
 
     def hold_prices(self) -> None:
         """Stop the walks at the current prices (setting a price stops its walk)."""
-        prices = get_sim(self.sim_url, "/_sim/prices")["prices"]
+        prices = self.simulator.current_prices()
         changes = [
             {"exchange": exchange, "symbol": symbol, "price": price}
             for exchange, by_symbol in prices.items()
             for symbol, price in by_symbol.items()
         ]
-        post_sim(self.sim_url, "/_sim/prices", {"prices": changes})
+        self.simulator.set_prices(changes)
 
     # --- sending ---
 
@@ -457,7 +460,7 @@ class ChaosRun:
         elif action == "redis":
             if "redis" not in services.started:
                 self.disruptions.notes.append(
-                    "Redis restart skipped: this run uses a configured Redis it did not start"
+                    "Redis restart skipped: this run uses a given Redis it did not start"
                 )
                 return
             services.restart_redis(keep_data=True)
@@ -628,7 +631,7 @@ class ChaosRun:
         """Per mismatched book: what Postgres and the exchange ledger say about its orders."""
         from sqlalchemy import text
 
-        ledger = get_sim(self.sim_url, "/_sim/ledger")["orders"]
+        ledger = self.simulator.ledger()
         found: dict[str, Any] = {}
         with self.engine.connect() as connection:
             for line in mismatches[:3]:
@@ -749,9 +752,9 @@ class ChaosRun:
 
     def lift_faults(self) -> dict[str, Any]:
         """Clear the fault plan; returns it as it was, with each rule's ``fired`` count."""
-        stats = get_sim(self.sim_url, "/_sim/faults")
-        post_sim(self.sim_url, "/_sim/faults", {})
-        return stats
+        rules = self.simulator.fault_rules()
+        self.simulator.faults({})
+        return {"rules": rules}
 
     # --- one phase: a stream under a fault plan, quiet, audit ---
 
@@ -783,7 +786,7 @@ class ChaosRun:
 
         started = time.monotonic()
         self.quiet_trace = []
-        post_sim(self.sim_url, "/_sim/faults", plan or {})
+        self.simulator.faults(plan or {})
         if self.options.price_volatility:
             self.walk_prices()
         prefix = f"{self.prefix}-{name}"
@@ -809,9 +812,9 @@ class ChaosRun:
         quiet, state = self.wait_quiet(settling_since)
         final_recovery: dict[str, Any] = {}
         if quiet and self.options.aged:
-            # An aged close can leave the book off while fills are unbooked
-            # (docs/benchmarks.md, finding 4): one more sweep once the book has been
-            # still long enough for the sweep to reconcile every symbol.
+            # An aged close can leave the book off while fills are unbooked: one
+            # more sweep once the book has been still long enough for the sweep to
+            # reconcile every symbol.
             final_recovery = self.final_recovery()
             quiet, state = self.wait_quiet(settling_since)
         quiet_seconds = time.monotonic() - quiet_started
@@ -869,15 +872,12 @@ class ChaosRun:
         }
 
 
-def _server_urls(options: ChaosOptions) -> tuple[str | None, str | None]:
-    """Redis and PostgreSQL URLs for ``scratch``: where nothing listens for a private server
-    (``ensure_services`` then starts one, which a run may restart), else the options' own."""
-    redis_url, database_url = options.redis_url, options.database_url
-    if options.private_redis:
-        redis_url = f"redis://127.0.0.1:{free_port()}/0"
+def _database_url(options: ChaosOptions) -> str | None:
+    """The PostgreSQL URL for ``scratch``: with ``private_postgres`` one where nothing listens
+    (``ensure_services`` then starts a private server, which a run may restart)."""
     if options.private_postgres:
-        database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/execq_chaos"
-    return redis_url, database_url
+        return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/execq_chaos"
+    return options.database_url
 
 
 def worker_env(options: ChaosOptions) -> dict[str, str]:
@@ -897,16 +897,12 @@ def chaos_stack(**overrides: Any) -> Iterator[ChaosRun]:
             options.workdir
             or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="execq-chaos-"))
         )
-        redis_url, database_url = _server_urls(options)
         run = cleanup.enter_context(
             scratch(
                 "chaos",
-                redis_db=options.redis_db,
                 workdir=workdir,
-                redis_url=redis_url,
-                database_url=database_url,
-                # A private Redis is the run's own; a configured one must be empty or stale.
-                flush_redis=options.flush_redis or options.private_redis,
+                redis_url=options.redis_url,
+                database_url=_database_url(options),
             )
         )
         stack = cleanup.enter_context(

@@ -2,16 +2,17 @@
 
 What it does, in order (docs/demo.md has the narrative):
 
-1. **Services.** Redis and PostgreSQL at ``REDIS_URL``/``DATABASE_URL``; private
-   ones from the binaries on the PATH when those do not answer
-   (``workers.harness.services``). The demo never touches the user's data: it uses its
-   own database (``execq_demo`` on the configured server, dropped and
-   recreated at the start) and its own Redis database number (9, flushed at
-   the start). Both can be changed with ``EXECQ_DEMO_DATABASE`` and
-   ``EXECQ_DEMO_REDIS_DB``; the test suite points them at its own.
+1. **Services.** A private ``redis-server`` of the demo's own (or an empty
+   Redis database given with ``--redis-url``), and a database of its own on the
+   PostgreSQL server at ``DATABASE_URL`` (``execq_demo`` unless ``--database``
+   says otherwise; dropped and recreated at the start, dropped at the end unless
+   the stack is kept running); a private PostgreSQL from the binaries on the PATH
+   when that server does not answer (``workers.harness.services``). The demo
+   never touches the user's data.
 2. **Processes.** Simulator, two workers, beat and Flower (``workers.harness.stack``)
    with compressed durations: aged after a few seconds, progressive loss steps
-   every 2 s, sweeps every 1 s / 5 s.
+   every 2 s, sweeps every 1 s / 5 s. The simulator's and Flower's ports are free
+   ones unless ``--sim-port`` / ``--flower-port`` fix them.
 3. **Scenario.** Opens on both exchanges under injected timeouts, rate limits,
    5xx and visibility lag; a redelivered signal; a refused bad signal; aged
    closes in grace and progressive phases driven by price moves; a close that
@@ -56,12 +57,15 @@ import requests
 from psycopg import sql
 
 from workers.execution.client_ids import client_order_id
+from workers.harness.bench import RedisNotEmpty, require_empty
+from workers.harness.polling import wait_for
 from workers.harness.services import (
     Services,
     ServicesUnavailable,
     ensure_services,
     libpq_url,
 )
+from workers.harness.sim_client import SimulatorClient, SimulatorError
 from workers.harness.stack import Stack, StackError
 from workers.settings import redact_url
 
@@ -71,10 +75,8 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_CANNOT_RUN = 2
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/execq"
 DEFAULT_DEMO_DATABASE = "execq_demo"
-DEFAULT_DEMO_REDIS_DB = 9
 
 WORKERS = ("demo1", "demo2")
 # The price move that keeps a position away from any aged target: beyond the
@@ -234,54 +236,67 @@ def _database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/") or "execq"
 
 
-def _redis_db(url: str) -> int:
-    path = urlsplit(url).path.lstrip("/")
-    return int(path) if path.isdigit() else 0
+def _port(value: str | None, name: str) -> int:
+    try:
+        port = int(value or 0)
+    except ValueError:
+        raise DemoError(f"{name} must be a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise DemoError(f"{name} must be a port number, got {value!r}")
+    return port
 
 
 @dataclass(frozen=True)
 class DemoTargets:
-    """The configured URLs and the demo's own database / Redis db on the same servers."""
+    """What the demo owns: its database on the configured server, its Redis, its ports.
 
-    configured_redis_url: str
+    ``redis_url`` None: a private ``redis-server``. A port 0 is any free one.
+    """
+
     configured_database_url: str
-    redis_url: str
     database_url: str
+    redis_url: str | None = None
+    sim_port: int = 0
+    flower_port: int = 0
 
     @property
     def database(self) -> str:
         return _database_name(self.database_url)
 
-    @property
-    def redis_db(self) -> int:
-        return _redis_db(self.redis_url)
-
     @classmethod
-    def from_environment(cls, database: str | None, redis_db: int | None) -> DemoTargets:
+    def from_environment(
+        cls,
+        database: str | None = None,
+        redis_url: str | None = None,
+        sim_port: int | None = None,
+        flower_port: int | None = None,
+    ) -> DemoTargets:
+        """The options given, else ``EXECQ_DEMO_DATABASE``, ``EXECQ_DEMO_REDIS_URL``,
+        ``EXECQ_DEMO_SIM_PORT``, ``EXECQ_DEMO_FLOWER_PORT``, else the defaults."""
         env = os.environ
-        redis_url = env.get("REDIS_URL") or env.get("EXECQ_REDIS_URL") or DEFAULT_REDIS_URL
         database_url = (
             env.get("DATABASE_URL") or env.get("EXECQ_DATABASE_URL") or DEFAULT_DATABASE_URL
         )
-        explicit_db = redis_db is not None or "EXECQ_DEMO_REDIS_DB" in env
         database = database or env.get("EXECQ_DEMO_DATABASE") or DEFAULT_DEMO_DATABASE
-        if redis_db is None:
-            redis_db = int(env.get("EXECQ_DEMO_REDIS_DB", DEFAULT_DEMO_REDIS_DB))
         if database == _database_name(database_url):
             raise DemoError(
                 f"the demo database {database!r} is DATABASE_URL's own database; "
-                "set EXECQ_DEMO_DATABASE to another name (the demo drops it)"
-            )
-        if not explicit_db and redis_db == _redis_db(redis_url):
-            raise DemoError(
-                f"REDIS_URL uses Redis db {redis_db}, which the demo would flush; "
-                "set EXECQ_DEMO_REDIS_DB to a free db number"
+                "name another with --database (the demo drops it)"
             )
         return cls(
-            configured_redis_url=redis_url,
             configured_database_url=database_url,
-            redis_url=_with_path(redis_url, f"/{redis_db}"),
             database_url=_with_path(database_url, f"/{database}"),
+            redis_url=redis_url or env.get("EXECQ_DEMO_REDIS_URL") or None,
+            sim_port=(
+                sim_port
+                if sim_port is not None
+                else _port(env.get("EXECQ_DEMO_SIM_PORT"), "EXECQ_DEMO_SIM_PORT")
+            ),
+            flower_port=(
+                flower_port
+                if flower_port is not None
+                else _port(env.get("EXECQ_DEMO_FLOWER_PORT"), "EXECQ_DEMO_FLOWER_PORT")
+            ),
         )
 
 
@@ -350,10 +365,8 @@ def migrate_and_truncate() -> None:
 
 
 def state_file(targets: DemoTargets) -> Path:
-    """Where a running demo records its processes, per demo database and Redis db."""
-    return Path(tempfile.gettempdir()) / (
-        f"execq-demo-{os.getuid()}-{targets.database}-{targets.redis_db}.json"
-    )
+    """Where a running demo records its processes, per demo database."""
+    return Path(tempfile.gettempdir()) / f"execq-demo-{os.getuid()}-{targets.database}.json"
 
 
 # What the demo's processes run; a recorded pid whose command line has none of
@@ -384,7 +397,14 @@ def write_state(path: Path, stack: Stack, services: Services, workdir: Path) -> 
             private.append(
                 {"name": name, "pid": server.process.pid, "directory": str(server.directory)}
             )
-    state = {"process_groups": groups, "private_services": private, "workdir": str(workdir)}
+    state = {
+        "process_groups": groups,
+        "private_services": private,
+        "workdir": str(workdir),
+        # What --stop cleans up on servers the demo did not start.
+        "database_url": None if services._postgres is not None else services.database_url,
+        "redis_url": None if services._redis is not None else services.redis_url,
+    }
     path.write_text(json.dumps(state))
     return state
 
@@ -420,10 +440,23 @@ def stop_kept_stack(path: Path, timeout_s: float = 30.0) -> list[int]:
                 pass
     for server in state.get("private_services", []):
         shutil.rmtree(server["directory"], ignore_errors=True)
+    if state.get("database_url"):
+        drop_demo_database(state["database_url"])
+    if state.get("redis_url"):
+        try:
+            flush_redis_db(state["redis_url"])
+        except redis.RedisError:
+            pass  # the given server is gone: nothing of the demo's is left on it
     if state.get("workdir"):
         shutil.rmtree(state["workdir"], ignore_errors=True)
     path.unlink(missing_ok=True)
     return stopped
+
+
+def execq_command() -> str:
+    """How to run ``execq`` from a shell: the script beside this Python when there is one."""
+    script = Path(sys.executable).parent / "execq"
+    return str(script) if script.exists() else f"{sys.executable} -m workers.cli"
 
 
 def refuse_if_running(path: Path) -> None:
@@ -434,7 +467,7 @@ def refuse_if_running(path: Path) -> None:
     if alive:
         raise DemoError(
             f"a demo stack is still running (pids {' '.join(map(str, alive))}); "
-            f"stop it first: {sys.executable} -m workers.harness.demo --stop"
+            f"stop it first: {execq_command()} demo --stop"
         )
     path.unlink(missing_ok=True)
 
@@ -509,62 +542,24 @@ def wait_until(
     status: Callable[[], str] | None = None,
     interval_s: float = 0.2,
 ) -> T:
-    """Poll ``condition`` until truthy (returned); ScenarioFailed after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if status is not None:
-            progress.status(status())
-        if time.monotonic() > deadline:
-            raise ScenarioFailed(f"{what}: not reached within {timeout_s:.0f}s")
-        time.sleep(interval_s)
+    """Poll ``condition`` until truthy (returned), showing ``status`` meanwhile;
+    ScenarioFailed after ``timeout_s``."""
+    return wait_for(
+        condition,
+        timeout_s,
+        interval_s=interval_s,
+        message=f"{what}: not reached within {timeout_s:.0f}s",
+        while_waiting=(lambda: progress.status(status())) if status is not None else None,
+        error=ScenarioFailed,
+    )
 
 
-# --- the simulator's admin API ------------------------------------------------------------------
+# --- the simulator ----------------------------------------------------------------------------
 
 
-@dataclass
-class Simulator:
-    url: str
-    http: requests.Session = field(default_factory=requests.Session)
-
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.http.post(self.url + path, json=body, timeout=10)
-        if response.status_code >= 400:
-            raise ScenarioFailed(f"simulator {path}: {response.status_code} {response.text[:200]}")
-        return response.json()
-
-    def _get(self, path: str) -> Any:
-        response = self.http.get(self.url + path, timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def reset(self) -> None:
-        self._post("/_sim/reset", {"seed": 7})
-
-    def faults(self, plan: dict[str, Any]) -> None:
-        self._post("/_sim/faults", plan)
-
-    def set_prices(self, changes: Sequence[dict[str, str]]) -> None:
-        self._post("/_sim/prices", {"prices": list(changes)})
-
-    def price(self, exchange: str, symbol: str) -> str:
-        return self._get("/_sim/prices")["prices"][exchange][symbol]
-
-    def ledger(self) -> list[dict[str, Any]]:
-        return self._get("/_sim/ledger")["orders"]
-
-    def positions(self) -> list[dict[str, Any]]:
-        return self._get("/_sim/positions")["positions"]
-
-    def faults_fired(self) -> dict[str, int]:
-        fired: dict[str, int] = {}
-        for rule in self._get("/_sim/faults").get("rules", []):
-            if rule["kind"] != "latency":
-                fired[rule["kind"]] = fired.get(rule["kind"], 0) + rule["fired"]
-        return fired
+def faults_fired(sim: SimulatorClient) -> dict[str, int]:
+    """How often each injected fault fired, latency (on every request) left out."""
+    return {kind: count for kind, count in sim.fired().items() if kind != "latency"}
 
 
 def on_tick(price: Decimal, like: str, rounding: str) -> str:
@@ -636,7 +631,7 @@ def fmt_counts(values: dict[str, int]) -> str:
 @dataclass
 class Demo:
     profile: Profile
-    sim: Simulator
+    sim: SimulatorClient
     stack: Stack
     progress: Progress
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -719,7 +714,7 @@ class Demo:
         )
         return (
             f"orders {fmt_counts(by_status)}; verified {verified}/{len(legs)} | "
-            f"faults fired: {fmt_counts(self.sim.faults_fired())}"
+            f"faults fired: {fmt_counts(faults_fired(self.sim))}"
         )
 
     # --- 2. hold every position away from its aged target ------------------------------------
@@ -1065,7 +1060,7 @@ def collect_summary(sim_url: str, facts: dict[str, Any]) -> Summary:
     from workers.settings import get_settings
 
     report = audit(get_settings(), sim_url)
-    sim = Simulator(sim_url)
+    sim = SimulatorClient(sim_url)
     ledger = sim.ledger()
     f: dict[str, Any] = {
         "audit": report.as_dict(),
@@ -1388,7 +1383,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def start_processes(stack: Stack, progress: Progress) -> tuple[str, str]:
+def start_processes(
+    stack: Stack, progress: Progress, sim_port: int = 0, flower_port: int = 0
+) -> tuple[str, str]:
     """Simulator first (the others need its URL); beat and Flower start beside the workers.
 
     Each start blocks until its process is observably ready; overlapping them
@@ -1396,11 +1393,11 @@ def start_processes(stack: Stack, progress: Progress) -> tuple[str, str]:
     workers start one after the other: their readiness is a Celery control
     ping, and one control connection is not shared between threads.
     """
-    sim_url = stack.start_simulator()
+    sim_url = stack.start_simulator(port=sim_port)
     progress.note(f"exchange simulator at {sim_url}")
     with ThreadPoolExecutor(max_workers=2) as pool:
         beat = pool.submit(stack.start_beat)
-        flower = pool.submit(stack.start_flower)
+        flower = pool.submit(stack.start_flower, flower_port)
         for name in WORKERS:
             stack.start_worker(name, concurrency=4)
         beat.result()
@@ -1424,7 +1421,7 @@ class DemoRun:
     result: dict[str, Any] = field(default_factory=dict)
 
     def bootstrap(self) -> dict[str, str]:
-        """Fresh demo database and Redis db (private servers if needed); returns the env."""
+        """A fresh demo database and a Redis of the demo's own; returns the env."""
         self.progress.phase("services: Redis and PostgreSQL")
         drop_demo_database(self.targets.database_url)
         self.services = ensure_services(
@@ -1432,7 +1429,8 @@ class DemoRun:
         )
         for note in self.services.notes:
             self.progress.note(note)
-        flush_redis_db(self.services.redis_url)
+        if "redis" not in self.services.started:
+            require_empty(self.services.redis_url)
         env = demo_env(self.profile, self.services.redis_url, self.services.database_url)
         install_environment(env)
         migrate_and_truncate()
@@ -1440,9 +1438,10 @@ class DemoRun:
             database_url=redact_url(self.services.database_url),
             redis_url=redact_url(self.services.redis_url),
         )
+        redis_owner = "private" if "redis" in self.services.started else "given, empty"
         self.progress.note(
             f"database {self.result['database_url']} (fresh, migrated); "
-            f"Redis {self.result['redis_url']} (flushed)"
+            f"Redis {self.result['redis_url']} ({redis_owner})"
         )
         return env
 
@@ -1451,20 +1450,21 @@ class DemoRun:
         self.progress.phase("processes: simulator, 2 workers, beat, Flower")
         # Created before anything starts, so a failed start still stops what did start.
         self.stack = Stack(env=env, workdir=self.workdir)
-        self.stack.control_app()
-        sim_url, flower_url = start_processes(self.stack, self.progress)
+        sim_url, flower_url = start_processes(
+            self.stack, self.progress, self.targets.sim_port, self.targets.flower_port
+        )
         self.result.update(flower_url=flower_url, sim_url=sim_url)
         write_state(state_file(self.targets), self.stack, self.services, self.workdir)
         return sim_url, flower_url
 
     def scenario(self, sim_url: str) -> Summary:
         assert self.stack is not None
-        sim = Simulator(sim_url)
-        sim.reset()
+        sim = SimulatorClient(sim_url)
+        sim.reset(seed=7)
         demo = Demo(profile=self.profile, sim=sim, stack=self.stack, progress=self.progress)
         try:
             demo.run()
-        except (ScenarioFailed, StackError) as exc:
+        except (ScenarioFailed, StackError, SimulatorError, requests.RequestException) as exc:
             # The summary still runs: it says which checks the partial run broke.
             demo.facts["scenario_error"] = str(exc).splitlines()[0]
             self.progress.note(f"scenario stopped: {demo.facts['scenario_error']}")
@@ -1483,26 +1483,34 @@ class DemoRun:
     def keep(self) -> None:
         assert self.stack is not None and self.services is not None
         state = write_state(state_file(self.targets), self.stack, self.services, self.workdir)
-        stop = f"{sys.executable} -m workers.harness.demo --stop"
+        execq = execq_command()
+        stop = f"{execq} demo --stop --database {self.targets.database}"
         self.result.update(kept_running=True, stop_command=stop, processes=state)
         env = f"DATABASE_URL={self.result['database_url']} REDIS_URL={self.result['redis_url']}"
         self.out.write(
             f"\nthe stack keeps running: Flower {self.result['flower_url']}, simulator "
             f"{self.result['sim_url']}, logs in {self.workdir}\n"
-            f"look around:  {env} execq status\n"
-            f"the kill switch is on; new opens need: {env} execq kill-switch off\n"
+            f"look around:  {env} {execq} status\n"
+            f"the kill switch is on; new opens need: {env} {execq} kill-switch off\n"
             f"stop it with: {stop}\n"
         )
 
     def shutdown(self, keep_logs: bool) -> None:
+        """Stop everything the demo started, drop its database and empty a given Redis."""
         if self.stack is not None:
             self.stack.stop(timeout_s=15)
         if self.services is not None:
-            # Celery results and locks of this run are of no use to anyone now.
-            try:
-                flush_redis_db(self.services.redis_url)
-            except redis.RedisError:
-                pass
+            from workers.store.db import dispose_engine
+
+            dispose_engine()
+            if "postgres" not in self.services.started:
+                drop_demo_database(self.services.database_url)
+            if "redis" not in self.services.started and self.result.get("redis_url"):
+                # A given Redis: the run's queues, results and locks are of no use now.
+                try:
+                    flush_redis_db(self.services.redis_url)
+                except redis.RedisError:
+                    pass  # the server is gone: nothing of the demo's is left on it
             self.services.stop()
         state_file(self.targets).unlink(missing_ok=True)
         if keep_logs:
@@ -1517,14 +1525,16 @@ def run_demo(
     *,
     short: bool | None = None,
     database: str | None = None,
-    redis_db: int | None = None,
+    redis_url: str | None = None,
+    sim_port: int | None = None,
+    flower_port: int | None = None,
 ) -> int:
     """Run the demo; returns the exit code (0 checks hold, 1 a check failed, 2 cannot run).
 
-    ``short`` (default: ``EXECQ_DEMO_SHORT``) runs the test suite's smaller
-    form; ``database``/``redis_db`` (default: ``EXECQ_DEMO_DATABASE`` /
-    ``EXECQ_DEMO_REDIS_DB``, else ``execq_demo`` / 9) name what the demo owns.
-    With ``as_json`` the progress goes to stderr and stdout gets one JSON object.
+    ``short`` (default: ``EXECQ_DEMO_SHORT``) runs the test suite's smaller form.
+    ``database``, ``redis_url``, ``sim_port``, ``flower_port``: see
+    ``DemoTargets.from_environment``. With ``as_json`` the progress goes to stderr
+    and stdout gets one JSON object.
     """
     if short is None:
         short = os.environ.get("EXECQ_DEMO_SHORT", "").lower() in ("1", "true", "yes")
@@ -1532,7 +1542,7 @@ def run_demo(
     out = sys.stderr if as_json else sys.stdout
     started = time.monotonic()
     try:
-        targets = DemoTargets.from_environment(database, redis_db)
+        targets = DemoTargets.from_environment(database, redis_url, sim_port, flower_port)
         refuse_if_running(state_file(targets))
     except DemoError as exc:
         click.echo(f"execq demo: {exc}", err=True)
@@ -1551,7 +1561,7 @@ def run_demo(
         except ServicesUnavailable as exc:
             # One line that starts with the command to run (COMPOSE_HINT).
             _fail(run, str(exc))
-        except (StackError, DemoError) as exc:
+        except (StackError, DemoError, RedisNotEmpty) as exc:
             _fail(run, str(exc).splitlines()[0], hint=str(exc))
         except KeyboardInterrupt:
             _fail(run, "interrupted; stopping what it started")
@@ -1579,11 +1589,19 @@ def _fail(run: DemoRun, message: str, hint: str | None = None) -> None:
     run.result["error"] = message
 
 
-def stop_demo() -> int:
-    """Stop what ``execq demo --keep-running`` left up."""
-    targets = DemoTargets.from_environment(None, None)
-    stopped = stop_kept_stack(state_file(targets))
-    click.echo(f"stopped {len(stopped)} demo processes" if stopped else "no demo running")
+def stop_demo(database: str | None = None) -> int:
+    """Stop what ``execq demo --keep-running`` left up and drop its database."""
+    try:
+        targets = DemoTargets.from_environment(database)
+    except DemoError as exc:
+        click.echo(f"execq demo: {exc}", err=True)
+        return EXIT_CANNOT_RUN
+    path = state_file(targets)
+    if not path.exists():
+        click.echo("no demo running")
+        return EXIT_OK
+    stopped = stop_kept_stack(path)
+    click.echo(f"stopped {len(stopped)} demo processes; database {targets.database} dropped")
     return EXIT_OK
 
 

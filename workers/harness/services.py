@@ -1,12 +1,15 @@
-"""Redis and PostgreSQL for ``execq demo`` / ``chaos`` / ``bench``: reuse or start privately.
+"""Redis and PostgreSQL for ``execq demo`` / ``chaos`` / ``bench``: private or given.
 
-``ensure_services`` first tries the configured URLs. A service that answers is
-used as-is (only the configured database is touched; it is created when the
-server is there but the database is not). A service that does not answer is
-replaced by a *private* server started from the binaries on the PATH, on a free
-port, with all its files under ``workdir``; ``Services.stop()`` stops it and
-deletes those files. Nothing outside ``workdir`` is ever written, so existing
-data cannot be harmed.
+A scratch run isolates itself by a Redis server of its own: ``ensure_services``
+without a Redis URL starts a *private* ``redis-server`` from the binary on the
+PATH, on a free port, with its files under ``workdir`` (``start_private_redis``;
+the test suite starts its own the same way). Given a Redis URL, it uses that one
+if it answers. PostgreSQL is the configured server (only the configured database
+is touched; it is created when the server is there but the database is not).
+
+A given service that does not answer is replaced by a private server as well;
+``Services.stop()`` stops every private server and deletes its files. Nothing
+outside ``workdir`` is ever written, so existing data cannot be harmed.
 
 PostgreSQL refuses to run as root. When this process is root, the private
 cluster is initialised and run as an unprivileged system user (``postgres`` if
@@ -25,7 +28,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from workers.harness.polling import wait_for
 from workers.settings import redact_url
 
 COMPOSE_HINT = "run: docker compose up -d redis postgres"
@@ -179,13 +182,18 @@ def _wait_until(
     ready: Callable[[], bool], process: subprocess.Popen[bytes], timeout_s: float, log: Path
 ) -> None:
     """Poll ``ready`` until true; fail early if the process died (its log tail is the reason)."""
-    deadline = time.monotonic() + timeout_s
-    while not ready():
+
+    def exited() -> None:
         if process.poll() is not None:
             raise _StartFailed(f"exited with {process.returncode}: {_tail(log)}")
-        if time.monotonic() > deadline:
-            raise _StartFailed(f"not ready after {timeout_s:.0f}s: {_tail(log)}")
-        time.sleep(_POLL_S)
+
+    wait_for(
+        ready,
+        timeout_s,
+        interval_s=_POLL_S,
+        while_waiting=exited,
+        error=lambda _: _StartFailed(f"not ready after {timeout_s:.0f}s: {_tail(log)}"),
+    )
 
 
 def _tail(log: Path, lines: int = 3) -> str:
@@ -593,7 +601,8 @@ def start_private_redis(
 
     The configured URL's database number is kept. ``die_with_parent``: the server
     gets SIGTERM when this process dies, however it dies (a test run SIGKILLed
-    must not leave servers behind). Raises ``RuntimeError`` when no server starts.
+    must not leave servers behind). Raises ``RuntimeError`` when no server starts;
+    ``PrivateRedis.stop()`` stops it.
     """
     binary = find_binary("redis-server")
     if binary is None:
@@ -644,34 +653,39 @@ def _keep_driver(configured_url: str, private_url: str) -> str:
     return urlunsplit(parts._replace(scheme=scheme))
 
 
-def ensure_services(redis_url: str, database_url: str, workdir: Path) -> Services:
-    """Usable Redis and Postgres URLs: the configured ones if they answer, else private servers.
+def ensure_services(redis_url: str | None, database_url: str, workdir: Path) -> Services:
+    """Usable Redis and Postgres URLs.
 
-    ``workdir`` holds the private servers' files (created if missing). Raises
-    ``ServicesUnavailable`` (one line) when a service is neither reachable nor
-    startable; anything already started for the other service is stopped first.
+    ``redis_url`` None: a private ``redis-server`` of this run's own. Given (and for
+    PostgreSQL, ``database_url``): used when it answers, else a private server is
+    started in its place. ``workdir`` holds the private servers' files (created if
+    missing). Raises ``ServicesUnavailable`` (one line) when a service is neither
+    reachable nor startable; anything already started for the other service is
+    stopped first.
     """
     workdir = Path(workdir)
-    services = Services(redis_url=redis_url, database_url=database_url)
+    services = Services(redis_url=redis_url or "", database_url=database_url)
     problems: list[str] = []
 
-    redis_problem = _probe_redis(redis_url)
-    if redis_problem is not None:
+    redis_problem = _probe_redis(redis_url) if redis_url is not None else None
+    if redis_url is None or redis_problem is not None:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            services._redis = start_private_redis(workdir, redis_url)
+            services._redis = start_private_redis(workdir, redis_url or "redis://127.0.0.1/0")
         except (_StartFailed, OSError) as exc:
-            problems.append(
-                f"Redis at {redact_url(redis_url)}: {redis_problem}; private redis-server: {exc}"
+            given = (
+                "" if redis_url is None else f"Redis at {redact_url(redis_url)}: {redis_problem}; "
             )
+            problems.append(f"{given}private redis-server: {exc}")
         else:
             services._owned_dirs.append(services._redis.directory)
             services.redis_url = services._redis.url
             services.started.append("redis")
-            services.notes.append(
-                f"Redis at {redact_url(redis_url)} unreachable ({redis_problem}); "
-                f"started a private one at {services.redis_url}"
-            )
+            if redis_url is not None:
+                services.notes.append(
+                    f"Redis at {redact_url(redis_url)} unreachable ({redis_problem}); "
+                    f"started a private one at {services.redis_url}"
+                )
 
     pg_problem = _ensure_database(database_url)
     if pg_problem is not None:

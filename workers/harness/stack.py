@@ -1,10 +1,12 @@
-"""The execq processes of a demo, chaos or bench run: simulator, workers, beat, Flower.
+"""The process supervisor: the execq processes of a test run, a demo, chaos or bench run.
 
-Each process runs in its own process group (so a kill reaches the threads and
-children it spawned), logs to ``<workdir>/<name>.log``, and is *ready* only
-when an observable state says so: the simulator and Flower answer HTTP, a
-worker answers a Celery control ping, beat holds the RedBeat lock. There are
-no fixed sleeps; every wait polls with a deadline and fails with the process's
+``ManagedProcess`` is one child in its own process group (so a kill reaches the
+threads and children it spawned) with its output in a log file. ``Stack`` starts
+the simulator, workers, beat and Flower as such children, each logging to
+``<workdir>/<name>.log``, and calls a process *ready* only when an observable
+state says so: the simulator and Flower answer HTTP, a worker answers a Celery
+control ping, beat holds the RedBeat lock. There are no fixed sleeps; every wait
+polls with a deadline (``workers.harness.polling``) and fails with the process's
 log tail.
 
 The children see ``os.environ`` overlaid with the ``env`` given to ``Stack``
@@ -19,8 +21,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,10 +32,9 @@ import redis
 import requests
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from workers.harness.polling import wait_for
 from workers.harness.services import free_port
 from workers.redis_keys import REDBEAT_PREFIX
-
-ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Seconds. A worker imports ccxt and the task modules before it answers a ping.
@@ -56,28 +57,40 @@ class StackError(RuntimeError):
 
 @dataclass
 class ManagedProcess:
-    """One child process in its own process group, logging to ``log_path`` (appended)."""
+    """One child process in its own process group.
+
+    It runs with ``os.environ`` overlaid with ``env``, in ``cwd`` (None: this
+    process's), and writes its output to ``log_path`` (appended; a temporary file
+    when not given).
+    """
 
     name: str
     args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    cwd: Path = ROOT
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    terminating: bool = False
 
     def start(self) -> ManagedProcess:
+        if self.log_path is None:
+            with tempfile.NamedTemporaryFile(
+                prefix=f"execq-{_safe_filename(self.name)}-", suffix=".log", delete=False
+            ) as log:
+                self.log_path = Path(log.name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.args,
                 cwd=self.cwd,
-                env=self.env,
+                env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.terminating = False
         return self
 
     @property
@@ -102,7 +115,8 @@ class ManagedProcess:
             return
 
     def kill(self, sig: int = signal.SIGKILL, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """Send ``sig`` to the group and wait for the exit; returns the exit code."""
+        """Send ``sig`` to the group and wait for the exit (SIGKILL after ``timeout_s``);
+        returns the exit code."""
         if not self.alive:
             return self.returncode
         assert self.process is not None
@@ -114,16 +128,33 @@ class ManagedProcess:
                 raise
             return self.kill(signal.SIGKILL, timeout_s)
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit code."""
+    def terminate(self) -> None:
+        """Ask for a graceful stop (one SIGTERM: a second one would make a Celery worker's
+        warm shutdown a cold one) without waiting; ``wait_stopped`` waits."""
+        if self.alive and not self.terminating:
+            self.signal_group(signal.SIGTERM)
+            self.terminating = True
+
+    def wait_stopped(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Wait for the exit after ``terminate``; SIGKILL after ``timeout_s``. Grandchildren
+        that left the group leader's wait (a pool child) die with it. Returns the exit code."""
         if self.process is None:
             return None
-        code = self.kill(signal.SIGTERM, timeout_s)
-        # Grandchildren that left the group leader's wait (e.g. a pool child) die with it.
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = self.kill(signal.SIGKILL, timeout_s)
         self.signal_group(signal.SIGKILL)
         return code
 
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit code."""
+        self.terminate()
+        return self.wait_stopped(timeout_s)
+
     def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None:
+            return ""
         try:
             text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -131,23 +162,36 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_together(processes: Iterable[ManagedProcess], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop several processes side by side: every one gets its SIGTERM before any is waited
+    for, so their warm shutdowns overlap."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait_stopped(timeout_s)
+
+
 def _poll(ready: Callable[[], bool], process: ManagedProcess, timeout_s: float, what: str) -> None:
     """Return once ``ready()`` holds; raise StackError if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if ready():
-            return
+
+    def exited() -> None:
         if not process.alive:
             raise StackError(
                 f"{what} exited with {process.returncode}; log {process.log_path}:\n"
                 f"{process.log_tail(30)}"
             )
-        if time.monotonic() > deadline:
-            raise StackError(
-                f"{what} not ready after {timeout_s:.0f}s; log {process.log_path}:\n"
-                f"{process.log_tail(30)}"
-            )
-        time.sleep(_POLL_S)
+
+    wait_for(
+        ready,
+        timeout_s,
+        interval_s=_POLL_S,
+        while_waiting=exited,
+        error=lambda _: StackError(
+            f"{what} not ready after {timeout_s:.0f}s; log {process.log_path}:\n"
+            f"{process.log_tail(30)}"
+        ),
+    )
 
 
 def _http_answers(url: str, accept: Sequence[int] = (200,)) -> bool:
@@ -159,6 +203,12 @@ def _http_answers(url: str, accept: Sequence[int] = (200,)) -> bool:
 
 def _safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _redis_url(overlay: dict[str, str]) -> str:
+    """The broker a process with ``os.environ`` overlaid with ``overlay`` uses."""
+    env = {**os.environ, **overlay}
+    return env.get("REDIS_URL") or env.get("EXECQ_REDIS_URL") or DEFAULT_REDIS_URL
 
 
 def nodename(name: str) -> str:
@@ -175,8 +225,10 @@ class Stack:
     python: str = sys.executable
     # The ``-A`` argument: tests pass a stand-in app module; everything else uses execq's.
     celery_app: str = "workers"
+    # The children's working directory; None: this process's.
+    cwd: Path | None = None
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
-    _control: Any = None
+    _control: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env = dict(self.env)
@@ -186,13 +238,13 @@ class Stack:
     # --- plumbing ---------------------------------------------------------------------
 
     def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """What a child gets on top of ``os.environ``."""
         # Unbuffered so a log tail shows the last line written before a crash.
-        return {**os.environ, **self.env, **(extra or {}), "PYTHONUNBUFFERED": "1"}
+        return {**self.env, **(extra or {}), "PYTHONUNBUFFERED": "1"}
 
     @property
     def redis_url(self) -> str:
-        env = self.child_env()
-        return env.get("REDIS_URL") or env.get("EXECQ_REDIS_URL") or DEFAULT_REDIS_URL
+        return _redis_url(self.env)
 
     def _spawn(
         self, name: str, args: list[str], extra_env: dict[str, str] | None = None
@@ -205,6 +257,7 @@ class Stack:
             args=args,
             env=self.child_env(extra_env),
             log_path=self.workdir / f"{_safe_filename(name)}.log",
+            cwd=self.cwd,
         ).start()
         # Re-insert so stop() (reverse start order) stops it before what it depends on.
         self.processes.pop(name, None)
@@ -214,26 +267,31 @@ class Stack:
     def _celery(self, *args: str) -> list[str]:
         return [self.python, "-m", "celery", "-A", self.celery_app, *args]
 
-    def control_app(self) -> Any:
-        """A bare Celery app on the stack's broker, for control pings only.
+    def control_app(self, redis_url: str | None = None) -> Any:
+        """A bare Celery app on the broker at ``redis_url`` (default: the stack's), for
+        control commands only.
 
         Not ``workers.app``: that one read its settings when this process
         imported it, possibly before a private Redis existed.
         """
-        if self._control is None:
+        url = redis_url or self.redis_url
+        if url not in self._control:
             from celery import Celery
 
-            self._control = Celery(
-                "execq-stack-control", broker=self.redis_url, set_as_current=False
-            )
-            self._control.conf.update(accept_content=["json"], broker_connection_retry=False)
-        return self._control
+            control = Celery("execq-stack-control", broker=url, set_as_current=False)
+            control.conf.update(accept_content=["json"], broker_connection_retry=False)
+            self._control[url] = control
+        return self._control[url]
 
-    def ping(self, name: str, timeout_s: float = 0.5) -> bool:
-        """Whether the worker ``name`` answers a control ping within ``timeout_s``."""
+    def ping(self, name: str, timeout_s: float = 0.5, broker: Any = None) -> bool:
+        """Whether the worker ``name`` answers a control ping within ``timeout_s``, through
+        ``broker`` (a Celery app) or else the broker the worker was started on."""
         node = nodename(name)
+        if broker is None:
+            process = self.processes.get(node)
+            broker = self.control_app(_redis_url(process.env) if process is not None else None)
         try:
-            replies = self.control_app().control.ping(destination=[node], timeout=timeout_s)
+            replies = broker.control.ping(destination=[node], timeout=timeout_s)
         except (KombuOperationalError, redis.RedisError, OSError):
             # Broker restarting (chaos): not ready yet, ask again.
             return False
@@ -268,16 +326,16 @@ class Stack:
 
     # --- workers ------------------------------------------------------------------------
 
-    def start_worker(
+    def spawn_worker(
         self,
         name: str,
         concurrency: int = 8,
         pool: str = "threads",
         loglevel: str = "INFO",
         extra_env: dict[str, str] | None = None,
-        timeout_s: float = WORKER_READY_TIMEOUT_S,
     ) -> ManagedProcess:
-        """Start ``celery worker`` as node ``name@localhost``; return once it answers a ping."""
+        """Start ``celery worker`` as node ``name@localhost`` without waiting for it, so several
+        can boot side by side (``wait_ready``)."""
         node = nodename(name)
         args = self._celery(
             "worker",
@@ -292,8 +350,36 @@ class Stack:
             "-l",
             loglevel,
         )
-        process = self._spawn(node, args, extra_env)
-        _poll(lambda: self.ping(node), process, timeout_s, f"worker {node}")
+        return self._spawn(node, args, extra_env)
+
+    def wait_ready(
+        self,
+        *workers: ManagedProcess,
+        broker: Any = None,
+        timeout_s: float = WORKER_READY_TIMEOUT_S,
+    ) -> None:
+        """Return once each worker answers a control ping (through ``broker``, a Celery app,
+        when given); StackError with its log tail if one exits or stays silent."""
+        for worker in workers:
+            _poll(
+                lambda node=worker.name: self.ping(node, broker=broker),
+                worker,
+                timeout_s,
+                f"worker {worker.name}",
+            )
+
+    def start_worker(
+        self,
+        name: str,
+        concurrency: int = 8,
+        pool: str = "threads",
+        loglevel: str = "INFO",
+        extra_env: dict[str, str] | None = None,
+        timeout_s: float = WORKER_READY_TIMEOUT_S,
+    ) -> ManagedProcess:
+        """Start ``celery worker`` as node ``name@localhost``; return once it answers a ping."""
+        process = self.spawn_worker(name, concurrency, pool, loglevel, extra_env)
+        self.wait_ready(process, timeout_s=timeout_s)
         return process
 
     def worker(self, name: str) -> ManagedProcess:
@@ -313,7 +399,9 @@ class Stack:
         old = self.worker(name)
         if old.alive:
             old.stop()
-        new = ManagedProcess(name=old.name, args=old.args, env=old.env, log_path=old.log_path)
+        new = ManagedProcess(
+            name=old.name, args=old.args, env=old.env, log_path=old.log_path, cwd=old.cwd
+        )
         new.restarts = old.restarts + 1
         new.start()
         self.processes[old.name] = new
@@ -371,12 +459,18 @@ class Stack:
         return process.log_tail(lines) if process is not None else ""
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop every process this stack started, newest first (workers before the simulator)."""
-        for process in reversed(list(self.processes.values())):
-            process.stop(timeout_s)
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        """Stop every process this stack started: workers, beat and Flower side by side,
+        then the simulator (a worker's warm shutdown may still be talking to it)."""
+        simulator = self.processes.get("sim")
+        stop_together(
+            (process for process in self.processes.values() if process is not simulator),
+            timeout_s,
+        )
+        if simulator is not None:
+            simulator.stop(timeout_s)
+        for control in self._control.values():
+            control.close()
+        self._control.clear()
 
     def __enter__(self) -> Stack:
         return self

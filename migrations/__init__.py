@@ -1,0 +1,1 @@
+"""Alembic migrations of the execq schema; shipped in the package as ``workers.migrations``."""

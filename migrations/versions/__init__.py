@@ -1,0 +1,1 @@
+"""The migration scripts, applied in the order their revisions chain."""
