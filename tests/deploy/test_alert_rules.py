@@ -64,15 +64,38 @@ def alert_rules() -> list[dict]:
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
+# The functions that raise an alert, the kind their second argument (the wrappers of
+# ``raise_alert`` pass their own ``kind`` parameter through).
+ALERT_RAISERS = ("raise_alert", "raise_order_alert")
+
+
+def _pass_through_calls(tree: ast.AST) -> set[int]:
+    """Ids of calls inside a function with a ``kind`` parameter that pass ``kind`` on."""
+    ids: set[int] = set()
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        if "kind" not in {argument.arg for argument in function.args.args}:
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call) and len(node.args) >= 2:
+                if isinstance(node.args[1], ast.Name) and node.args[1].id == "kind":
+                    ids.add(id(node))
+    return ids
+
+
 def raised_alert_kinds() -> dict[str, str]:
-    """Every ``raise_alert(session, "<kind>", ..., severity=...)`` in the runtime, by kind."""
+    """Every ``raise_alert(session, "<kind>", ..., severity=...)`` (or a wrapper's call) in the
+    runtime, by kind."""
     kinds: dict[str, str] = {}
     for path in sorted((ROOT / "workers").rglob("*.py")) + sorted((ROOT / "tasks").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if not isinstance(node, ast.Call):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        wrappers = _pass_through_calls(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or id(node) in wrappers:
                 continue
             name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-            if name != "raise_alert" or len(node.args) < 2:
+            if name not in ALERT_RAISERS or len(node.args) < 2:
                 continue
             kind = node.args[1]
             assert isinstance(kind, ast.Constant), f"{path}:{node.lineno}: alert kind not a literal"

@@ -68,7 +68,7 @@ def served_series(shared_worker: WorkerPool) -> Iterator[set[str]]:
     # The session's shared worker would answer the control pings meant for this one.
     shared_worker.stop_all()
     reset_broker()
-    pool = WorkerPool()
+    pool = WorkerPool(shared_worker.stack)
     metrics_port, flower_port = free_port(), free_port()
     flower = ManagedProcess(
         "flower",

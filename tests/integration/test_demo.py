@@ -170,7 +170,7 @@ def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
     assert (
         _query(
             "SELECT count(*) FROM events WHERE client_order_id = "
-            f"'{cid}' AND payload->>'source' = 'recovery'"  # noqa: S608
+            f"'{cid}' AND payload->>'source' = 'tracking'"  # noqa: S608
         )[0][0]
         >= 1
     )

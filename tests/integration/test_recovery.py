@@ -74,18 +74,40 @@ def test_position_opened_by_hand_is_adopted_and_alerted(worker, sim):
     assert "orphan_adopted" in alert_kinds()
 
 
-def test_size_changed_by_hand_is_a_conflict_and_corrected(worker, sim):
+def test_a_position_grown_outside_execq_is_a_critical_alert_and_then_corrected(worker, sim):
     from workers.producer import submit_market_order
 
+    # Given a booked 0.1 ETH long, grown to 0.25 by hand on the exchange
     submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", ETH, "buy", "0.1").get(timeout=60)
     wait_for(lambda: book("binance", ETH), 30, message="position not booked")
     sim.set_position("binance", ETH, "0.25", "3500")
 
+    # When the recovery sweep compares the book with the exchange
+    counts = recover_until("positions_exceeding_book_corrected")
+
+    # Then a person is told how much more the exchange holds, and since no order of
+    # execq's can explain it, the book follows the exchange
+    assert book("binance", ETH).size == Decimal("0.25")
+    assert "position_exceeds_book" in alert_kinds()
+    assert counts["positions_exceeding_book_corrected"] == 1
+    # and a later sweep does not alert again for the same excess
+    run_recovery()
+    assert alert_kinds().count("position_exceeds_book") == 1
+
+
+def test_a_position_shrunk_outside_execq_is_a_conflict_and_corrected(worker, sim):
+    from workers.producer import submit_market_order
+
+    submit_market_order(f"r-{uuid.uuid4().hex[:10]}", "binance", ETH, "buy", "0.3").get(timeout=60)
+    wait_for(lambda: book("binance", ETH), 30, message="position not booked")
+    sim.set_position("binance", ETH, "0.2", "3500")
+
     counts = recover_until("conflicts_corrected")
 
     assert counts["conflicts_corrected"] == 1
-    assert book("binance", ETH).size == Decimal("0.25")
+    assert book("binance", ETH).size == Decimal("0.2")
     assert count_events("position_conflict") == 1
+    assert "position_exceeds_book" not in alert_kinds()
 
 
 def test_position_closed_by_hand_is_closed_externally(worker, sim):
@@ -102,8 +124,9 @@ def test_position_closed_by_hand_is_closed_externally(worker, sim):
     assert count_events("closed_externally") == 1
 
 
-def _strand_an_unsent_order(workers, sim) -> str:
-    """A worker dies while its create hangs before the exchange accepted it."""
+def _strand_an_unsent_order(workers, sim, exchange: str) -> str:
+    """A worker dies while its create hangs before the exchange accepted it: nobody can
+    know whether the request will still be executed."""
     from workers.execution.client_ids import client_order_id
     from workers.producer import submit_market_order
     from workers.store.orders import load_order
@@ -113,7 +136,7 @@ def _strand_an_unsent_order(workers, sim) -> str:
         {
             "rules": [
                 {
-                    "exchange": "binance",
+                    "exchange": exchange,
                     "operation": "create_order",
                     "kind": "timeout_before_accept",
                     "count": 1,
@@ -123,10 +146,10 @@ def _strand_an_unsent_order(workers, sim) -> str:
         }
     )
     signal_id = f"r-{uuid.uuid4().hex[:10]}"
-    submit_market_order(signal_id, "binance", ETH, "buy", "0.1")
+    submit_market_order(signal_id, exchange, ETH, "buy", "0.1")
     cid = client_order_id(signal_id, "open")
     wait_for(
-        lambda: sim.calls("binance", "create_order") == 1,
+        lambda: sim.calls(exchange, "create_order") == 1,
         30,
         message="the create never reached the exchange",
     )
@@ -135,43 +158,87 @@ def _strand_an_unsent_order(workers, sim) -> str:
     return cid
 
 
-def test_order_never_accepted_is_sent_again_exactly_once(workers, db, redis_clean, sim):
+def alerts_of(kind: str) -> list:
+    from workers.store.db import session_scope
+    from workers.store.models import Alert
+
+    with session_scope() as session:
+        return list(session.scalars(select(Alert).where(Alert.kind == kind)))
+
+
+# The give-up horizon of an unknown order, compressed: the recovery sweep looks for it
+# this long after its last send, then records it as not found.
+GIVE_UP_ENV = {"EXECQ_UNKNOWN_GIVE_UP_S": "25"}
+
+
+def test_a_binance_open_left_in_doubt_by_a_dead_worker_is_never_resent(
+    workers, db, redis_clean, sim
+):
     from workers.store.orders import load_order
 
-    cid = _strand_an_unsent_order(workers, sim)
+    # Given a Binance open whose worker died with its create in flight
+    cid = _strand_an_unsent_order(workers, sim, "binance")
+    workers.start(concurrency=2, env=GIVE_UP_ENV)
+
+    # When the recovery sweep looks for it past the visibility window
+    def unknown() -> bool:
+        run_recovery()
+        return load_order(cid).status == "unknown" and load_order(cid).alerted_at is not None
+
+    wait_for(unknown, 90, interval_s=1, message="the order in doubt was not alerted")
+    # Then it is unknown with a critical alert, and the exchange got no second create
+    assert len(alerts_of("order_unknown")) == 1
+    assert sim.calls("binance", "create_order") == 1
+
+    # and at the give-up horizon it is recorded as rejected (not found), still never resent
+    def given_up() -> bool:
+        run_recovery()
+        return load_order(cid).status == "rejected"
+
+    wait_for(given_up, 90, interval_s=1, message="the unknown order was never given up")
+    order = load_order(cid)
+    assert order.last_error_class == "not_found"
+    assert sim.orders_for(cid) == [] and sim.calls("binance", "create_order") == 1
+
+
+def test_a_bybit_open_left_in_doubt_by_a_dead_worker_is_resent_exactly_once(
+    workers, db, redis_clean, sim
+):
+    from workers.store.orders import load_order
+
+    # Given the same on Bybit, which refuses a reused orderLinkId forever
+    cid = _strand_an_unsent_order(workers, sim, "bybit")
     workers.start(concurrency=2)
 
     def settled() -> bool:
         run_recovery()
         return load_order(cid).status == "filled"
 
+    # Then the recovery sweep has it sent again: a copy could not become a second order
     wait_for(settled, 90, interval_s=1, message="the stranded order was not completed")
     assert len(sim.orders_for(cid)) == 1
-    assert sim.calls("binance", "create_order") == 2
+    assert sim.calls("bybit", "create_order") == 2
 
 
-def test_order_never_accepted_under_the_kill_switch_is_rejected_not_resent(
-    workers, db, redis_clean, sim
-):
+def test_an_order_in_doubt_is_not_resent_under_the_kill_switch(workers, db, redis_clean, sim):
     from workers.coordination import set_kill_switch
     from workers.store.orders import load_order
 
-    cid = _strand_an_unsent_order(workers, sim)
+    cid = _strand_an_unsent_order(workers, sim, "bybit")
     workers.start(concurrency=2)
     set_kill_switch(True, "test")
     try:
 
-        def settled() -> bool:
+        def alerted() -> bool:
             run_recovery()
-            return load_order(cid).status == "rejected"
+            order = load_order(cid)
+            return order.status == "unknown" and order.alerted_at is not None
 
-        wait_for(settled, 90, interval_s=1, message="the stranded order was not rejected")
+        wait_for(alerted, 90, interval_s=1, message="the order in doubt was not alerted")
     finally:
         set_kill_switch(False)
-    order = load_order(cid)
-    assert "absent on the exchange" in order.last_error
     assert sim.orders_for(cid) == []
-    assert sim.calls("binance", "create_order") == 1
+    assert sim.calls("bybit", "create_order") == 1
 
 
 # A liquidation gives up on a position after twice the soft time limit. The

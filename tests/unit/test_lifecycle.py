@@ -186,8 +186,18 @@ def test_an_unknown_order_is_given_up_at_the_horizon_as_not_found():
 
 
 def test_an_accepted_order_not_visible_yet_is_open_for_the_tracker():
-    facts = order(OrderStatus.SUBMITTING, accepted=True, possibly_sent=True, sent_at=T0)
+    facts = order(
+        OrderStatus.SUBMITTING, order_type="limit", accepted=True, possibly_sent=True, sent_at=T0
+    )
     assert decide(facts, NotSeen(), BYBIT, at(1), TIMING) == Adopt(OrderStatus.OPEN, None)
+
+
+def test_an_accepted_market_order_not_visible_yet_is_looked_for_within_the_window():
+    # Given Bybit's bare create answer and an order hidden by the exchange's visibility lag
+    facts = order(OrderStatus.SUBMITTING, accepted=True, possibly_sent=True, sent_at=T0)
+    # Then the run keeps looking (it has filled), and past the window leaves it to the tracker
+    assert decide(facts, NotSeen(), BYBIT, at(1), TIMING) == LookUp()
+    assert decide(facts, NotSeen(), BYBIT, at(21), TIMING) == Adopt(OrderStatus.OPEN, None)
 
 
 def test_seen_is_adopted_whoever_saw_it():

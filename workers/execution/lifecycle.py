@@ -27,7 +27,8 @@ The rules it holds (each is a unit test in ``tests/unit/test_lifecycle.py``):
 | | resend cannot double (reduce-only, or the venue refuses a reused id) | send again |
 | | otherwise | unknown, critical alert once; the sweep keeps looking |
 | | ... past the give-up horizon | rejected as not found, critical alert |
-| not seen after an accepted create | | open: accepted, the tracker follows |
+| not seen after an accepted create | market order, inside the window | keep looking (it has filled) |
+| | otherwise | open: accepted, the tracker follows |
 
 "Past the window" is measured from the last moment a create may have reached
 the exchange (``sent_at``) plus one request timeout and the visibility lag
@@ -307,7 +308,10 @@ def _on_taken(order: OrderFacts, observed: Taken, now: datetime, timing: Timing)
 
 def _on_not_seen(order: OrderFacts, traits: Traits, now: datetime, timing: Timing) -> Step:
     if order.accepted:
-        # Accepted but not visible yet: it exists; the tracker follows it.
+        # Accepted but not visible yet: it exists. A market order has filled by now and
+        # shows within the window; anything else rests, and the tracker follows it.
+        if order.order_type == "market" and not window_passed(order, now, timing):
+            return LookUp()
         return Adopt(OrderStatus.OPEN, None)
     if order.status == OrderStatus.INTENT and order.blocked is None:
         return Send()

@@ -204,6 +204,10 @@ CHAOS_WORKER_ENV = {
     "EXECQ_AGED_SWEEP_INTERVAL_S": "1",
     "EXECQ_RECOVERY_SWEEP_INTERVAL_S": "10",
     "EXECQ_RECOVERY_STUCK_AFTER_S": "5",
+    # An order whose create stays in doubt is looked for this long, then given up as not
+    # found (never resent where that could double it): the run must settle within it.
+    "EXECQ_UNKNOWN_GIVE_UP_S": "20",
+    "EXECQ_TRACKING_SWEEP_INTERVAL_S": "2",
     # A killed worker's reserved messages come back after the visibility
     # timeout, so it bounds how long a run waits to be quiet after a kill.
     "EXECQ_TASK_SOFT_TIME_LIMIT_S": "15",

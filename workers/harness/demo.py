@@ -170,6 +170,8 @@ def demo_env(profile: Profile, redis_url: str, database_url: str) -> dict[str, s
         "EXECQ_AGED_SWEEP_INTERVAL_S": "1",
         "EXECQ_RECOVERY_SWEEP_INTERVAL_S": "5",
         "EXECQ_RECOVERY_STUCK_AFTER_S": "2",
+        "EXECQ_UNKNOWN_GIVE_UP_S": "20",
+        "EXECQ_TRACKING_SWEEP_INTERVAL_S": "1",
         "EXECQ_RECOVER_ON_WORKER_START": "true",
         # A run's budget is 60 % of the soft limit; the order lock a killed
         # worker leaves behind lives budget + exchange timeout + 5 s (about 14 s).
@@ -1186,7 +1188,7 @@ def _scenario_figures(facts: dict[str, Any], ledger: Sequence[dict[str, Any]]) -
             "repaired_by_recovery": int(
                 scalar(
                     "SELECT count(*) FROM events WHERE client_order_id = :c "
-                    "AND payload->>'source' = 'recovery'",
+                    "AND payload->>'source' = 'tracking'",
                     c=killed,
                 )
                 or 0
