@@ -167,11 +167,12 @@ def test_an_ambiguous_open_is_never_resent_where_a_resend_can_double_it():
     )
 
 
-def test_resending_is_allowed_where_it_cannot_double_a_position():
+def test_resending_is_allowed_only_where_a_copy_cannot_become_a_second_order():
     # Bybit refuses a reused orderLinkId: a copy cannot become a second order
     assert decide(in_doubt(), NotSeen(), BYBIT, at(21), TIMING) == Send()
-    # A reduce-only order cannot open anything
-    assert decide(in_doubt(reduce_only=True), NotSeen(), BINANCE, at(21), TIMING) == Send()
+    # On Binance even a reduce-only copy would fill again: a partial close done twice
+    step = decide(in_doubt(reduce_only=True), NotSeen(), BINANCE, at(21), TIMING)
+    assert step == StayUnknown(alert=True)
 
 
 def test_resends_stop_at_the_cap_and_when_sending_is_blocked():
@@ -216,7 +217,7 @@ def test_seen_is_adopted_whoever_saw_it():
     seconds=st.floats(min_value=0, max_value=10_000),
     sends=st.integers(min_value=0, max_value=10),
 )
-def test_nothing_that_may_exist_is_resent_on_binance_unless_it_is_reduce_only(
+def test_nothing_that_may_exist_is_ever_resent_on_binance(
     status, reduce_only, possibly_sent, known, seconds, sends
 ):
     # An intent is what nothing was sent for.
@@ -232,8 +233,7 @@ def test_nothing_that_may_exist_is_resent_on_binance_unless_it_is_reduce_only(
     )
     for observed in (Taken(), NotSeen(), MayHaveExecuted("t"), Duplicate()):
         step = decide(facts, observed, BINANCE, at(seconds), TIMING)
-        if isinstance(step, Send) and (facts.possibly_sent or facts.known_to_exist):
-            assert reduce_only
+        assert not (isinstance(step, Send) and (facts.possibly_sent or facts.known_to_exist))
 
 
 # --- cancel --------------------------------------------------------------------------------

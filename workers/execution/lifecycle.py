@@ -24,7 +24,7 @@ The rules it holds (each is a unit test in ``tests/unit/test_lifecycle.py``):
 | seen (lookup, poll, stream, cancel) | | adopt what was seen |
 | not seen, inside the visibility window | | keep looking |
 | not seen, past the window | known to exist (duplicate id) | unknown, critical alert, keep looking |
-| | resend cannot double (reduce-only, or the venue refuses a reused id) | send again |
+| | the venue refuses a reused client id (a copy cannot be a second order) | send again |
 | | otherwise | unknown, critical alert once; the sweep keeps looking |
 | | ... past the give-up horizon | rejected as not found, critical alert |
 | not seen after an accepted create | market order, inside the window | keep looking (it has filled) |
@@ -281,9 +281,15 @@ def window_passed(order: OrderFacts, now: datetime, timing: Timing) -> bool:
 
 
 def resend_cannot_double(order: OrderFacts, traits: Traits) -> bool:
-    """A resend of a create whose first copy may exist cannot double a position: the order
-    is reduce-only, or the exchange refuses a reused client id."""
-    return order.reduce_only or traits.refuses_reused_client_id
+    """A resend of a create whose first copy may exist cannot become a second order: the
+    exchange refuses a reused client id.
+
+    Reduce-only is not enough: a second reduce-only fill cannot open a position, but it
+    closes more of one than the signal asked (a partial close done twice). A close that
+    stays unknown is taken up by its owner with a fresh leg sized from the exchange's
+    position (the aged close, liquidation), never by resending the same order.
+    """
+    return traits.refuses_reused_client_id
 
 
 def _on_taken(order: OrderFacts, observed: Taken, now: datetime, timing: Timing) -> Step:
