@@ -138,7 +138,17 @@ def test_a_refusal_rejects_only_an_order_that_never_possibly_reached_the_exchang
     assert decide(
         order(OrderStatus.SUBMITTING), Refused("permanent", "margin"), BINANCE, at(0), TIMING
     ) == Reject("permanent", "margin")
-    assert decide(in_doubt(), Refused("kill_switch", "on"), BINANCE, at(0), TIMING) == LookUp()
+    blocked = Refused("kill_switch", "on", by_exchange=False)
+    assert decide(in_doubt(), blocked, BYBIT, at(0), TIMING) == LookUp()
+    assert decide(in_doubt(), Refused("permanent", "margin"), BINANCE, at(0), TIMING) == LookUp()
+
+
+def test_a_refused_copy_proves_no_earlier_one_exists_where_reused_ids_are_refused():
+    # Given Bybit, where a copy of an existing order is answered "duplicate client id"
+    # When the copy of an order in doubt is refused for another reason
+    step = decide(in_doubt(), Refused("permanent", "reduce-only"), BYBIT, at(5), TIMING)
+    # Then no earlier copy exists: the order is rejected
+    assert step == Reject("permanent", "reduce-only")
 
 
 @pytest.mark.parametrize("traits", [BINANCE, BYBIT])
@@ -184,6 +194,9 @@ def test_resends_stop_at_the_cap_and_when_sending_is_blocked():
 def test_an_unknown_order_is_given_up_at_the_horizon_as_not_found():
     step = decide(in_doubt(alerted=True), NotSeen(), BINANCE, at(3601), TIMING)
     assert isinstance(step, GiveUp)
+    # The horizon counts from the order's creation, however often it was sent since
+    late_send = in_doubt(alerted=True, sent_at=at(3570))
+    assert isinstance(decide(late_send, NotSeen(), BINANCE, at(3601), TIMING), GiveUp)
 
 
 def test_an_accepted_order_not_visible_yet_is_open_for_the_tracker():

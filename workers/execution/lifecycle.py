@@ -19,6 +19,7 @@ The rules it holds (each is a unit test in ``tests/unit/test_lifecycle.py``):
 | | a create may have left before | look it up |
 | create may have executed (timeout, reset, 5xx) | | mark unknown and look it up |
 | create refused (permanent) / kill switch / account | never possibly sent | reject |
+| | the exchange refused a copy where it refuses reused ids (no "duplicate": none exists) | reject |
 | | a create may have left before | look it up |
 | duplicate client id | | it exists: look it up, never reject |
 | seen (lookup, poll, stream, cancel) | | adopt what was seen |
@@ -83,8 +84,8 @@ class Timing:
     #: From the last moment a create may have reached the exchange until a lookup that
     #: finds nothing means "not there": one request timeout plus the visibility lag.
     visibility_window_s: float
-    #: How long the recovery sweep keeps looking for an order whose create is in doubt
-    #: before it is recorded as rejected (not found).
+    #: How long after an order was created the sweeps keep looking for it while its
+    #: create is in doubt, before it is recorded as rejected (not found).
     give_up_after_s: float
     #: A never-sent order a sweep finds is sent only while it is this fresh.
     resend_max_age_s: float
@@ -153,11 +154,13 @@ class MayHaveExecuted:
 
 @dataclass(frozen=True)
 class Refused:
-    """Nothing was executed and the same request would get the same answer; or a send was
-    blocked before it left (``error_class`` ``kill_switch``, ``account``)."""
+    """Nothing was executed: the exchange refused the create (``by_exchange``) and the same
+    request would get the same answer, or execq blocked it before it left (the kill
+    switch, an account whose key the exchange refused)."""
 
     error_class: str
     reason: str
+    by_exchange: bool = True
 
 
 @dataclass(frozen=True)
@@ -331,8 +334,7 @@ def _on_not_seen(order: OrderFacts, traits: Traits, now: datetime, timing: Timin
         and order.sends < timing.max_sends
     ):
         return Send()
-    anchor = order.sent_at or order.created_at
-    if now >= anchor + timedelta(seconds=timing.give_up_after_s):
+    if now >= order.created_at + timedelta(seconds=timing.give_up_after_s):
         return GiveUp(
             f"not found on the exchange {timing.give_up_after_s:.0f}s after its last send; "
             "never resent"
@@ -358,10 +360,14 @@ def decide(
             return Reject(str(retry_class), f"{retry_class} retries exhausted: {reason}")
         case MayHaveExecuted():
             return LookUp(mark_unknown=order.status != OrderStatus.UNKNOWN)
-        case Refused(error_class=error_class, reason=reason):
-            if order.possibly_sent:
-                return LookUp()
-            return Reject(error_class, reason)
+        case Refused(error_class=error_class, reason=reason, by_exchange=by_exchange):
+            if not order.possibly_sent:
+                return Reject(error_class, reason)
+            if by_exchange and traits.refuses_reused_client_id:
+                # Had an earlier copy reached it, the exchange would have answered
+                # "duplicate client id": this refusal proves there is none.
+                return Reject(error_class, reason)
+            return LookUp()
         case Duplicate():
             return LookUp(mark_unknown=order.status != OrderStatus.UNKNOWN)
         case NotSeen():

@@ -289,7 +289,7 @@ class Submission:
             )
         except _Blocked as blocked:
             self.blocked = blocked.reason
-            return lifecycle.Refused(blocked.error_class, blocked.reason)
+            return lifecycle.Refused(blocked.error_class, blocked.reason, by_exchange=False)
         except NotSent as exc:
             self.blocked = exc.describe()
             return lifecycle.NotExecuted(exc.retry_class, exc.describe())
