@@ -7,6 +7,7 @@ foreseeable mistake prints one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from decimal import Decimal
@@ -335,8 +336,30 @@ def events(
             last_id = rows[-1]["id"]
 
 
+# A century: further back than any aged position, and a window Python's dates can still hold.
+MAX_STATS_DAYS = 36_500
+
+
+class Days(click.ParamType):
+    """A positive, finite number of days; anything else is a one-line usage error."""
+
+    name = "days"
+
+    def convert(self, value: object, param: object, ctx: object) -> float:
+        try:
+            days = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            days = math.nan
+        if not (math.isfinite(days) and 0 < days <= MAX_STATS_DAYS):
+            raise UserFacingError(
+                f"--days must be a number of days above 0 and at most {MAX_STATS_DAYS}, "
+                f"got {value!r}"
+            )
+        return days
+
+
 @cli.command()
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
+@click.option("--days", type=Days(), default=7, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def stats(days: float, as_json: bool) -> None:
     """Aged-position statistics: success rate, attempts, time to close, closes by reason."""
