@@ -139,16 +139,13 @@ def signal(
 @click.argument("state", type=click.Choice(["on", "off"]))
 @click.option("--reason", default="manual", show_default=True)
 def kill_switch(state: str, reason: str) -> None:
-    """Block (on) or allow (off) every order that is not reduce-only, cluster-wide."""
+    """Block (on) or allow (off) every order that is not reduce-only, cluster-wide.
+
+    The state is kept in Postgres with its event and survives a Redis that loses it.
+    """
     from workers.coordination import set_kill_switch
-    from workers.store.db import session_scope
-    from workers.store.events import record_event
 
     new_state = set_kill_switch(state == "on", reason)
-    with session_scope() as session:
-        record_event(
-            session, f"kill_switch_{state}", payload={"reason": reason if new_state.on else None}
-        )
     click.echo(f"kill switch {state}" + (f" ({reason})" if new_state.on else ""))
 
 
@@ -195,7 +192,12 @@ def status(as_json: bool) -> None:
         "accounts": [
             {"name": a.name, "exchange": a.ccxt_class, "mode": a.mode} for a in settings.accounts
         ],
-        "kill_switch": {"on": kill.on, "reason": kill.reason, "since": kill.since},
+        "kill_switch": {
+            "on": kill.on,
+            "reason": kill.reason,
+            "since": kill.since,
+            "set_by": kill.set_by,
+        },
         "last_sweeps": sweeps,
         "open_positions": positions,
         "aged_positions": aged,
@@ -206,10 +208,11 @@ def status(as_json: bool) -> None:
         return
     accounts = ", ".join(f"{a['name']} ({a['exchange']}, {a['mode']})" for a in payload["accounts"])
     click.echo(f"accounts: {accounts}")
-    click.echo(
-        "kill switch: "
-        + (f"ON since {kill.since:%Y-%m-%d %H:%M:%S} ({kill.reason})" if kill.on else "off")
-    )
+    kill_line = "off"
+    if kill.on:
+        since = f" since {kill.since:%Y-%m-%d %H:%M:%S}" if kill.since else ""
+        kill_line = f"ON{since} ({kill.reason}; by {kill.set_by})"
+    click.echo(f"kill switch: {kill_line}")
     click.echo(
         "last sweeps: " + ", ".join(f"{name} {value or 'never'}" for name, value in sweeps.items())
     )

@@ -12,7 +12,7 @@ execq_aged_positions                   gauge      phase
 execq_close_latency_seconds            histogram  (target reached -> filled)
 execq_sweep_duration_seconds           histogram  sweep
 execq_rate_limit_wait_seconds_total    counter    exchange
-execq_kill_switch                      gauge      (0 off, 1 on)
+execq_kill_switch                      gauge      (0 off, 1 on; read at scrape time)
 execq_alerts_total                     counter    kind, severity
 execq_exchange_requests_total          counter    exchange, operation
 =====================================  =========  ===================================
@@ -23,8 +23,12 @@ writes its samples to files there and the endpoint aggregates them, so a
 prefork worker's children and several workers on one host can share one
 endpoint. The directory must be emptied before the workers start (stale files
 from an earlier run would be added in). Gauges use ``livemostrecent``: the
-latest value any live process set, since the aged counts and the kill switch
-are cluster-wide facts that whichever process looked last knows best.
+latest value any live process set, since the aged counts are cluster-wide
+facts that whichever process looked last knows best.
+
+``execq_kill_switch`` is not a value a process sets: the endpoint reads the
+switch when it is scraped (``KillSwitchCollector``), so it shows the switch an
+operator just turned on, whether or not this worker has read it since.
 
 Tasks call the small helpers below (``observe_order_status`` ...), never the
 metric objects, so label names and value conventions live in one place.
@@ -45,9 +49,12 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 log = logging.getLogger(__name__)
+
+_servers_lock = threading.Lock()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -97,11 +104,6 @@ RATE_LIMIT_WAIT = Counter(
     "execq_rate_limit_wait_seconds_total",
     "Seconds spent waiting for the shared exchange rate limit or its cooldown.",
     ["exchange"],
-)
-KILL_SWITCH = Gauge(
-    "execq_kill_switch",
-    "1 while the kill switch blocks new (non reduce-only) orders, else 0.",
-    multiprocess_mode="livemostrecent",
 )
 ALERTS = Counter(
     "execq_alerts_total",
@@ -170,10 +172,6 @@ def add_rate_limit_wait(exchange: str, seconds: float) -> None:
         RATE_LIMIT_WAIT.labels(exchange=_label(exchange)).inc(seconds)
 
 
-def set_kill_switch(on: bool) -> None:
-    KILL_SWITCH.set(1 if on else 0)
-
-
 def observe_alert(kind: str, severity: str) -> None:
     ALERTS.labels(kind=_label(kind), severity=_label(severity)).inc()
 
@@ -219,20 +217,58 @@ class SettledFilesCollector(prometheus_multiprocess.MultiProcessCollector):
         return self.merge(files, accumulate=True)
 
 
+KILL_SWITCH_HELP = "1 while the kill switch blocks new (non reduce-only) orders, else 0."
+
+
+class KillSwitchCollector:
+    """``execq_kill_switch``, read from the cluster's kill switch at each scrape.
+
+    One Redis GET (Postgres when Redis lost the switch). When neither answers the
+    series is left out of the scrape, which alerting sees as absent, rather than
+    reporting a state nobody read.
+    """
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily("execq_kill_switch", KILL_SWITCH_HELP)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import redis
+        import sqlalchemy.exc
+
+        from workers.coordination import kill_switch_state
+
+        try:
+            state = kill_switch_state()
+        except (redis.RedisError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            log.warning("execq_kill_switch left out of the scrape: %s", exc)
+            return
+        yield GaugeMetricFamily("execq_kill_switch", KILL_SWITCH_HELP, value=1 if state.on else 0)
+
+
+_KILL_SWITCH_COLLECTOR = KillSwitchCollector()
+_kill_switch_registered = False
+
+
 def exposition_registry() -> CollectorRegistry:
-    """What /metrics serves: all processes' files in multiprocess mode, else this process."""
+    """What /metrics serves: all processes' files in multiprocess mode, else this process;
+    with the kill switch read at scrape time in both."""
+    global _kill_switch_registered
     if multiprocess_dir() is None:
+        with _servers_lock:
+            if not _kill_switch_registered:
+                REGISTRY.register(_KILL_SWITCH_COLLECTOR)
+                _kill_switch_registered = True
         return REGISTRY
     registry = CollectorRegistry()
     SettledFilesCollector(registry)
+    registry.register(_KILL_SWITCH_COLLECTOR)
     return registry
 
 
 _servers: dict[int, WSGIServer] = {}
-_servers_lock = threading.Lock()
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> int:
     """Serve /metrics on ``addr:port`` from a daemon thread; port 0 picks a free one.
 
     Returns the bound port. Raises ``OSError`` when the port is taken.
