@@ -11,6 +11,7 @@ deadline (exchange timeouts, tenacity stop-after-delay).
 from __future__ import annotations
 
 import gc
+from urllib.parse import unquote, urlsplit
 
 import kombu.exceptions
 import redis.exceptions
@@ -20,7 +21,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 
 from workers import redis_keys
 from workers.celery_ext.broker import transport_for
-from workers.settings import SettingsError, get_settings
+from workers.settings import SettingsError, get_settings, without_credentials
 
 try:
     settings = get_settings()
@@ -53,6 +54,19 @@ RETRY_ON_INFRASTRUCTURE = {
     "retry_jitter": True,
 }
 
+
+def _redbeat_redis_options(redis_url: str) -> dict[str, object]:
+    """RedBeat's client options: the URL's credentials, and timeouts so that a Redis
+    that stops answering fails beat's tick (``workers.celery_ext.beat``) instead of hanging it."""
+    parts = urlsplit(redis_url)
+    options: dict[str, object] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    return options
+
+
 app = Celery("execq")
 _transport_options = {
     "visibility_timeout": settings.visibility_timeout_s,
@@ -75,6 +89,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_transport_options=_transport_options,
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    # rediss:// (TLS): every connection verifies the server's certificate. Explicit,
+    # because with a certificate check left unset kombu connects to a rediss:// broker
+    # without any (it only warns).
+    broker_use_ssl=settings.redis_tls,
+    redis_backend_use_ssl=settings.redis_tls,
     broker_connection_retry_on_startup=True,
     worker_cancel_long_running_tasks_on_connection_loss=True,
     task_soft_time_limit=settings.task_soft_time_limit_s,
@@ -93,8 +112,14 @@ app.conf.update(
     worker_concurrency=settings.worker_concurrency,
     timezone="UTC",
     enable_utc=True,
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
+    beat_scheduler="workers.celery_ext.beat:Scheduler",
+    # ``celery inspect conf`` / ``report`` and Flower's worker page show every setting;
+    # Celery masks the broker and backend URLs' passwords but not RedBeat's URL. So
+    # RedBeat's URL has no credentials and they travel as its options, whose
+    # ``password`` Celery masks.
+    redbeat_redis_url=without_credentials(settings.redis_url),
+    redbeat_redis_options=_redbeat_redis_options(settings.redis_url),
+    redbeat_redis_use_ssl=settings.redis_tls,
     redbeat_key_prefix=redis_keys.REDBEAT_PREFIX,
     # The standby beat takes over at most this long after the active one dies.
     redbeat_lock_timeout=settings.beat_lock_timeout_s,

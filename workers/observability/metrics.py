@@ -295,11 +295,12 @@ def stop_metrics_server(port: int) -> None:
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     from workers.settings import get_settings
 
-    port = get_settings().metrics_port
+    settings = get_settings()
+    port = settings.metrics_port
     if not port:
         return
     try:
-        bound = start_metrics_server(port)
+        bound = start_metrics_server(port, addr=settings.metrics_host)
     except OSError as exc:
         # Several workers on one host with the same port: the first serves
         # (and, with a multiprocess dir, serves all of them); the others must
@@ -307,7 +308,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         log.warning("metrics endpoint not started on port %s: %s", port, exc)
         return
     mode = f"multiprocess dir {multiprocess_dir()}" if multiprocess_dir() else "this process"
-    log.info("metrics endpoint on :%s/metrics (%s)", bound, mode)
+    log.info("metrics endpoint on %s:%s/metrics (%s)", settings.metrics_host, bound, mode)
 
 
 def _on_process_shutdown(pid: int | None = None, **_: Any) -> None:
