@@ -162,3 +162,8 @@ def _recover_on_start(sender: object = None, **_: object) -> None:
 from workers.observability.metrics import install_worker_hooks  # noqa: E402
 
 install_worker_hooks(app)
+
+if settings.log_format == "json":
+    from workers.celery_ext import json_logs
+
+    json_logs.install(app)
