@@ -1,5 +1,7 @@
 """The Celery app. ``celery -A workers worker|beat|flower`` finds it.
 
+Flower started with it is a view that changes nothing (``workers.celery_ext.flower``).
+
 Delivery is at-least-once (``acks_late`` + ``reject_on_worker_lost``); the
 tasks make it exactly-once with client order ids and the intent row. The
 default pool is threads: the work is exchange I/O, and one process with many
@@ -167,3 +169,8 @@ if settings.log_format == "json":
     from workers.celery_ext import json_logs
 
     json_logs.install(app)
+
+from workers.celery_ext.flower import install as _guard_flower  # noqa: E402
+
+# ``celery -A workers flower``: read-only, and authenticated unless --insecure-local.
+_guard_flower()
