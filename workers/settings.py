@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import ssl
 from decimal import Decimal
 from functools import lru_cache
@@ -32,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 CcxtClass = Literal["binanceusdm", "bybit"]
 AccountMode = Literal["sim", "demo", "testnet", "live"]
@@ -161,6 +163,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXECQ_",
         env_nested_delimiter="__",
+        # An empty variable is an unset one: compose's ``${EXECQ_ACCOUNTS:-}`` means the default.
+        env_ignore_empty=True,
         extra="ignore",
         frozen=True,
     )
@@ -179,6 +183,8 @@ class Settings(BaseSettings):
     redis_tls_ca_file: Path | None = None
     redis_tls_cert_file: Path | None = None
     redis_tls_key_file: Path | None = None
+    # Like the Redis password: read before ``database_url``, which it goes into.
+    database_password_file: Path | None = None
     database_url: str = Field(
         default="postgresql+psycopg://postgres@127.0.0.1:5432/execq",
         validation_alias=AliasChoices("DATABASE_URL", "EXECQ_DATABASE_URL"),
@@ -235,29 +241,24 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _database_url_is_postgres(cls, value: str) -> str:
+    def _database_url_is_postgres(cls, value: str, info: ValidationInfo) -> str:
         scheme = urlsplit(value).scheme
         if not scheme.startswith("postgresql"):
             raise ValueError("must be a postgresql:// URL")
         if scheme in ("postgresql", "postgres"):
             value = "postgresql+psycopg" + value[len(scheme) :]
-        return value
+        return _with_password_from(
+            value, info.data.get("database_password_file"), "EXECQ_DATABASE_PASSWORD_FILE"
+        )
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url_is_redis(cls, value: str, info: ValidationInfo) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis:// or rediss:// URL")
-        password_file = info.data.get("redis_password_file")
-        if password_file is None:
-            return value
-        if parts.password:
-            raise ValueError("has a password and EXECQ_REDIS_PASSWORD_FILE is set: use one")
-        password = quote(_read_secret_file(password_file, "EXECQ_REDIS_PASSWORD_FILE"), safe="")
-        user = quote(parts.username, safe="") if parts.username else ""
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+        return _with_password_from(
+            value, info.data.get("redis_password_file"), "EXECQ_REDIS_PASSWORD_FILE"
+        )
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
     @classmethod
@@ -343,6 +344,19 @@ class Settings(BaseSettings):
         return 5000.0 if account.mode == "sim" else 20.0
 
 
+def _with_password_from(url: str, password_file: Path | None, variable: str) -> str:
+    """``url`` with the password read from ``password_file`` (a secret) put into it."""
+    if password_file is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        raise ValueError(f"has a password and {variable} is set: use one")
+    password = quote(_read_secret_file(password_file, variable), safe="")
+    user = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
 def _read_secret_file(path: Path, variable: str) -> str:
     try:
         secret = path.read_text().strip()
@@ -390,6 +404,11 @@ def load_settings() -> Settings:
         raise SettingsError(f"invalid setting {variable}: {message}") from None
     except json.JSONDecodeError as exc:
         raise SettingsError(f"invalid setting EXECQ_ACCOUNTS: not JSON ({exc.msg})") from None
+    except SourceError as exc:
+        # pydantic-settings could not decode a variable that holds JSON (accounts, retry...).
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = _variable_name((field.group(1),)) if field else "EXECQ_*"
+        raise SettingsError(f"invalid setting {variable}: not valid JSON") from None
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@ credentials, and a worker's metrics endpoint listens on loopback unless told oth
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -130,11 +131,16 @@ def test_flower_refuses_every_task_application_revocation_and_worker_control(flo
         assert requests.get(f"{base}{page}", timeout=10).status_code == 401, page
 
 
-def test_flower_does_not_start_without_authentication():
+@pytest.mark.parametrize("basic_auth", [None, ""], ids=["unset", "empty"])
+def test_flower_does_not_start_without_authentication(basic_auth: str | None):
+    env = {name: value for name, value in os.environ.items() if name != "FLOWER_BASIC_AUTH"}
+    if basic_auth is not None:
+        env["FLOWER_BASIC_AUTH"] = basic_auth
     # When Flower is started without credentials (and without --insecure-local)
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={free_port()}"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,

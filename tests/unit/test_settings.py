@@ -20,6 +20,10 @@ def env(monkeypatch: pytest.MonkeyPatch):
         "EXECQ_REDIS_TLS_CERT_FILE",
         "EXECQ_REDIS_TLS_KEY_FILE",
         "EXECQ_METRICS_HOST",
+        "DATABASE_URL",
+        "EXECQ_DATABASE_URL",
+        "EXECQ_DATABASE_PASSWORD_FILE",
+        "EXECQ_ACCOUNTS",
     ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch.setenv
@@ -35,6 +39,16 @@ def test_the_redis_password_file_goes_into_the_url_quoted(env, tmp_path: Path):
     assert settings.redis_url == "rediss://execq:p%40ss%2Fw%20rd%3A@redis:6379/0"
     assert redact_url(settings.redis_url) == "rediss://execq:***@redis:6379/0"
     assert without_credentials(settings.redis_url) == "rediss://redis:6379/0"
+
+
+def test_the_database_password_file_goes_into_the_url(env, tmp_path: Path):
+    (tmp_path / "pw").write_text("s3cret pw\n")
+    env("DATABASE_URL", "postgresql://execq@postgres:5432/execq")
+    env("EXECQ_DATABASE_PASSWORD_FILE", str(tmp_path / "pw"))
+
+    settings = load_settings()
+
+    assert settings.database_url == "postgresql+psycopg://execq:s3cret%20pw@postgres:5432/execq"
 
 
 def test_a_password_in_both_the_url_and_a_file_is_refused(env, tmp_path: Path):
@@ -93,4 +107,16 @@ def test_the_metrics_endpoint_listens_on_loopback_unless_told(env):
     assert load_settings().metrics_host == "0.0.0.0"
     env("EXECQ_METRICS_HOST", "everywhere")
     with pytest.raises(SettingsError, match="EXECQ_METRICS_HOST"):
+        load_settings()
+
+
+def test_an_empty_variable_means_the_default(env):
+    # compose passes ${EXECQ_ACCOUNTS:-} as an empty string when the operator set nothing
+    env("EXECQ_ACCOUNTS", "")
+    assert [account.name for account in load_settings().accounts] == ["binance", "bybit"]
+
+
+def test_a_variable_that_is_not_json_is_named_in_one_line(env):
+    env("EXECQ_ACCOUNTS", "[{")
+    with pytest.raises(SettingsError, match="^invalid setting EXECQ_ACCOUNTS: not valid JSON$"):
         load_settings()

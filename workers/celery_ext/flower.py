@@ -94,7 +94,8 @@ def guarded(flower_class: type) -> type:
 def require_auth_or_local(options: Any) -> None:
     """Exit (code 2, one line) when Flower would serve without authentication
     anywhere but 127.0.0.1; pin ``--insecure-local`` to 127.0.0.1."""
-    if options.basic_auth or options.auth:
+    # FLOWER_BASIC_AUTH set but empty parses as [""]: no credential anyone can give.
+    if any(options.basic_auth or ()) or options.auth:
         return
     if not options.insecure_local:
         _refuse(NEEDS_AUTH)
