@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +131,33 @@ def test_a_switch_engaged_before_it_was_durable_is_adopted(db, redis_clean):
     assert reconcile_kill_switch().on
     row = load_kill_switch()
     assert row is not None and row.engaged and row.reason == "old"
+
+
+def test_an_open_is_refused_when_redis_lost_only_the_switch(worker, sim):
+    from workers import redis_keys
+    from workers.coordination import set_kill_switch
+    from workers.producer import submit_market_order
+    from workers.redis_client import get_redis
+
+    def open_order() -> dict:
+        signal_id = f"ks-{uuid.uuid4().hex[:12]}"
+        return submit_market_order(signal_id, "binance", BTC, "buy", "0.01").get(timeout=60)
+
+    # Given the switch on, and a fresh reference price that an open just cached
+    set_kill_switch(True, "incident")
+    try:
+        assert open_order()["error_class"] == "kill_switch"
+        assert get_redis().exists(redis_keys.price_cache("binance", BTC))
+
+        # When Redis loses the switch's key alone
+        get_redis().delete(redis_keys.KILL_SWITCH)
+
+        # Then the next open, which reads price and switch in one round trip, is refused
+        refused = open_order()
+        assert (refused["status"], refused["error_class"]) == ("rejected", "kill_switch")
+        assert sim.orders_for(refused["client_order_id"]) == []
+    finally:
+        set_kill_switch(False)
 
 
 # --- a worker on a Redis of the test's own --------------------------------------------------
