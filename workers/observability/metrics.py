@@ -273,6 +273,10 @@ def start_metrics_server(port: int, addr: str = "127.0.0.1") -> int:
 
     Returns the bound port. Raises ``OSError`` when the port is taken.
     """
+    # Each scrape reads the kill switch: its modules (Redis, the store) are imported
+    # here, so that the first scrape is not the one that pays for it.
+    import workers.coordination  # noqa: F401
+
     server, _thread = start_http_server(port, addr=addr, registry=exposition_registry())
     bound = int(server.server_port)
     with _servers_lock:
