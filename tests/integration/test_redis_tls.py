@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,9 +30,20 @@ PASSWORD = "tls-test-pw-9f3c1d"
 
 @dataclass
 class TlsRedis:
-    url: str  # rediss://127.0.0.1:PORT/0, without the password
+    """A ``redis-server`` with TLS only (no plain port) and a password, started by the test."""
+
+    directory: Path
     ca_file: Path
+    cert_file: Path
+    key_file: Path
     password_file: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """rediss://127.0.0.1:PORT/0, without the password."""
+        return f"rediss://127.0.0.1:{self.port}/0"
 
     @property
     def env(self) -> dict[str, str]:
@@ -41,6 +53,60 @@ class TlsRedis:
             "EXECQ_REDIS_PASSWORD_FILE": str(self.password_file),
             "EXECQ_REDIS_TLS_CA_FILE": str(self.ca_file),
         }
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--tls-cert-file", str(self.cert_file),
+                "--tls-key-file", str(self.key_file),
+                "--tls-ca-cert-file", str(self.ca_file),
+                "--tls-auth-clients", "no",
+                "--requirepass", PASSWORD,
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(self._answers, 20, message="TLS redis-server did not answer")
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError("redis-server with TLS did not start (built without TLS?)")
+        client = redis.Redis.from_url(self.url, password=PASSWORD, ssl_ca_certs=str(self.ca_file))
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def restart_keeping_data(self) -> None:
+        """Save, stop and start again, as a Redis with persistence restarts (compose's does)."""
+        client = redis.Redis.from_url(self.url, password=PASSWORD, ssl_ca_certs=str(self.ca_file))
+        try:
+            client.shutdown(save=True)
+        except redis.ConnectionError:
+            # SHUTDOWN closes the connection by design; the wait below checks it happened.
+            pass
+        finally:
+            client.close()
+        assert self.process is not None
+        self.process.wait(timeout=20)
+        self.start()
 
 
 def write_throwaway_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
@@ -120,45 +186,12 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     ca, cert, key = write_throwaway_ca_and_server_cert(directory)
     password_file = directory / "redis-password"
     password_file.write_text(PASSWORD + "\n")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port", "0",
-            "--tls-port", str(port),
-            "--bind", "127.0.0.1",
-            "--tls-cert-file", str(cert),
-            "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(ca),
-            "--tls-auth-clients", "no",
-            "--requirepass", PASSWORD,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"rediss://127.0.0.1:{port}/0"
-
-    def answers() -> bool:
-        if server.poll() is not None:
-            raise AssertionError("redis-server with TLS did not start (built without TLS?)")
-        client = redis.Redis.from_url(url, password=PASSWORD, ssl_ca_certs=str(ca))
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-        finally:
-            client.close()
-
+    server = TlsRedis(directory, ca, cert, key, password_file, port=free_port())
+    server.start()
     try:
-        wait_for(answers, 20, message="TLS redis-server did not answer")
-        yield TlsRedis(url=url, ca_file=ca, password_file=password_file)
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        server.stop()
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -232,6 +265,57 @@ def test_a_worker_fills_an_order_over_rediss_and_celery_shows_no_password(
         flower_page = worker_page_in_flower(tls_redis, worker.name)
         assert "redbeat_redis_options" in flower_page
         assert PASSWORD not in flower_page
+    finally:
+        client.close()
+
+
+@pytest.mark.services
+def test_a_worker_on_rediss_keeps_consuming_after_redis_restarts_with_orders_in_flight(
+    tls_redis, workers, db, sim
+):
+    from workers.execution.client_ids import client_order_id
+    from workers.producer import order_kwargs
+    from workers.store.orders import load_order
+
+    client = tls_client(tls_redis)
+    try:
+        # Given a worker on the TLS Redis with two orders waiting on the exchange
+        worker = workers.spawn(concurrency=4, env=tls_redis.env)
+        workers.wait_ready(worker, broker=client)
+        sim.faults(
+            {"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]}
+        )
+        in_flight = [f"tls-restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+        for signal_id in in_flight:
+            client.send_task(
+                "execute_market_order",
+                kwargs=order_kwargs(signal_id, "binance", BTC, "buy", "0.01"),
+            )
+        cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
+        wait_for(
+            lambda: all(
+                (order := load_order(cid)) and order.status == "submitting" for cid in cids
+            ),
+            30,
+            message="the orders did not reach the exchange call",
+        )
+
+        # When Redis restarts under it
+        tls_redis.restart_keeping_data()
+        sim.faults({"rules": []})
+
+        # Then the worker takes the next order, and the ones in flight fill once each
+        after = client.send_task(
+            "execute_market_order",
+            kwargs=order_kwargs(
+                f"tls-restart-{uuid.uuid4().hex[:12]}", "binance", BTC, "buy", "0.01"
+            ),
+        )
+        assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
+        assert worker.alive
+        for cid in cids:
+            wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
+            assert len(sim.orders_for(cid)) == 1
     finally:
         client.close()
 
