@@ -1,5 +1,8 @@
 # One image for every execq process: worker, beat, flower, exchange-sim, migrate.
-FROM python:3.11-slim
+# The base is pinned by exact tag; to pin it by digest, build with
+# --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:... (README, "Docker Compose").
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Workers serve Prometheus metrics here (only workers open it; compose's monitoring

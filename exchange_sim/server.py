@@ -88,7 +88,7 @@ class SimState:
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def exchange(self, name: object) -> Exchange:
-        if name not in self.exchanges:
+        if not isinstance(name, str) or name not in self.exchanges:
             raise AdminError(f"'exchange' must be one of {list(self.exchanges)}")
         return self.exchanges[name]  # type: ignore[index]
 
@@ -216,6 +216,16 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """``body[name]``, which must be a JSON object when given (``{}`` when absent or null)."""
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AdminError(f"'{name}' must be an object, got {type(value).__name__}")
+    return value
+
+
 def _decimal(value: object, name: str) -> Decimal:
     parsed = parse_decimal(value)
     if parsed is None:
@@ -224,7 +234,9 @@ def _decimal(value: object, name: str) -> Decimal:
 
 
 def _symbol_rules(state: SimState, exchange: str, symbol: object):
-    rules = state.exchanges[exchange].rules_by_symbol.get(symbol)  # type: ignore[arg-type]
+    rules = (
+        state.exchanges[exchange].rules_by_symbol.get(symbol) if isinstance(symbol, str) else None
+    )
     if rules is None:
         known = [r.symbol for r in MARKETS[exchange]]
         raise AdminError(f"unknown symbol {symbol!r}; known: {known}")
@@ -237,6 +249,9 @@ def admin(handler):
             return await handler(request, state)
         except (AdminError, FaultPlanError) as exc:
             return _json({"error": str(exc)}, status=400)
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.client_max_size
+            return _json({"error": f"body larger than {limit} bytes"}, status=413)
         except Exception:
             log.exception("admin request failed: %s %s", request.method, request.path_qs)
             return _json({"error": "internal error; see the simulator log"}, status=500)
@@ -256,11 +271,11 @@ async def reset(request: web.BaseRequest, state: SimState) -> web.Response:
     balances: dict[str, Decimal] = {}
     if "balance" in body:
         balances = {name: _decimal(body["balance"], "balance") for name in EXCHANGES}
-    for name, value in (body.get("balances") or {}).items():
+    for name, value in _object(body, "balances").items():
         state.exchange(name)
         balances[name] = _decimal(value, f"balances.{name}")
     prices: dict[str, Decimal] = {}
-    for symbol, value in (body.get("prices") or {}).items():
+    for symbol, value in _object(body, "prices").items():
         _symbol_rules(state, "binance", symbol)
         prices[symbol] = _decimal(value, f"prices.{symbol}")
     state.reset(seed=seed, balances=balances, prices=prices)

@@ -12,7 +12,7 @@ from typing import Any
 
 from workers import redis_keys
 from workers.app import app
-from workers.coordination import try_lock
+from workers.coordination import reconcile_kill_switch, try_lock
 from workers.flows.aged import sweep_aged
 from workers.flows.recovery import run_recovery
 from workers.flows.tracking import track_orders
@@ -78,6 +78,8 @@ def recovery_sweep() -> dict[str, Any]:
     if lock is None:
         return {"skipped": "previous recovery sweep still running"}
     try:
+        # Redis's copy of the kill switch, checked against Postgres's once a sweep.
+        reconcile_kill_switch()
         with metrics.time_sweep("recovery"):
             counts = run_recovery(settings)
         mark_sweep_run("recovery")

@@ -1,5 +1,7 @@
 """The Celery app. ``celery -A workers worker|beat|flower`` finds it.
 
+Flower started with it is a view that changes nothing (``workers.celery_ext.flower``).
+
 Delivery is at-least-once (``acks_late`` + ``reject_on_worker_lost``); the
 tasks make it exactly-once with client order ids and the intent row. The
 default pool is threads: the work is exchange I/O, and one process with many
@@ -11,6 +13,7 @@ deadline (exchange timeouts, tenacity stop-after-delay).
 from __future__ import annotations
 
 import gc
+from urllib.parse import unquote, urlsplit
 
 import kombu.exceptions
 import redis.exceptions
@@ -20,7 +23,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 
 from workers import redis_keys
 from workers.celery_ext.broker import transport_for
-from workers.settings import SettingsError, get_settings
+from workers.settings import SettingsError, get_settings, without_credentials
 
 try:
     settings = get_settings()
@@ -54,6 +57,19 @@ RETRY_ON_INFRASTRUCTURE = {
     "retry_jitter": True,
 }
 
+
+def _redbeat_redis_options(redis_url: str) -> dict[str, object]:
+    """RedBeat's client options: the URL's credentials, and timeouts so that a Redis
+    that stops answering fails beat's tick (``workers.celery_ext.beat``) instead of hanging it."""
+    parts = urlsplit(redis_url)
+    options: dict[str, object] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    return options
+
+
 app = Celery("execq")
 _transport_options = {
     "visibility_timeout": settings.visibility_timeout_s,
@@ -76,6 +92,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_transport_options=_transport_options,
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    # rediss:// (TLS): every connection verifies the server's certificate. Explicit,
+    # because with a certificate check left unset kombu connects to a rediss:// broker
+    # without any (it only warns).
+    broker_use_ssl=settings.redis_tls,
+    redis_backend_use_ssl=settings.redis_tls,
     broker_connection_retry_on_startup=True,
     worker_cancel_long_running_tasks_on_connection_loss=True,
     task_soft_time_limit=settings.task_soft_time_limit_s,
@@ -94,8 +115,14 @@ app.conf.update(
     worker_concurrency=settings.worker_concurrency,
     timezone="UTC",
     enable_utc=True,
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
+    beat_scheduler="workers.celery_ext.beat:Scheduler",
+    # ``celery inspect conf`` / ``report`` and Flower's worker page show every setting;
+    # Celery masks the broker and backend URLs' passwords but not RedBeat's URL. So
+    # RedBeat's URL has no credentials and they travel as its options, whose
+    # ``password`` Celery masks.
+    redbeat_redis_url=without_credentials(settings.redis_url),
+    redbeat_redis_options=_redbeat_redis_options(settings.redis_url),
+    redbeat_redis_use_ssl=settings.redis_tls,
     redbeat_key_prefix=redis_keys.REDBEAT_PREFIX,
     # The standby beat takes over at most this long after the active one dies.
     redbeat_lock_timeout=settings.beat_lock_timeout_s,
@@ -138,3 +165,13 @@ def _recover_on_start(sender: object = None, **_: object) -> None:
 from workers.observability.metrics import install_worker_hooks  # noqa: E402
 
 install_worker_hooks(app)
+
+if settings.log_format == "json":
+    from workers.celery_ext import json_logs
+
+    json_logs.install(app)
+
+from workers.celery_ext.flower import install as _guard_flower  # noqa: E402
+
+# ``celery -A workers flower``: read-only, and authenticated unless --insecure-local.
+_guard_flower()

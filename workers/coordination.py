@@ -1,4 +1,4 @@
-"""Redis coordination: the kill switch and expiring locks.
+"""Redis coordination: the kill switch (durable in Postgres) and expiring locks.
 
 Locks are ``SET NX PX`` with a random token and released by a compare-and-
 delete script, so a holder whose lock expired cannot release someone else's.
@@ -8,19 +8,27 @@ order transition table), so a stale holder cannot overwrite a newer state.
 
 from __future__ import annotations
 
+import getpass
 import json
+import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
 from workers import redis_keys
-from workers.observability import metrics
 from workers.redis_client import get_redis
+from workers.store.db import session_scope
+from workers.store.events import record_event
+from workers.store.kill_switch import load_kill_switch, save_kill_switch
+from workers.store.models import KillSwitch
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -105,6 +113,26 @@ def lock_holder_exists(key: str) -> bool:
 
 
 # --- kill switch ----------------------------------------------------------------------
+#
+# Postgres holds the switch's state (``kill_switch``, written in the transaction of its
+# ``kill_switch_on``/``kill_switch_off`` event); Redis holds the copy every order reads,
+# as JSON with an explicit ``"on"``. A missing key is never "off": Redis lost it (a
+# restart without persistence, a flush) or the switch was never set, and the state is
+# read from Postgres and written back. A writer deletes the key before its transaction
+# and sets it after, so while it writes, and if Redis fails after it committed, readers
+# ask Postgres; a reader writes back only over the value it saw (``_REPLACE_IF``), so it
+# never overwrites a newer state with an older one.
+
+logger = logging.getLogger("execq.kill_switch")
+
+_REPLACE_IF = """
+local current = redis.call('GET', KEYS[1])
+if (ARGV[1] == '1' and not current) or (ARGV[1] == '0' and current == ARGV[2]) then
+    redis.call('SET', KEYS[1], ARGV[3])
+    return 1
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -112,9 +140,41 @@ class KillSwitchState:
     on: bool
     reason: str | None = None
     since: datetime | None = None
+    # Who set it: the operator's user@host, or the liquidation that turned it on.
+    set_by: str | None = None
+
+    def encoded(self) -> str:
+        """The Redis value."""
+        return json.dumps(
+            {
+                "on": self.on,
+                "reason": self.reason,
+                "since": self.since.isoformat() if self.since else None,
+                "set_by": self.set_by,
+            }
+        )
+
+    @classmethod
+    def decoded(cls, raw: str | bytes) -> KillSwitchState | None:
+        """The state a Redis value stands for; None when it is not one."""
+        try:
+            data = json.loads(raw)
+            since = datetime.fromisoformat(data["since"]) if data.get("since") else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        # Without "on" the value was written when only an engaged switch had a key.
+        return cls(
+            on=bool(data.get("on", True)),
+            reason=data.get("reason"),
+            since=since,
+            set_by=data.get("set_by"),
+        )
 
 
 def kill_switch_state() -> KillSwitchState:
+    """The cluster-wide kill switch (one Redis GET; Postgres when Redis lost it)."""
     return kill_switch_from(get_redis().get(redis_keys.KILL_SWITCH))
 
 
@@ -147,29 +207,128 @@ def account_works(account: str) -> bool:
 
 
 def kill_switch_from(raw: bytes | str | None) -> KillSwitchState:
-    """The state the kill-switch key's value ``raw`` (as read, None when absent) stands for."""
-    metrics.set_kill_switch(raw is not None)
-    if raw is None:
-        return KillSwitchState(on=False)
-    data = json.loads(raw)
-    return KillSwitchState(
-        on=True, reason=data.get("reason"), since=datetime.fromisoformat(data["since"])
-    )
+    """The state the kill-switch key's value ``raw`` (as read, None when absent) stands for.
+
+    An absent or unreadable value is read from Postgres and written back to Redis
+    (``restore_kill_switch``): this may do I/O. Raises Postgres and Redis errors.
+    """
+    if raw is not None:
+        state = KillSwitchState.decoded(raw)
+        if state is not None:
+            return state
+        logger.warning("unreadable kill-switch value in Redis %r; reading Postgres", raw)
+    return restore_kill_switch(seen=raw)
 
 
-def set_kill_switch(on: bool, reason: str | None = None) -> KillSwitchState:
+def restore_kill_switch(seen: bytes | str | None = None) -> KillSwitchState:
+    """The durable state, written back to Redis unless the key changed from ``seen``."""
+    state = _durable(load_kill_switch())
+    if _replace_if(seen, state) and state.on:
+        logger.warning("kill switch restored into Redis from Postgres: on (%s)", state.reason)
+        _record_restored(state)
+    return state
+
+
+def _record_restored(state: KillSwitchState) -> None:
+    with session_scope() as session:
+        record_event(
+            session,
+            "kill_switch_restored",
+            payload={"on": state.on, "reason": state.reason, "set_by": state.set_by},
+        )
+
+
+def set_kill_switch(
+    on: bool,
+    reason: str | None = None,
+    *,
+    set_by: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> KillSwitchState:
     """Turn the cluster-wide kill switch on or off; returns the new state.
 
-    The key has no expiry: a kill switch must stay on until a person turns it off.
+    Writes the state and its ``kill_switch_on`` / ``kill_switch_off`` event (with
+    ``payload`` added) in one Postgres transaction, then the Redis copy, which
+    never expires: a kill switch stays on until a person turns it off. ``set_by``
+    defaults to this process's user@host. Raises Redis and Postgres errors; when
+    either is unreachable the switch keeps its state, or (Redis failing after the
+    commit) the new state is read from Postgres.
     """
-    client = get_redis()
-    metrics.set_kill_switch(on)
-    if not on:
-        client.delete(redis_keys.KILL_SWITCH)
-        return KillSwitchState(on=False)
-    since = datetime.now(UTC)
-    client.set(
-        redis_keys.KILL_SWITCH,
-        json.dumps({"reason": reason or "manual", "since": since.isoformat()}),
+    state = KillSwitchState(
+        on=on,
+        reason=reason or ("manual" if on else None),
+        since=datetime.now(UTC),
+        set_by=set_by or _this_user(),
     )
-    return KillSwitchState(on=True, reason=reason or "manual", since=since)
+    client = get_redis()
+    client.delete(redis_keys.KILL_SWITCH)
+    with session_scope() as session:
+        save_kill_switch(
+            session,
+            engaged=state.on,
+            reason=state.reason,
+            since=state.since,
+            set_by=state.set_by,
+        )
+        record_event(
+            session,
+            "kill_switch_on" if on else "kill_switch_off",
+            payload={"reason": state.reason, "set_by": state.set_by, **(payload or {})},
+        )
+    client.set(redis_keys.KILL_SWITCH, state.encoded())
+    return state
+
+
+def reconcile_kill_switch() -> KillSwitchState:
+    """Make Redis's copy say what Postgres says; returns the state.
+
+    A copy that differs was written around the durable state (by hand, or by a
+    writer Redis failed under); Postgres wins. A switch engaged in Redis that
+    Postgres has no row for (set before the state was durable) is adopted.
+    """
+    raw = get_redis().get(redis_keys.KILL_SWITCH)
+    copy = KillSwitchState.decoded(raw) if raw is not None else None
+    if copy is None:
+        return restore_kill_switch(seen=raw)
+    row = load_kill_switch()
+    if row is None:
+        if copy.on:
+            return set_kill_switch(True, copy.reason, set_by=copy.set_by, payload={"adopted": True})
+        return copy
+    durable = _durable(row)
+    if copy != durable:
+        _replace_if(raw, durable)
+        logger.warning(
+            "kill switch in Redis (%s) differed from Postgres (%s); Postgres kept",
+            "on" if copy.on else "off",
+            "on" if durable.on else "off",
+        )
+    return durable
+
+
+def _durable(row: KillSwitch | None) -> KillSwitchState:
+    if row is None:
+        return KillSwitchState(on=False)
+    return KillSwitchState(row.engaged, row.reason, row.since, row.set_by)
+
+
+def _replace_if(seen: bytes | str | None, state: KillSwitchState) -> bool:
+    """Write ``state`` to Redis if the key still holds ``seen`` (None: is still absent)."""
+    return bool(
+        get_redis().eval(
+            _REPLACE_IF,
+            1,
+            redis_keys.KILL_SWITCH,
+            "1" if seen is None else "0",
+            "" if seen is None else seen,
+            state.encoded(),
+        )
+    )
+
+
+def _this_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"

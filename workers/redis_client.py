@@ -21,8 +21,10 @@ def get_redis() -> redis.Redis:
         return _client
     with _lock:
         if _client is None or _client_pid != pid:
+            settings = get_settings()
             _client = redis.Redis.from_url(
-                get_settings().redis_url,
+                settings.redis_url,
+                **(settings.redis_tls or {}),
                 decode_responses=True,
                 socket_timeout=5,
                 socket_connect_timeout=5,

@@ -11,12 +11,15 @@ the exchange gateway alone calls.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
+import ssl
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -25,10 +28,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 CcxtClass = Literal["binanceusdm", "bybit"]
 AccountMode = Literal["sim", "demo", "testnet", "live"]
@@ -158,14 +163,28 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXECQ_",
         env_nested_delimiter="__",
+        # An empty variable is an unset one: compose's ``${EXECQ_ACCOUNTS:-}`` means the default.
+        env_ignore_empty=True,
         extra="ignore",
         frozen=True,
     )
 
+    # Read before ``redis_url``, whose validator puts the password into the URL.
+    # A file (a Docker or Kubernetes secret) keeps the password out of the
+    # environment, which ``docker inspect`` and /proc show.
+    redis_password_file: Path | None = None
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "EXECQ_REDIS_URL"),
     )
+    # TLS to Redis, for rediss:// URLs: the server's certificate is always verified,
+    # against this CA bundle (the system's when unset). A client certificate and
+    # key only for a server that asks for one (redis.conf ``tls-auth-clients``).
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # Like the Redis password: read before ``database_url``, which it goes into.
+    database_password_file: Path | None = None
     database_url: str = Field(
         default="postgresql+psycopg://postgres@127.0.0.1:5432/execq",
         validation_alias=AliasChoices("DATABASE_URL", "EXECQ_DATABASE_URL"),
@@ -227,25 +246,48 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     log_format: Literal["text", "json"] = "text"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Loopback by default: the endpoint has no authentication; 0.0.0.0 (or one
+    # interface's address) opens it to whoever can reach the host.
+    metrics_host: str = "127.0.0.1"
     # Register the benchmark's reference tasks (``execq bench`` sets it for its own
     # workers); a production worker does not know them.
     harness_tasks: bool = False
 
     @field_validator("database_url")
     @classmethod
-    def _database_url_is_postgres(cls, value: str) -> str:
+    def _database_url_is_postgres(cls, value: str, info: ValidationInfo) -> str:
         scheme = urlsplit(value).scheme
         if not scheme.startswith("postgresql"):
             raise ValueError("must be a postgresql:// URL")
         if scheme in ("postgresql", "postgres"):
             value = "postgresql+psycopg" + value[len(scheme) :]
-        return value
+        return _with_password_from(
+            value, info.data.get("database_password_file"), "EXECQ_DATABASE_PASSWORD_FILE"
+        )
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url_is_redis(cls, value: str) -> str:
+    def _redis_url_is_redis(cls, value: str, info: ValidationInfo) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis:// URL")
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return _with_password_from(
+            value, info.data.get("redis_password_file"), "EXECQ_REDIS_PASSWORD_FILE"
+        )
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _tls_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host_is_an_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
         return value
 
     @field_validator("accounts", mode="before")
@@ -268,6 +310,8 @@ class Settings(BaseSettings):
         names = [account.name for account in self.accounts]
         if len(names) != len(set(names)):
             raise ValueError("EXECQ_ACCOUNTS has duplicate account names")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("EXECQ_REDIS_TLS_CERT_FILE and EXECQ_REDIS_TLS_KEY_FILE go together")
         return self
 
     def account(self, name: str) -> ExchangeAccount:
@@ -290,10 +334,59 @@ class Settings(BaseSettings):
         """
         return self.run_budget_s + self.exchange_timeout_ms / 1000 + 5
 
+    @property
+    def redis_tls(self) -> dict[str, Any] | None:
+        """redis-py's TLS keywords for a ``rediss://`` REDIS_URL; None for ``redis://``.
+
+        The same dictionary serves Celery's ``broker_use_ssl`` and
+        ``redis_backend_use_ssl``, RedBeat and execq's own client: every
+        connection to Redis verifies the server's certificate (and its host name).
+        """
+        if urlsplit(self.redis_url).scheme != "rediss":
+            return None
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.redis_tls_ca_file is not None:
+            options["ssl_ca_certs"] = str(self.redis_tls_ca_file)
+        if self.redis_tls_cert_file is not None and self.redis_tls_key_file is not None:
+            options["ssl_certfile"] = str(self.redis_tls_cert_file)
+            options["ssl_keyfile"] = str(self.redis_tls_key_file)
+        return options
+
     def rate_limit_for(self, account: ExchangeAccount) -> float:
         if self.rate_limit_per_s is not None:
             return self.rate_limit_per_s
         return 5000.0 if account.mode == "sim" else 20.0
+
+
+def _with_password_from(url: str, password_file: Path | None, variable: str) -> str:
+    """``url`` with the password read from ``password_file`` (a secret) put into it."""
+    if password_file is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        raise ValueError(f"has a password and {variable} is set: use one")
+    password = quote(_read_secret_file(password_file, variable), safe="")
+    user = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+def _read_secret_file(path: Path, variable: str) -> str:
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"{variable}: {path} is empty")
+    return secret
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its user name and password (for settings Celery may show)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def redact_url(url: str) -> str:
@@ -325,6 +418,11 @@ def load_settings() -> Settings:
         raise SettingsError(f"invalid setting {variable}: {message}") from None
     except json.JSONDecodeError as exc:
         raise SettingsError(f"invalid setting EXECQ_ACCOUNTS: not JSON ({exc.msg})") from None
+    except SourceError as exc:
+        # pydantic-settings could not decode a variable that holds JSON (accounts, retry...).
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = _variable_name((field.group(1),)) if field else "EXECQ_*"
+        raise SettingsError(f"invalid setting {variable}: not valid JSON") from None
 
 
 @lru_cache(maxsize=1)

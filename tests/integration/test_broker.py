@@ -24,7 +24,9 @@ def connection(redis_clean: None) -> Iterator[Connection]:
 
 def test_redis_urls_use_the_reusing_transport_and_others_keep_kombus() -> None:
     assert transport_for("redis://127.0.0.1:6379/0") == "workers.celery_ext.broker:Transport"
-    assert transport_for("rediss://cache.example:6380/0") is None
+    assert (
+        transport_for("rediss://cache.example:6380/0") == "workers.celery_ext.broker:TlsTransport"
+    )
     assert transport_for("sentinel://127.0.0.1:26379") is None
     assert app.connection_for_write().transport_cls == "workers.celery_ext.broker:Transport"
 

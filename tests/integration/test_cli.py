@@ -123,6 +123,44 @@ def test_foreseeable_mistakes_get_one_line_and_exit_2(database, redis_server, ar
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("days", ["nan", "inf", "-inf", "-1", "0", "1e400", "a week"])
+def test_stats_with_days_that_are_no_number_of_days_is_a_one_line_usage_error(days):
+    # When an operator asks for statistics over nan, infinite or negative days
+    result = execq("stats", f"--days={days}")
+    # Then one line names the option and the value, and the exit code is 2
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"execq: --days must be a number of days above 0 and at most 36500, got {days!r}"
+    ]
+
+
+def test_migrate_against_a_sql_ascii_database_is_a_one_line_error(database):
+    import psycopg
+
+    from tests.conftest import ADMIN_DATABASE_URL
+
+    # Given a database created with the SQL_ASCII encoding
+    name = f"execq_sql_ascii_{os.getpid()}"
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 "
+            "LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    try:
+        # When the operator migrates it
+        url = f"{ADMIN_DATABASE_URL.rsplit('/', 1)[0]}/{name}"
+        result = execq("migrate", env={"DATABASE_URL": url})
+        # Then one line says what is wrong and how to create a usable database
+        assert result.returncode == 2
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "has encoding SQL_ASCII; execq needs UTF8" in result.stderr
+        assert "ENCODING 'UTF8' TEMPLATE template0" in result.stderr
+    finally:
+        with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_every_command_has_help():
     # In process: the entry point itself is exercised by every other test here.
     from click.testing import CliRunner

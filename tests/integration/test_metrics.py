@@ -60,7 +60,6 @@ def test_helpers_change_the_exposed_series(endpoint: int) -> None:
         pass
     metrics.add_rate_limit_wait("binance", 0.75)
     metrics.add_rate_limit_wait("binance", 0)
-    metrics.set_kill_switch(True)
     metrics.observe_alert("possible_orphan", "critical")
     metrics.observe_exchange_request("bybit", "create_order")
 
@@ -80,17 +79,24 @@ def test_helpers_change_the_exposed_series(endpoint: int) -> None:
     assert delta("execq_close_latency_seconds_bucket", le="1.0") == 0
     assert delta("execq_sweep_duration_seconds_count", sweep="aged_phase_sweep") == 1
     assert delta("execq_rate_limit_wait_seconds_total", exchange="binance") == pytest.approx(0.75)
-    assert value(after, "execq_kill_switch") == 1
     assert delta("execq_alerts_total", kind="possible_orphan", severity="critical") == 1
     assert delta("execq_exchange_requests_total", exchange="bybit", operation="create_order") == 1
 
     # A phase that empties drops to zero instead of keeping its last value.
     metrics.set_aged_phase_counts({"grace": 1})
-    metrics.set_kill_switch(False)
     later = scrape(endpoint)
     assert value(later, "execq_aged_positions", phase="grace") == 1
     assert value(later, "execq_aged_positions", phase="progressive") == 0
-    assert value(later, "execq_kill_switch") == 0
+
+
+def test_the_kill_switch_gauge_is_the_switch_when_scraped(endpoint: int, db, redis_clean) -> None:
+    from workers.coordination import set_kill_switch
+
+    # No process sets the gauge: each scrape reads the cluster's switch.
+    set_kill_switch(True, "drill")
+    assert value(scrape(endpoint), "execq_kill_switch") == 1
+    set_kill_switch(False)
+    assert value(scrape(endpoint), "execq_kill_switch") == 0
 
 
 def test_order_status_enum_is_exposed_by_its_value(endpoint: int) -> None:
@@ -112,14 +118,13 @@ from workers.observability import metrics
 if sys.argv[1] == "server":
     port = metrics.start_metrics_server(0, addr="127.0.0.1")
     metrics.observe_order_status("binance", "filled")
-    metrics.set_kill_switch(False)
+    metrics.set_aged_phase_counts({"grace": 1})
     print(port, flush=True)
     sys.stdin.readline()  # serve until the test says stop
 else:
     metrics.observe_order_status("binance", "filled")
     metrics.observe_order_status("binance", "filled")
     metrics.set_aged_phase_counts({"grace": 3})
-    metrics.set_kill_switch(True)
     metrics.observe_close_latency(0.4)
 """
 
@@ -147,8 +152,7 @@ def test_multiprocess_dir_aggregates_two_processes(
         # One endpoint shows the sum of both processes' counters and the latest gauges.
         samples = scrape(port)
         assert value(samples, "execq_orders_total", exchange="binance", status="filled") == 3
-        assert value(samples, "execq_aged_positions", phase="grace") == 3
-        assert value(samples, "execq_kill_switch") == 1, "the most recent write wins"
+        assert value(samples, "execq_aged_positions", phase="grace") == 3, "the latest write wins"
         assert value(samples, "execq_close_latency_seconds_count") == 1
 
         # A process caught between creating its metric file and sizing it (what a
@@ -157,7 +161,7 @@ def test_multiprocess_dir_aggregates_two_processes(
         assert scrape(port) == samples
 
         # When the worker hook marks the writer's process dead, its gauges go
-        # (the server's own kill-switch value shows again) but its counts stay.
+        # (the server's own aged count shows again) but its counts stay.
         writer_pids = {
             int(path.stem.rsplit("_", 1)[1]) for path in tmp_path.glob("gauge_livemostrecent_*.db")
         } - {server.pid}
@@ -166,8 +170,7 @@ def test_multiprocess_dir_aggregates_two_processes(
         metrics._on_process_shutdown(pid=writer_pids.pop())
 
         samples = scrape(port)
-        assert value(samples, "execq_kill_switch") == 0
-        assert ("execq_aged_positions", frozenset({("phase", "grace")})) not in samples
+        assert value(samples, "execq_aged_positions", phase="grace") == 1
         assert value(samples, "execq_orders_total", exchange="binance", status="filled") == 3
     finally:
         if server.stdin is not None:

@@ -372,5 +372,43 @@ def test_an_oversized_body_is_refused(sim: Simulator):
     assert response.status_code == 413
 
 
+ADMIN_POSTS = ["/_sim/reset", "/_sim/faults", "/_sim/prices", "/_sim/positions"]
+
+
+@pytest.mark.parametrize("path", ADMIN_POSTS)
+def test_an_oversized_admin_body_is_refused_with_413(sim: Simulator, path: str):
+    # Given a JSON body just over the 1 MiB limit
+    body = json.dumps({"prices": {"BTC/USDT:USDT": "1" * (1024 * 1024)}})
+    # When it is posted to the admin API
+    response = sim.raw("POST", path, data=body, headers={"Content-Type": "application/json"})
+    # Then it is refused as too large, with a JSON error, not as an internal error
+    assert response.status_code == 413, response.text
+    assert "larger than" in response.json()["error"]
+
+
+@pytest.mark.parametrize("field", ["prices", "balances"])
+@pytest.mark.parametrize("value", [["BTC/USDT:USDT", "1"], "65000", 7, True])
+def test_a_reset_with_non_object_prices_or_balances_is_a_400(sim: Simulator, field, value):
+    response = sim.raw("POST", "/_sim/reset", json={field: value})
+    assert response.status_code == 400, response.text
+    assert f"'{field}' must be an object" in response.json()["error"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["seed", "balance", "balances", "prices", "exchange", "symbol", "size"]),
+        JSON_VALUES,
+        max_size=4,
+    ),
+    path=st.sampled_from(["/_sim/reset", "/_sim/positions"]),
+)
+def test_random_admin_bodies_never_cause_an_internal_error(sim: Simulator, body, path):
+    response = sim.raw("POST", path, data=json.dumps(body))
+    assert response.status_code in (200, 400), response.text
+
+
 def test_the_simulator_is_still_serving(sim: Simulator):
     assert sim.raw("GET", "/fapi/v1/time").json()["serverTime"] > 0

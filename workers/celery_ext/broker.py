@@ -11,18 +11,23 @@ every worker thread; the pool, its reconnects and its errors are kombu's as befo
 It also keeps a worker consuming after the broker restarts with tasks in flight
 (``Channel._connparams``): kombu 5.7 with Celery 5.7 took the whole consumer
 down there, for good, on an ``AttributeError``.
+
+``rediss://`` (TLS) runs on the same channel through ``TlsTransport``. Its TLS
+options are Celery's ``broker_use_ssl`` (``workers.app`` always sets them for a
+rediss:// URL); without any, the server's certificate is still verified, against
+the system's CAs, where kombu's own rediss transport would skip the check.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 from kombu.transport import redis as kombu_redis
 
-# The URL scheme this transport serves. Others keep kombu's own transport:
-# rediss:// (kombu checks its TLS settings by that transport's name), sentinel://.
-SCHEMES = ("redis",)
+# The URL schemes these transports serve; others (sentinel://) keep kombu's own.
+SCHEMES = ("redis", "rediss")
 
 
 class Channel(kombu_redis.Channel):
@@ -66,8 +71,20 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class TlsTransport(Transport):
+    """``rediss://``: the channel above over TLS, the server's certificate verified."""
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        if not client.ssl:
+            client.ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        super().__init__(client, **kwargs)
+
+
 def transport_for(broker_url: str) -> str | None:
     """The ``broker_transport`` setting for ``broker_url``: this module's for Redis URLs."""
-    if urlsplit(broker_url).scheme in SCHEMES:
+    scheme = urlsplit(broker_url).scheme
+    if scheme == "redis":
         return f"{__name__}:Transport"
+    if scheme == "rediss":
+        return f"{__name__}:TlsTransport"
     return None

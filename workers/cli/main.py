@@ -7,6 +7,7 @@ foreseeable mistake prints one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from decimal import Decimal
@@ -189,16 +190,13 @@ def signal(
 @click.argument("state", type=click.Choice(["on", "off"]))
 @click.option("--reason", default="manual", show_default=True)
 def kill_switch(state: str, reason: str) -> None:
-    """Block (on) or allow (off) every order that is not reduce-only, cluster-wide."""
+    """Block (on) or allow (off) every order that is not reduce-only, cluster-wide.
+
+    The state is kept in Postgres with its event and survives a Redis that loses it.
+    """
     from workers.coordination import set_kill_switch
-    from workers.store.db import session_scope
-    from workers.store.events import record_event
 
     new_state = set_kill_switch(state == "on", reason)
-    with session_scope() as session:
-        record_event(
-            session, f"kill_switch_{state}", payload={"reason": reason if new_state.on else None}
-        )
     click.echo(f"kill switch {state}" + (f" ({reason})" if new_state.on else ""))
 
 
@@ -245,7 +243,12 @@ def status(as_json: bool) -> None:
         "accounts": [
             {"name": a.name, "exchange": a.ccxt_class, "mode": a.mode} for a in settings.accounts
         ],
-        "kill_switch": {"on": kill.on, "reason": kill.reason, "since": kill.since},
+        "kill_switch": {
+            "on": kill.on,
+            "reason": kill.reason,
+            "since": kill.since,
+            "set_by": kill.set_by,
+        },
         "last_sweeps": sweeps,
         "open_positions": positions,
         "aged_positions": aged,
@@ -256,10 +259,11 @@ def status(as_json: bool) -> None:
         return
     accounts = ", ".join(f"{a['name']} ({a['exchange']}, {a['mode']})" for a in payload["accounts"])
     click.echo(f"accounts: {accounts}")
-    click.echo(
-        "kill switch: "
-        + (f"ON since {kill.since:%Y-%m-%d %H:%M:%S} ({kill.reason})" if kill.on else "off")
-    )
+    kill_line = "off"
+    if kill.on:
+        since = f" since {kill.since:%Y-%m-%d %H:%M:%S}" if kill.since else ""
+        kill_line = f"ON{since} ({kill.reason}; by {kill.set_by})"
+    click.echo(f"kill switch: {kill_line}")
     click.echo(
         "last sweeps: " + ", ".join(f"{name} {value or 'never'}" for name, value in sweeps.items())
     )
@@ -386,8 +390,30 @@ def events(
             last_id = rows[-1]["id"]
 
 
+# A century: further back than any aged position, and a window Python's dates can still hold.
+MAX_STATS_DAYS = 36_500
+
+
+class Days(click.ParamType):
+    """A positive, finite number of days; anything else is a one-line usage error."""
+
+    name = "days"
+
+    def convert(self, value: object, param: object, ctx: object) -> float:
+        try:
+            days = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            days = math.nan
+        if not (math.isfinite(days) and 0 < days <= MAX_STATS_DAYS):
+            raise UserFacingError(
+                f"--days must be a number of days above 0 and at most {MAX_STATS_DAYS}, "
+                f"got {value!r}"
+            )
+        return days
+
+
 @cli.command()
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
+@click.option("--days", type=Days(), default=7, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def stats(days: float, as_json: bool) -> None:
     """Aged-position statistics: success rate, attempts, time to close, closes by reason."""

@@ -62,14 +62,14 @@ class CloseResult:
 def liquidate_all(liquidation_id: str, reason: str, settings: Settings) -> dict[str, Any]:
     """Close every open position on every account. Raises LockNotAcquired if one is running."""
     with held_lock(redis_keys.liquidation_lock(), settings.task_hard_time_limit_s * 4):
-        set_kill_switch(True, f"liquidation: {reason}")
+        set_kill_switch(
+            True,
+            f"liquidation: {reason}",
+            set_by=f"liquidation {liquidation_id}",
+            payload={"liquidation_id": liquidation_id},
+        )
         started = time.monotonic()
         with session_scope() as session:
-            record_event(
-                session,
-                "kill_switch_on",
-                payload={"reason": f"liquidation: {reason}", "liquidation_id": liquidation_id},
-            )
             record_event(
                 session,
                 "liquidation_started",

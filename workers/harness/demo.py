@@ -976,14 +976,10 @@ class Demo:
     def kill_switch_and_liquidation(self) -> None:
         from workers.app import app
         from workers.coordination import set_kill_switch
-        from workers.store.db import session_scope
-        from workers.store.events import record_event
 
         self.progress.phase("kill switch on: a new open must be refused")
         self.sim.faults({})
-        set_kill_switch(True, "demo")
-        with session_scope() as session:
-            record_event(session, "kill_switch_on", payload={"reason": "demo"})
+        set_kill_switch(True, "demo", set_by="execq demo")
         cid = self.cid(REFUSED_LEG)
         self.facts["refused_cid"] = cid
         self.submit(REFUSED_LEG)

@@ -438,10 +438,14 @@ class Stack:
     def start_flower(self, port: int = 0, timeout_s: float = HTTP_READY_TIMEOUT_S) -> str:
         """Start Flower on 127.0.0.1; return its URL once ``/healthcheck`` answers.
 
+        Without ``FLOWER_BASIC_AUTH`` in the env it runs with ``--insecure-local``
+        (no authentication, which execq's Flower allows on 127.0.0.1 only).
         401 counts as up: with ``FLOWER_BASIC_AUTH`` set every page needs credentials.
         """
         port = port or free_port()
         args = self._celery("flower", f"--port={port}", "--address=127.0.0.1")
+        if not self.child_env().get("FLOWER_BASIC_AUTH"):
+            args.append("--insecure-local")
         process = self._spawn("flower", args)
         url = f"http://127.0.0.1:{port}"
         _poll(

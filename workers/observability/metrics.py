@@ -12,7 +12,7 @@ execq_aged_positions                   gauge      phase
 execq_close_latency_seconds            histogram  (target reached -> filled)
 execq_sweep_duration_seconds           histogram  sweep
 execq_rate_limit_wait_seconds_total    counter    exchange
-execq_kill_switch                      gauge      (0 off, 1 on)
+execq_kill_switch                      gauge      (0 off, 1 on; read at scrape time)
 execq_alerts_total                     counter    kind, severity
 execq_exchange_requests_total          counter    exchange, operation
 =====================================  =========  ===================================
@@ -26,8 +26,12 @@ writes its samples to files there and the endpoint aggregates them, so a
 prefork worker's children and several workers on one host can share one
 endpoint. The directory must be emptied before the workers start (stale files
 from an earlier run would be added in). Gauges use ``livemostrecent``: the
-latest value any live process set, since the aged counts and the kill switch
-are cluster-wide facts that whichever process looked last knows best.
+latest value any live process set, since the aged counts are cluster-wide
+facts that whichever process looked last knows best.
+
+``execq_kill_switch`` is not a value a process sets: the endpoint reads the
+switch when it is scraped (``KillSwitchCollector``), so it shows the switch an
+operator just turned on, whether or not this worker has read it since.
 
 Tasks call the small helpers below (``observe_order_status`` ...), never the
 metric objects, so label names and value conventions live in one place.
@@ -48,9 +52,12 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 log = logging.getLogger(__name__)
+
+_servers_lock = threading.Lock()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -100,11 +107,6 @@ RATE_LIMIT_WAIT = Counter(
     "execq_rate_limit_wait_seconds_total",
     "Seconds spent waiting for the shared exchange rate limit or its cooldown.",
     ["exchange"],
-)
-KILL_SWITCH = Gauge(
-    "execq_kill_switch",
-    "1 while the kill switch blocks new (non reduce-only) orders, else 0.",
-    multiprocess_mode="livemostrecent",
 )
 ALERTS = Counter(
     "execq_alerts_total",
@@ -191,10 +193,6 @@ def add_rate_limit_wait(exchange: str, seconds: float) -> None:
         RATE_LIMIT_WAIT.labels(exchange=_label(exchange)).inc(seconds)
 
 
-def set_kill_switch(on: bool) -> None:
-    KILL_SWITCH.set(1 if on else 0)
-
-
 def observe_alert(kind: str, severity: str) -> None:
     ALERTS.labels(kind=_label(kind), severity=_label(severity)).inc()
 
@@ -253,34 +251,68 @@ class _ProcessMetrics:
         return REGISTRY.collect()
 
 
+KILL_SWITCH_HELP = "1 while the kill switch blocks new (non reduce-only) orders, else 0."
+
+
+class KillSwitchCollector:
+    """``execq_kill_switch``, read from the cluster's kill switch at each scrape.
+
+    One Redis GET (Postgres when Redis lost the switch). When neither answers the
+    series is left out of the scrape, which alerting sees as absent, rather than
+    reporting a state nobody read.
+    """
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily("execq_kill_switch", KILL_SWITCH_HELP)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import redis
+        import sqlalchemy.exc
+
+        from workers.coordination import kill_switch_state
+
+        try:
+            state = kill_switch_state()
+        except (redis.RedisError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            log.warning("execq_kill_switch left out of the scrape: %s", exc)
+            return
+        yield GaugeMetricFamily("execq_kill_switch", KILL_SWITCH_HELP, value=1 if state.on else 0)
+
+
+_KILL_SWITCH_COLLECTOR = KillSwitchCollector()
+
+
 def exposition_registry(*extra_collectors: Any) -> CollectorRegistry:
     """What /metrics serves: all processes' files in multiprocess mode, else this
-    process; plus ``extra_collectors``."""
-    if multiprocess_dir() is None and not extra_collectors:
-        return REGISTRY
+    process; with the kill switch read at scrape time, plus ``extra_collectors``."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess_dir() is None:
         registry.register(_ProcessMetrics())
     else:
         SettledFilesCollector(registry)
+    registry.register(_KILL_SWITCH_COLLECTOR)
     for collector in extra_collectors:
         registry.register(collector)
     return registry
 
 
 _servers: dict[int, WSGIServer] = {}
-_servers_lock = threading.Lock()
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0", *extra_collectors: Any) -> int:
+def start_metrics_server(port: int, addr: str = "127.0.0.1", *extra_collectors: Any) -> int:
     """Serve /metrics on ``addr:port`` from a daemon thread; port 0 picks a free one.
 
     ``extra_collectors`` are served next to the process metrics (a worker adds
     ``cluster.ClusterStateCollector``). Returns the bound port. Raises
     ``OSError`` when the port is taken.
     """
-    registry = exposition_registry(*extra_collectors)
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    # Each scrape reads the kill switch: its modules (Redis, the store) are imported
+    # here, so that the first scrape is not the one that pays for it.
+    import workers.coordination  # noqa: F401
+
+    server, _thread = start_http_server(
+        port, addr=addr, registry=exposition_registry(*extra_collectors)
+    )
     bound = int(server.server_port)
     with _servers_lock:
         _servers[bound] = server
@@ -302,12 +334,13 @@ def stop_metrics_server(port: int) -> None:
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     from workers.settings import get_settings
 
-    port = get_settings().metrics_port
+    settings = get_settings()
+    port = settings.metrics_port
     if not port:
         return
     expose_alert_kinds()
     try:
-        bound = start_metrics_server(port, "0.0.0.0", _cluster_collector(sender))
+        bound = start_metrics_server(port, settings.metrics_host, _cluster_collector(sender))
     except OSError as exc:
         # Several workers on one host with the same port: the first serves
         # (and, with a multiprocess dir, serves all of them); the others must
@@ -315,7 +348,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         log.warning("metrics endpoint not started on port %s: %s", port, exc)
         return
     mode = f"multiprocess dir {multiprocess_dir()}" if multiprocess_dir() else "this process"
-    log.info("metrics endpoint on :%s/metrics (%s)", bound, mode)
+    log.info("metrics endpoint on %s:%s/metrics (%s)", settings.metrics_host, bound, mode)
 
 
 def _cluster_collector(consumer: Any) -> Any:

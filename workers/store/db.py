@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import namedtuple_row
@@ -210,16 +211,31 @@ def truncate_all() -> None:
 
 
 def check_database() -> None:
-    """Raise DatabaseUnavailable with a one-line reason when Postgres cannot be reached."""
+    """Raise DatabaseUnavailable with a one-line reason when Postgres cannot be reached,
+    or when its database is not UTF8.
+
+    execq writes text in every table and reads it back as text; a SQL_ASCII
+    database hands psycopg bytes, on which SQLAlchemy fails before any statement.
+    """
+    url = get_settings().database_url
+    libpq_url = urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
     try:
-        with get_engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as exc:
+        with psycopg.connect(libpq_url, connect_timeout=5, autocommit=True) as connection:
+            encoding = connection.info.parameter_status("server_encoding")
+    except psycopg.OperationalError as exc:
         raise unavailable(exc) from None
+    if encoding != "UTF8":
+        database = urlsplit(url).path.lstrip("/") or "?"
+        raise DatabaseUnavailable(
+            f"database {database!r} at DATABASE_URL ({redact_url(url)}) has encoding "
+            f"{encoding}; execq needs UTF8: CREATE DATABASE {database} ENCODING 'UTF8' "
+            "TEMPLATE template0"
+        )
 
 
-def unavailable(exc: OperationalError) -> DatabaseUnavailable:
+def unavailable(exc: OperationalError | psycopg.OperationalError) -> DatabaseUnavailable:
     """The one-line error for a failed connection, naming DATABASE_URL (password hidden)."""
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     url = redact_url(get_settings().database_url)
     return DatabaseUnavailable(f"cannot connect to DATABASE_URL ({url}): {reason}")

@@ -4,7 +4,8 @@ Meanings (ARCHITECTURE.md "Postgres"): ``orders`` follows the lifecycle table
 in ``workers.execution.order_state``; ``positions`` is the local view of the
 exchange's positions; ``aged_positions`` tracks one aged episode of a
 position; ``events`` is append-only; ``alerts`` are what a person must see;
-``signals`` is the producers' outbox (``workers.producer``).
+``signals`` is the producers' outbox (``workers.producer``); ``kill_switch``
+is the durable state of the kill switch (``workers.coordination``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     func,
@@ -268,3 +271,21 @@ class Signal(Base):
         # The recovery sweep reads only the signals not yet seen arriving.
         Index("ix_signals_unsettled", "last_sent_at", postgresql_where=text("settled_at IS NULL")),
     )
+
+
+class KillSwitch(Base):
+    """The kill switch as it was last set: one row, written with its event.
+
+    Redis holds the copy every order reads; when Redis has lost it (a restart
+    without persistence, a flush), this row is what the switch is.
+    """
+
+    __tablename__ = "kill_switch"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=1)
+    engaged: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    set_by: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
