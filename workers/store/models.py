@@ -62,6 +62,9 @@ class Order(Base):
     order_type: Mapped[str] = mapped_column(String(16), nullable=False)
     time_in_force: Mapped[str | None] = mapped_column(String(8))
     amount: Mapped[Decimal] = mapped_column(Amount, nullable=False)
+    # The amount as the signal asked, before it was floored to the market's step
+    # (unconstrained: a producer may send more decimals than the columns keep).
+    requested_amount: Mapped[Decimal | None] = mapped_column(Numeric)
     price: Mapped[Decimal | None] = mapped_column(Amount)
     reduce_only: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     purpose: Mapped[str] = mapped_column(String(32), nullable=False)
