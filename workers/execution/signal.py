@@ -23,6 +23,13 @@ none of them can be forged into two lines or broken by a NUL.
 Limits that are settings (signal id length, metadata size, account names) come
 in the validation context as ``SignalLimits``; without one the defaults apply
 and any account name of the right shape passes.
+
+An HTTP endpoint takes the same schema: ``OrderArguments`` as the request body's
+type gives the OpenAPI schema; ``parse_arguments(body, limits=SignalLimits.of(settings))``
+validates with the deployment's limits; ``rejection_from_errors(exc.errors())``
+turns a framework's request-validation errors (locations starting with ``body``)
+into the same one line; ``message_terms`` and ``conflict`` compare two bodies
+under one idempotency key; ``OrderResult`` is the result's schema.
 """
 
 from __future__ import annotations

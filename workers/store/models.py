@@ -254,6 +254,9 @@ class Signal(Base):
     signal_id: Mapped[str] = mapped_column(Text, nullable=False)
     # None when the leg cannot be derived: validation rejects such a signal by its id.
     client_order_id: Mapped[str | None] = mapped_column(String(36))
+    # The client order id again, unique: one recorded message per (signal id, leg).
+    # None for messages that are not orders, and for rows recorded before the rule.
+    idempotency_key: Mapped[str | None] = mapped_column(String(36))
     kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = _now_column()
     last_sent_at: Mapped[datetime] = _now_column()
@@ -264,6 +267,7 @@ class Signal(Base):
 
     __table_args__ = (
         Index("ix_signals_signal_id", "signal_id"),
+        Index("uq_signals_idempotency_key", "idempotency_key", unique=True),
         # The recovery sweep reads only the signals not yet seen arriving.
         Index("ix_signals_unsettled", "last_sent_at", postgresql_where=text("settled_at IS NULL")),
     )

@@ -1,11 +1,11 @@
 """The ``signals`` outbox in PostgreSQL: recorded by producers, settled by the recovery sweep.
 
-A signal id and its leg are an idempotency key here as in the order row: a
-message whose key is recorded already is not recorded again. The same order
-under it (``order_terms``) is answered with the recorded message, which the
-producer sends again under its task id (harmless: the task finds its order);
-another order under it is refused with ``SignalConflict``. Concurrent producers
-of one key are serialised by a transaction-scoped advisory lock on it.
+A signal id and its leg are an idempotency key here as in the order row
+(``idempotency_key``, unique): a message whose key is recorded already is not
+recorded again. The same order under it (``message_terms``) is answered with
+the recorded message, which the producer sends again under its task id
+(harmless: the task finds its order); another order under it is refused with
+``SignalConflict``.
 
 A row is *settled* once the store shows the signal arrived (an order row with
 its client order id, or a refusal event for its signal id or its task id) or
@@ -21,22 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select, text, update
+from sqlalchemy import Connection, exists, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.outbox import OutboxSignal
-from workers.execution.signal import SignalConflict, conflict, message_terms
+from workers.execution.signal import TASK_ARGUMENTS, SignalConflict, conflict, message_terms
 from workers.store.models import Event, Order, Signal
 
 _SIGNALS = Signal.__table__
 # The events that say a message reached a worker which refused it.
 REFUSAL_EVENTS = ("signal_rejected", "signal_conflict")
-# Keys locked in a stable order, so two producers with overlapping batches cannot deadlock.
-_LOCK_KEYS = text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('execq-signal|' || cid, 0)) "
-    "FROM (SELECT cid FROM unnest(CAST(:cids AS text[])) AS cid ORDER BY cid) AS keys"
-)
 
 
 @dataclass(frozen=True)
@@ -68,29 +64,22 @@ def _expected_client_order_id(kwargs: Mapping[str, Any]) -> str | None:
         return None
 
 
-def _recorded_under(
-    connection: Connection, messages: Sequence[OutboxMessage], keys: Sequence[str]
-) -> dict[str, OutboxMessage]:
-    """The first recorded message of each key, its key locked until the transaction ends."""
-    connection.execute(_LOCK_KEYS, {"cids": sorted(keys)})
+def _idempotency_key(message: OutboxMessage) -> str | None:
+    if message.task_name not in TASK_ARGUMENTS:
+        return None
+    return _expected_client_order_id(message.kwargs)
+
+
+def _recorded_under(connection: Connection, keys: Iterable[str]) -> dict[str, OutboxMessage]:
     rows = connection.execute(
         select(
-            _SIGNALS.c.task_id, _SIGNALS.c.task_name, _SIGNALS.c.kwargs, _SIGNALS.c.client_order_id
-        )
-        .where(
-            _SIGNALS.c.signal_id.in_(
-                {str(message.kwargs.get("signal_id")) for message in messages}
-            ),
-            _SIGNALS.c.client_order_id.in_(list(keys)),
-        )
-        .order_by(_SIGNALS.c.created_at)
+            _SIGNALS.c.task_id, _SIGNALS.c.task_name, _SIGNALS.c.kwargs, _SIGNALS.c.idempotency_key
+        ).where(_SIGNALS.c.idempotency_key.in_(list(keys)))
     ).all()
-    recorded: dict[str, OutboxMessage] = {}
-    for row in rows:
-        recorded.setdefault(
-            row.client_order_id, OutboxMessage(row.task_id, row.task_name, dict(row.kwargs))
-        )
-    return recorded
+    return {
+        row.idempotency_key: OutboxMessage(row.task_id, row.task_name, dict(row.kwargs))
+        for row in rows
+    }
 
 
 def _refusal_of(earlier: OutboxMessage, message: OutboxMessage) -> SignalConflict | None:
@@ -104,7 +93,7 @@ def _refusal_of(earlier: OutboxMessage, message: OutboxMessage) -> SignalConflic
 
 
 class OutboxConflict(Exception):
-    """A message's key is recorded for another order; nothing of the batch was recorded."""
+    """A message's key is recorded for another order; the caller rolls the batch back."""
 
     def __init__(self, message: OutboxMessage, refusal: SignalConflict) -> None:
         super().__init__(str(refusal))
@@ -112,48 +101,54 @@ class OutboxConflict(Exception):
         self.refusal = refusal
 
 
+_INSERT_NEW = (
+    postgresql.insert(_SIGNALS)
+    .on_conflict_do_nothing(index_elements=[_SIGNALS.c.idempotency_key])
+    .returning(_SIGNALS.c.task_id)
+)
+
+
 def record_signals(
     connection: Connection, messages: Sequence[OutboxMessage]
 ) -> list[OutboxMessage]:
     """Record ``messages`` in the caller's transaction; returns, for each, the message to
-    send: itself, or the one recorded earlier under its key for the same order.
+    send: itself, or the one recorded under its key (earlier, or earlier in this batch)
+    for the same order.
 
-    Raises ``OutboxConflict`` (the caller rolls back) for a message whose key is
-    recorded, earlier or in this batch, for another order.
+    One INSERT; a key recorded already is skipped by the unique index (a concurrent
+    producer's uncommitted one is waited for). Raises ``OutboxConflict`` for a message
+    whose key is recorded for another order: the caller rolls the batch back.
     """
-    keys = {message.task_id: _expected_client_order_id(message.kwargs) for message in messages}
-    known = [key for key in keys.values() if key is not None]
-    first = _recorded_under(connection, messages, known) if known else {}
-    to_send: list[OutboxMessage] = []
-    new: list[OutboxMessage] = []
-    for message in messages:
-        key = keys[message.task_id]
-        earlier = first.get(key) if key is not None else None
-        if earlier is None:
-            if key is not None:
-                first[key] = message
-            new.append(message)
-            to_send.append(message)
-            continue
-        refusal = _refusal_of(earlier, message)
-        if refusal is not None:
-            raise OutboxConflict(message, refusal)
-        to_send.append(earlier)
-    if new:
+    keys = {message.task_id: _idempotency_key(message) for message in messages}
+    inserted = set(
         connection.execute(
-            insert(_SIGNALS),
+            _INSERT_NEW,
             [
                 {
                     "task_id": message.task_id,
                     "task_name": message.task_name,
                     "signal_id": str(message.kwargs.get("signal_id")),
-                    "client_order_id": keys[message.task_id],
+                    "client_order_id": _expected_client_order_id(message.kwargs),
+                    "idempotency_key": keys[message.task_id],
                     "kwargs": message.kwargs,
                     "sends": 1,
                 }
-                for message in new
+                for message in messages
             ],
-        )
+        ).scalars()
+    )
+    skipped = {keys[message.task_id] for message in messages if message.task_id not in inserted}
+    recorded = _recorded_under(connection, skipped) if skipped else {}
+    to_send = []
+    for message in messages:
+        if message.task_id in inserted:
+            to_send.append(message)
+            continue
+        earlier = recorded[keys[message.task_id]]
+        refusal = _refusal_of(earlier, message)
+        if refusal is not None:
+            raise OutboxConflict(message, refusal)
+        to_send.append(earlier)
     return to_send
 
 
