@@ -37,6 +37,7 @@ from workers.execution.order_state import OrderStatus
 from workers.execution.signal import (
     LIMIT_TASK,
     MARKET_TASK,
+    BaseOrderArguments,
     LimitOrderArguments,
     MarketOrderArguments,
     SignalLimits,
@@ -63,7 +64,7 @@ logger = logging.getLogger("execq.orders")
 __all__ = ["SignalRejected", "execute_limit_order", "execute_market_order"]
 
 
-def _documented_by(model: type[MarketOrderArguments], summary: str):
+def _documented_by(model: type[BaseOrderArguments], summary: str):
     """Give the task the docstring its argument model writes (Flower and ``help()`` show it)."""
 
     def document(function):

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import ROOT, wait_for
+from workers.execution.signal import OrderResult
 
 ETH = "ETH/USDT:USDT"
 BTC = "BTC/USDT:USDT"
@@ -287,7 +288,10 @@ def test_the_producer_answers_the_same_signal_with_its_first_message(worker, sim
     again = submit_market_order(signal_id, "binance", ETH, "buy", "0.300")
 
     assert again.id == first.id
-    assert again.get(timeout=60) == first.get(timeout=60)
+    result = first.get(timeout=60)
+    assert again.get(timeout=60) == result
+    assert set(result) == set(OrderResult.model_fields)
+    assert (result["requested"], result["amount"], result["filled"]) == ("0.3", "0.3", "0.3")
     assert count(Signal, Signal.signal_id == signal_id) == 1
     assert len(sim.ledger()) == 1
 
@@ -469,7 +473,10 @@ def test_execq_signal_exits_0_only_for_a_fill_or_a_resting_limit(worker, sim):
         "signal", "binance", "buy", "0.1", ETH, "--signal-id", signal_id, "--wait", "60", "--json"
     )
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["result"] == json.loads(filled.stdout)["result"]
+    result = json.loads(filled.stdout)["result"]
+    assert json.loads(again.stdout)["result"] == result
+    assert set(result) == set(OrderResult.model_fields)
+    assert (result["status"], result["filled"], result["error"]) == ("filled", "0.1", None)
 
     # Another order under that signal id: 1, one line naming the conflict
     other = execq("signal", "binance", "sell", "0.1", ETH, "--signal-id", signal_id, "--wait", "60")
