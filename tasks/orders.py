@@ -1,17 +1,23 @@
 """execute_market_order / execute_limit_order: validate, record the intent, submit once.
 
-Arguments are JSON (what the producer sent is what Flower shows):
-``signal_id``, ``exchange`` (a configured account), ``symbol`` (ccxt unified),
-``side``, ``amount`` (decimal string), ``reduce_only``, ``purpose``, optional
-``leg``, ``position_id``, ``aged_id``, ``metadata``; limit orders add
-``price`` and ``time_in_force`` (GTC or IOC). The result is the order summary.
+Arguments are JSON, by name (what the producer sent is what Flower shows); the
+schema is ``workers.execution.signal`` (``MarketOrderArguments``,
+``LimitOrderArguments``), which also writes these tasks' docstrings and the
+README's table. The result is the order result (``OrderResult``).
+
+A refused signal (an invalid argument, a symbol the account does not trade, an
+amount off the market's limits, a signal id already used for another order)
+records ``signal_rejected`` or ``signal_conflict`` and fails the task with the
+one-line reason; nothing reaches the exchange and nothing is retried. The tasks
+take ``**arguments`` so that a missing or unknown argument, which Celery would
+refuse with a ``TypeError`` before any execq code ran, is refused the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,81 +25,98 @@ from workers import redis_keys
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
 from workers.coordination import KillSwitchState, kill_switch_from, kill_switch_state
 from workers.exchange.errors import VenueError
+from workers.exchange.markets import signal_market
 from workers.exchange.prices import (
     ReferencePrice,
-    find_market,
     queue_cached_price_read,
     reference_price,
     refresh_reference_price,
 )
-from workers.execution.client_ids import client_order_id, leg_for
+from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
-from workers.execution.validation import InvalidSignal, ValidatedOrder, validate_order_request
+from workers.execution.signal import (
+    LIMIT_TASK,
+    MARKET_TASK,
+    BaseOrderArguments,
+    LimitOrderArguments,
+    MarketOrderArguments,
+    SignalLimits,
+    SignalRefused,
+    SignalRejected,
+    arguments_for_task,
+    conflict,
+    order_terms,
+    task_docstring,
+)
+from workers.execution.validation import ValidatedOrder, check_against_market, check_notional
 from workers.flows.submission import LeaseLost, Requeue, Submission, order_lease
 from workers.flows.verification import InlineSettlement, decisive_order, verify_and_book
 from workers.redis_client import get_redis
 from workers.settings import get_settings
 from workers.store import orders as order_store
-from workers.store.db import session_scope
-from workers.store.events import record_event
+from workers.store.orders import OrderSnapshot
+from workers.store.signals import missing_references, record_refusal, refusal_event
 
 MAX_REQUEUES = 50
 
 logger = logging.getLogger("execq.orders")
 
-
-class SignalRejected(Exception):
-    """The signal is invalid; nothing was sent to the exchange and nothing is retried."""
+__all__ = ["SignalRejected", "execute_limit_order", "execute_market_order"]
 
 
-@app.task(
-    name="execute_market_order", bind=True, max_retries=MAX_REQUEUES, **RETRY_ON_INFRASTRUCTURE
-)
-def execute_market_order(
-    self: Any,
-    signal_id: str,
-    exchange: str,
-    symbol: str,
-    side: str,
-    amount: str,
-    reduce_only: bool = False,
-    purpose: str = "open",
-    leg: str | None = None,
-    position_id: int | None = None,
-    aged_id: int | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One market order, exactly once; returns the order summary."""
-    request = _arguments(locals(), order_type="market", price=None, time_in_force=None)
-    return _execute(self, request)
+def _documented_by(model: type[BaseOrderArguments], summary: str):
+    """Give the task the docstring its argument model writes (Flower and ``help()`` show it)."""
+
+    def document(function):
+        function.__doc__ = task_docstring(model, summary)
+        return function
+
+    return document
 
 
 @app.task(
-    name="execute_limit_order", bind=True, max_retries=MAX_REQUEUES, **RETRY_ON_INFRASTRUCTURE
+    name=MARKET_TASK,
+    bind=True,
+    typing=False,
+    throws=(SignalRefused,),
+    max_retries=MAX_REQUEUES,
+    **RETRY_ON_INFRASTRUCTURE,
 )
-def execute_limit_order(
-    self: Any,
-    signal_id: str,
-    exchange: str,
-    symbol: str,
-    side: str,
-    amount: str,
-    price: str,
-    time_in_force: str = "GTC",
-    reduce_only: bool = False,
-    purpose: str = "open",
-    leg: str | None = None,
-    position_id: int | None = None,
-    aged_id: int | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One limit order (GTC rests and is followed; IOC fills what it can), exactly once."""
-    return _execute(self, _arguments(locals(), order_type="limit"))
+@_documented_by(MarketOrderArguments, "One market order, exactly once; returns the order result.")
+def execute_market_order(self: Any, *args: Any, **arguments: Any) -> dict[str, Any]:
+    return _execute(self, SignalRequest.of(self, MARKET_TASK, args, arguments))
 
 
-def _arguments(task_locals: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """The task's JSON arguments as one request (the explicit signatures are what Flower shows)."""
-    return {name: value for name, value in task_locals.items() if name != "self"} | extra
+@app.task(
+    name=LIMIT_TASK,
+    bind=True,
+    typing=False,
+    throws=(SignalRefused,),
+    max_retries=MAX_REQUEUES,
+    **RETRY_ON_INFRASTRUCTURE,
+)
+@_documented_by(
+    LimitOrderArguments,
+    "One limit order (GTC rests and is followed; IOC fills what it can), exactly once.",
+)
+def execute_limit_order(self: Any, *args: Any, **arguments: Any) -> dict[str, Any]:
+    return _execute(self, SignalRequest.of(self, LIMIT_TASK, args, arguments))
+
+
+@dataclass(frozen=True)
+class SignalRequest:
+    """A task message as it arrived: not validated yet."""
+
+    task_name: str
+    task_id: str | None
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+
+    @classmethod
+    def of(
+        cls, task: Any, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> SignalRequest:
+        return cls(task_name, task.request.id, tuple(args), dict(kwargs))
 
 
 @dataclass(frozen=True)
@@ -115,7 +138,7 @@ class OrderIntent:
         return client_order_id(self.order.signal_id, self.leg)
 
 
-def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
+def _execute(task: Any, request: SignalRequest) -> dict[str, Any]:
     settings = get_settings()
     deadline = time.monotonic() + settings.run_budget_s
     try:
@@ -123,8 +146,8 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
     except VenueError as exc:
         # Markets or the reference price could not be read: nothing was sent, try later.
         if task.request.retries >= MAX_REQUEUES:
-            _record_rejection(request, "exchange", f"exchange unreachable: {exc.describe()}")
-            raise SignalRejected(f"signal rejected: exchange unreachable: {exc}") from None
+            unreachable = f"exchange unreachable: {exc.describe()}"
+            raise _refused(request, SignalRejected.of("exchange", unreachable)) from None
         raise task.retry(countdown=1.0 + task.request.retries) from None
     cid = intent.client_order_id
     # The kill switch read with the reference price (market orders) serves the first send.
@@ -136,6 +159,8 @@ def _execute(task: Any, request: dict[str, Any]) -> dict[str, Any]:
             order, created = order_store.ensure_intent(
                 _intent_values(intent) | {"task_id": task.request.id}, submitting=may_send
             )
+            if not created:
+                _refuse_another_order(request, intent, order)
             order = Submission(
                 order=order,
                 settings=settings,
@@ -208,66 +233,57 @@ def _check_flat_after(order: Any, booking: Any) -> None:
         )
 
 
-LEG = re.compile(r"^[a-z0-9]{1,12}$")
+def _validate_or_reject(request: SignalRequest) -> OrderIntent:
+    """The static checks, then the market's; a refusal is recorded and raised.
 
-
-def _check_context(request: dict[str, Any]) -> tuple[str, str]:
-    purpose = request["purpose"]
-    if not isinstance(purpose, str) or not LEG.match(purpose.replace("_", "")):
-        raise InvalidSignal("purpose", "must be a short lowercase word such as open or close")
-    leg = leg_for(purpose, request["leg"])
-    if not isinstance(leg, str) or not LEG.match(leg):
-        raise InvalidSignal("leg", "must match [a-z0-9]{1,12}")
-    for name in ("position_id", "aged_id"):
-        value = request[name]
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise InvalidSignal(name, "must be an integer id")
-    return leg, purpose
-
-
-def _validate_or_reject(request: dict[str, Any]) -> OrderIntent:
-    settings = get_settings()
-    account_names = [account.name for account in settings.accounts]
-    market = None
-    reference = None
-    kill_switch = None
+    Raises the exchange's errors when the markets or a reference price cannot be
+    read (nothing is decided then).
+    """
     try:
-        leg, purpose = _check_context(request)
-        if request["exchange"] in account_names and isinstance(request["symbol"], str):
-            market = find_market(request["exchange"], request["symbol"])
-            if market is not None and request["order_type"] == "market":
-                reference, kill_switch = _price_and_kill_switch(
-                    request["exchange"], request["symbol"]
-                )
-        validated = validate_order_request(
-            signal_id=request["signal_id"],
-            account=request["exchange"],
-            known_accounts=account_names,
-            symbol=request["symbol"],
-            market=market,
-            side=request["side"],
-            amount=request["amount"],
-            price=request["price"],
-            order_type=request["order_type"],
-            time_in_force=request["time_in_force"],
-            reduce_only=request["reduce_only"],
-            metadata=request["metadata"],
-            max_signal_id_length=settings.max_signal_id_length,
-            max_metadata_bytes=settings.max_metadata_bytes,
-            reference_price=reference.price if reference is not None else None,
+        arguments = arguments_for_task(
+            request.task_name, request.args, request.kwargs, SignalLimits.of(get_settings())
         )
-    except InvalidSignal as invalid:
-        _record_rejection(request, invalid.field, invalid.message)
-        raise SignalRejected(f"signal rejected: {invalid.field}: {invalid.message}") from None
+    except SignalRejected as refusal:
+        raise _refused(request, _with_market_hint(request, refusal)) from None
+    reference = kill_switch = None
+    try:
+        rules = signal_market(arguments.exchange, arguments.symbol)
+        validated = check_against_market(arguments, rules)
+        for name in missing_references(arguments.position_id, arguments.aged_id):
+            raise SignalRejected.of(name, f"no row with id {getattr(arguments, name)}")
+        if validated.order_type == "market":
+            reference, kill_switch = _price_and_kill_switch(validated.account, validated.symbol)
+        check_notional(validated, rules, reference.price if reference is not None else None)
+    except SignalRejected as refusal:
+        raise _refused(request, refusal) from None
     return OrderIntent(
         order=validated,
-        leg=leg,
-        purpose=purpose,
-        position_id=request["position_id"],
-        aged_id=request["aged_id"],
+        leg=arguments.effective_leg,
+        purpose=arguments.purpose,
+        position_id=arguments.position_id,
+        aged_id=arguments.aged_id,
         refresh_price=reference is not None and reference.stale,
         kill_switch=kill_switch,
     )
+
+
+def _with_market_hint(request: SignalRequest, refusal: SignalRejected) -> SignalRejected:
+    """A refused symbol of a known account, named against the account's markets: the
+    symbol an alias stands for there, or that it has no such market."""
+    account, symbol = request.kwargs.get("exchange"), request.kwargs.get("symbol")
+    if refusal.field != "symbol" or not isinstance(symbol, str):
+        return refusal
+    if len(symbol) > 64 or not symbol.isprintable():
+        return refusal
+    if account not in {known.name for known in get_settings().accounts}:
+        return refusal
+    try:
+        signal_market(account, symbol)
+    except SignalRejected as named:
+        return named
+    except VenueError as exc:
+        logger.info("markets of %s not read for a refused symbol: %s", account, exc.describe())
+    return refusal
 
 
 def _price_and_kill_switch(account: str, symbol: str) -> tuple[ReferencePrice, KillSwitchState]:
@@ -283,16 +299,33 @@ def _price_and_kill_switch(account: str, symbol: str) -> tuple[ReferencePrice, K
     return reference, kill_switch_from(kill_switch_raw)
 
 
-def _record_rejection(request: dict[str, Any], field: str, reason: str) -> None:
-    with session_scope() as session:
-        record_event(
-            session,
-            "signal_rejected",
-            signal_id=str(request.get("signal_id"))[:256],
-            account=str(request.get("exchange"))[:32],
-            symbol=str(request.get("symbol"))[:64],
-            payload={"field": field, "reason": reason},
-        )
+def _refused(request: SignalRequest, refusal: SignalRefused) -> SignalRefused:
+    """Record the refusal's event; returns it for the caller to raise (the task fails
+    with its one line and is not retried)."""
+    record_refusal(
+        refusal_event(refusal, request.kwargs, task_name=request.task_name, task_id=request.task_id)
+    )
+    return refusal
+
+
+def _refuse_another_order(
+    request: SignalRequest, intent: OrderIntent, order: OrderSnapshot
+) -> None:
+    """The (signal id, leg) already names an order: carry on only if it is this one."""
+    asked = order_terms(intent.order) | {"purpose": intent.purpose}
+    refusal = conflict(intent.order.signal_id, intent.leg, order_terms(order), asked)
+    if refusal is None:
+        return
+    row = refusal_event(
+        refusal,
+        request.kwargs,
+        task_name=request.task_name,
+        task_id=request.task_id,
+        order_id=order.id,
+        client_order_id=order.client_order_id,
+    )
+    record_refusal(row)
+    raise refusal
 
 
 def _intent_values(intent: OrderIntent) -> dict[str, Any]:
@@ -307,6 +340,7 @@ def _intent_values(intent: OrderIntent) -> dict[str, Any]:
         "order_type": str(order.order_type),
         "time_in_force": order.time_in_force,
         "amount": order.amount,
+        "requested_amount": order.requested_amount,
         "price": order.price,
         "reduce_only": order.reduce_only,
         "purpose": intent.purpose,

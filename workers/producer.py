@@ -10,10 +10,19 @@ every recorded signal that never reached a worker again
 (``workers.execution.outbox``), and the client order id makes a second copy
 harmless. A call that returns has recorded the signal; one that raises after
 recording raises ``NotEnqueued`` (the broker is down): the sweep sends it
-later, ``Producer.publish`` sends it now, and submitting the same signal id
+later, ``Producer.publish`` sends it now, and submitting the same signal
 again is safe too. (When the result store, the same Redis by default, is down
 as well, Celery's ``send_task`` first spends about 20 s reconnecting to it
 and raises ``RuntimeError``; the signal is recorded all the same.)
+
+Before anything is recorded, an order task's arguments pass the static checks
+of ``workers.execution.signal``: an invalid one raises ``SignalRejected`` with
+its one-line reason and a ``signal_rejected`` event, and nothing is recorded or
+enqueued (the sweep could only send it again and again). A signal id with its
+leg is an idempotency key: the same order under a recorded key returns the
+first message's result; another order under it raises ``SignalConflict``
+(event ``signal_conflict``). The worker checks the rest (the market's symbol,
+steps and limits) and refuses the same way.
 
 Only the task names and JSON arguments cross the broker, so ``send_task``
 with these kwargs from any Celery client works the same, without the outbox
@@ -39,7 +48,17 @@ from typing import TYPE_CHECKING, Any
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from workers.store.outbox import OutboxMessage, record_signals
+from workers.execution.signal import (
+    TASK_ARGUMENTS,
+    AnyOrderArguments,
+    SignalConflict,
+    SignalLimits,
+    SignalRefused,
+    SignalRejected,
+    arguments_for_task,
+)
+from workers.store.outbox import OutboxConflict, OutboxMessage, record_signals
+from workers.store.signals import insert_refusal, refusal_event
 
 BROKER_ERRORS = (KombuOperationalError, redis.RedisError, OSError)
 
@@ -47,6 +66,18 @@ if TYPE_CHECKING:
     from celery import Celery
     from celery.result import AsyncResult
     from sqlalchemy import Engine
+
+__all__ = [
+    "NotEnqueued",
+    "Producer",
+    "SignalConflict",
+    "SignalRefused",
+    "SignalRejected",
+    "default_producer",
+    "order_kwargs",
+    "submit_limit_order",
+    "submit_market_order",
+]
 
 
 class NotEnqueued(Exception):
@@ -64,24 +95,66 @@ class NotEnqueued(Exception):
 
 
 class Producer:
-    """Sends task messages through the outbox: recorded in PostgreSQL, then enqueued."""
+    """Sends task messages through the outbox: checked, recorded in PostgreSQL, then enqueued.
 
-    def __init__(self, app: Celery, engine: Engine) -> None:
+    ``limits`` are the static checks' settings (default: this process's settings:
+    its accounts, signal id length and metadata size).
+    """
+
+    def __init__(self, app: Celery, engine: Engine, limits: SignalLimits | None = None) -> None:
         self.app = app
         self.engine = engine
+        self._limits = limits
+
+    @property
+    def limits(self) -> SignalLimits:
+        if self._limits is None:
+            from workers.settings import get_settings
+
+            self._limits = SignalLimits.of(get_settings())
+        return self._limits
+
+    def check(self, task_name: str, kwargs: dict[str, Any]) -> AnyOrderArguments | None:
+        """The static checks of an order task's arguments (other tasks pass unchecked).
+
+        Raises ``SignalRejected`` with the one-line reason, after recording the
+        ``signal_rejected`` event; nothing is recorded in the outbox or enqueued.
+        """
+        if task_name not in TASK_ARGUMENTS:
+            return None
+        try:
+            return arguments_for_task(task_name, (), kwargs, self.limits)
+        except SignalRejected as refusal:
+            self._record(refusal, task_name, kwargs)
+            raise
 
     def send(self, task_name: str, kwargs: dict[str, Any]) -> AsyncResult:
         return self.send_many([(task_name, kwargs)])[0]
 
     def send_many(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> list[AsyncResult]:
-        """Record all ``messages`` in one transaction, then enqueue each in order.
+        """Check all ``messages``, record them in one transaction, then enqueue each in order.
 
-        Raises ``NotEnqueued`` when the broker refuses after the record committed.
+        A message whose signal id and leg are recorded already for the same order
+        is not recorded again: its recorded message is sent again, and its result
+        is the first order's. Raises ``SignalRejected`` (an invalid argument) or
+        ``SignalConflict`` (the key is recorded for another order) before anything
+        of the batch is recorded, each with its event recorded; ``NotEnqueued`` when
+        the broker refuses after the record committed.
         """
+        for task_name, kwargs in messages:
+            self.check(task_name, kwargs)
         outbox = [OutboxMessage.new(task_name, kwargs) for task_name, kwargs in messages]
+        try:
+            with self.engine.begin() as connection:
+                to_send = record_signals(connection, outbox)
+        except OutboxConflict as exc:
+            self._record(exc.refusal, exc.message.task_name, exc.message.kwargs)
+            raise exc.refusal from None
+        return self.publish(to_send)
+
+    def _record(self, refusal: SignalRefused, task_name: str, kwargs: dict[str, Any]) -> None:
         with self.engine.begin() as connection:
-            record_signals(connection, outbox)
-        return self.publish(outbox)
+            insert_refusal(connection, refusal_event(refusal, kwargs, task_name=task_name))
 
     def publish(self, outbox: Sequence[OutboxMessage]) -> list[AsyncResult]:
         """Enqueue recorded messages (again): the same task ids, so a copy is harmless."""

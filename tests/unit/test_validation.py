@@ -1,5 +1,5 @@
-"""Order request validation: every bad input is refused with a message naming the field,
-and every accepted amount is one the exchange will take."""
+"""The market checks of a signal: one symbol per market, and every accepted amount and
+price one the exchange will take."""
 
 from __future__ import annotations
 
@@ -9,180 +9,215 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workers.execution.signal import (
+    LimitOrderArguments,
+    MarketOrderArguments,
+    SignalRejected,
+    parse_arguments,
+)
 from workers.execution.validation import (
-    InvalidSignal,
+    MarketRules,
     ValidatedOrder,
-    validate_order_request,
+    check_against_market,
+    check_notional,
+    market_rules,
+    perpetual_for,
 )
 
 D = Decimal
-# The shape ccxt gives for binanceusdm BTC/USDT:USDT (TICK_SIZE precision mode; floats as ccxt has them)
-BTC_MARKET = {
-    "symbol": "BTC/USDT:USDT",
-    "active": True,
-    "precision": {"amount": 0.001, "price": 0.1},
-    "limits": {
-        "amount": {"min": 0.001, "max": 1000.0},
-        "cost": {"min": 100.0, "max": None},
-        "price": {"min": 556.8, "max": 4529764.0},
-    },
-}
-MARKETS = {"BTC/USDT:USDT": BTC_MARKET}
 
 
-def request(**overrides):
-    fields = {
-        "signal_id": "sig-1",
-        "account": "binance",
-        "known_accounts": {"binance", "bybit"},
-        "symbol": "BTC/USDT:USDT",
-        "side": "buy",
-        "amount": "0.01",
-        "price": None,
-        "order_type": "market",
-        "time_in_force": None,
-        "reduce_only": False,
-        "metadata": None,
-        "max_signal_id_length": 64,
-        "max_metadata_bytes": 256,
-        "reference_price": D("50000"),
+def perpetual(base: str, **limits) -> dict:
+    """A linear perpetual as ccxt's binanceusdm gives it (TICK_SIZE mode; floats as ccxt has them)."""
+    return {
+        "id": f"{base}USDT",
+        "symbol": f"{base}/USDT:USDT",
+        "base": base,
+        "quote": "USDT",
+        "settle": "USDT",
+        "type": "swap",
+        "swap": True,
+        "linear": True,
+        "active": True,
+        "precision": {"amount": 0.001, "price": 0.01},
+        "limits": {
+            "amount": {"min": 0.001, "max": 10000.0},
+            "market": {"min": 0.001, "max": 2000.0},
+            "price": {"min": 0.01, "max": 4529764.0},
+            "cost": {"min": 20.0, "max": None},
+        }
+        | limits,
     }
-    fields.update(overrides)
-    fields.setdefault("market", MARKETS.get(fields["symbol"]))
-    return validate_order_request(**fields)
 
 
-def refused(**overrides) -> InvalidSignal:
-    with pytest.raises(InvalidSignal) as caught:
-        request(**overrides)
+ETH = perpetual("ETH")
+BTC = perpetual("BTC", amount={"min": 0.005, "max": 1000.0}, cost={"min": 100.0})
+ETH_SPOT = {"id": "ETHUSDT", "symbol": "ETH/USDT", "spot": True, "swap": False, "linear": None}
+MARKETS = {"ETH/USDT:USDT": ETH, "BTC/USDT:USDT": BTC}
+
+
+def market_order(**overrides) -> MarketOrderArguments:
+    return parse_arguments(
+        {
+            "signal_id": "s1",
+            "exchange": "binance",
+            "symbol": "ETH/USDT:USDT",
+            "side": "buy",
+            "amount": "0.3",
+        }
+        | overrides,
+        MarketOrderArguments,
+    )
+
+
+def limit_order(**overrides) -> LimitOrderArguments:
+    return parse_arguments(
+        {
+            "signal_id": "s1",
+            "exchange": "binance",
+            "symbol": "ETH/USDT:USDT",
+            "side": "buy",
+            "amount": "0.3",
+            "price": "3400",
+        }
+        | overrides,
+        LimitOrderArguments,
+    )
+
+
+def refused(arguments, market=ETH) -> SignalRejected:
+    with pytest.raises(SignalRejected) as caught:
+        check_against_market(arguments, market_rules(market))
     return caught.value
 
 
-def test_a_good_market_order_passes_with_decimal_amounts():
-    order = request()
+# --- one symbol ---------------------------------------------------------------------------
+
+
+def test_the_exact_unified_symbol_of_a_linear_perpetual_is_its_market():
+    assert perpetual_for("ETH/USDT:USDT", MARKETS, account="binance") is ETH
+
+
+@pytest.mark.parametrize(
+    ("symbol", "resolved"),
+    [
+        ("ETH/USDT", "ETH/USDT:USDT"),  # what ccxt's market() makes of it on binanceusdm
+        ("ETH/USDT", None),  # and when ccxt has no answer (Bybit): the spot-style form
+        ("ETHUSDT", None),  # the exchange's id
+        ("eth/usdt:usdt", None),  # another case
+    ],
+)
+def test_an_alias_is_refused_naming_the_symbol_to_use(symbol, resolved):
+    with pytest.raises(SignalRejected) as caught:
+        perpetual_for(symbol, MARKETS, account="binance", resolved=resolved)
+    assert caught.value.reason == (
+        f"symbol: '{symbol}' is an alias on binance; use 'ETH/USDT:USDT'"
+    )
+
+
+def test_a_market_that_is_not_a_linear_perpetual_and_an_unknown_one_are_refused():
+    markets = MARKETS | {"ETH/USDT": ETH_SPOT, "DOGE/USDT": {**ETH_SPOT, "id": "DOGEUSDT"}}
+    with pytest.raises(SignalRejected, match="not a linear perpetual"):
+        perpetual_for("DOGE/USDT", markets, account="binance")
+    with pytest.raises(SignalRejected, match="unknown symbol 'XRP/USDT:USDT' on binance"):
+        perpetual_for("XRP/USDT:USDT", markets, account="binance")
+
+
+# --- amounts and prices -------------------------------------------------------------------
+
+
+def test_a_good_market_order_keeps_what_was_asked_beside_what_is_placed():
+    order = check_against_market(market_order(amount="0.1234567"), market_rules(ETH))
     assert order == ValidatedOrder(
-        signal_id="sig-1",
+        signal_id="s1",
         account="binance",
-        symbol="BTC/USDT:USDT",
+        symbol="ETH/USDT:USDT",
         side="buy",
         order_type="market",
-        amount=D("0.01"),
+        amount=D("0.123"),
         price=None,
         time_in_force=None,
         reduce_only=False,
         metadata={},
-        requested_amount=D("0.01"),
+        requested_amount=D("0.1234567"),
     )
 
 
-def test_the_amount_is_rounded_down_to_the_step():
-    assert request(amount="0.0129").amount == D("0.012")
-
-
-def test_a_good_limit_order_defaults_to_gtc_and_rounds_the_price_in_the_buyers_favour():
-    order = request(order_type="limit", price="50000.07", reference_price=None)
-    assert order.price == D("50000.0") and order.time_in_force == "GTC"
-    sell = request(order_type="limit", side="sell", price="50000.01", time_in_force="ioc")
-    assert sell.price == D("50000.1") and sell.time_in_force == "IOC"
+def test_a_limit_price_is_rounded_in_the_traders_favour():
+    rules = market_rules(BTC | {"precision": {"amount": 0.001, "price": 0.1}})
+    buy = check_against_market(limit_order(symbol="BTC/USDT:USDT", price="50000.07"), rules)
+    sell = check_against_market(
+        limit_order(symbol="BTC/USDT:USDT", price="50000.01", side="sell", time_in_force="IOC"),
+        rules,
+    )
+    assert (buy.price, buy.time_in_force) == (D("50000.0"), "GTC")
+    assert (sell.price, sell.time_in_force) == (D("50000.1"), "IOC")
 
 
 @pytest.mark.parametrize(
-    ("overrides", "field", "says"),
+    ("arguments", "says"),
     [
-        ({"account": "kraken"}, "exchange", "unknown account"),
-        ({"symbol": "DOGE/USDT:USDT"}, "symbol", "unknown symbol"),
-        ({"market": {**BTC_MARKET, "active": False}}, "symbol", "not active"),
-        ({"side": "long"}, "side", "'buy' or 'sell'"),
-        ({"side": "BUY"}, "side", "'buy' or 'sell'"),
-        ({"order_type": "stop"}, "order_type", "'market' or 'limit'"),
-        ({"amount": "NaN"}, "amount", "finite"),
-        ({"amount": "inf"}, "amount", "finite"),
-        ({"amount": "-Infinity"}, "amount", "finite"),
-        ({"amount": "-1"}, "amount", "positive"),
-        ({"amount": "0"}, "amount", "positive"),
-        ({"amount": "0e5"}, "amount", "positive"),
-        ({"amount": "abc"}, "amount", "not a decimal"),
-        ({"amount": "1_000"}, "amount", "not a decimal"),
-        ({"amount": "0x10"}, "amount", "not a decimal"),
-        (
-            {"amount": "\u0663"},
-            "amount",
-            "not a decimal",
-        ),  # Arabic-Indic 3: Decimal() would take it
-        ({"amount": ""}, "amount", "not a decimal"),
-        ({"amount": 0.01}, "amount", "decimal string"),
-        ({"amount": True}, "amount", "decimal string"),
-        ({"amount": None}, "amount", "decimal string"),
-        ({"amount": "1e-40"}, "amount", "out of range"),
-        ({"amount": "1" * 70}, "amount", "too long"),
-        ({"amount": "0.0009"}, "amount", "rounds to 0"),
-        ({"amount": "2000"}, "amount", "above the market's maximum"),
-        ({"amount": "0.001"}, "amount", "below the market's minimum 100"),
-        ({"order_type": "limit", "price": None}, "price", "required"),
-        ({"order_type": "limit", "price": "-5"}, "price", "positive"),
-        ({"order_type": "limit", "price": "0.01"}, "price", "rounds to 0"),
-        ({"order_type": "limit", "price": "nan"}, "price", "finite"),
-        ({"price": "50000"}, "price", "only for limit orders"),
-        (
-            {"order_type": "limit", "price": "50000", "time_in_force": "FOK"},
-            "time_in_force",
-            "GTC or IOC",
-        ),
-        ({"time_in_force": "GTC"}, "time_in_force", "only for limit orders"),
-        ({"reduce_only": "yes"}, "reduce_only", "true or false"),
-        ({"signal_id": ""}, "signal_id", "non-empty"),
-        ({"signal_id": "   "}, "signal_id", "non-empty"),
-        ({"signal_id": 42}, "signal_id", "non-empty"),
-        ({"signal_id": "x" * 65}, "signal_id", "maximum 64"),
-        ({"signal_id": "line\nbreak"}, "signal_id", "non-printable"),
-        ({"metadata": ["a"]}, "metadata", "JSON object"),
-        ({"metadata": {"when": object()}}, "metadata", "JSON-serialisable"),
-        ({"metadata": {"x": float("nan")}}, "metadata", "JSON-serialisable"),
-        ({"metadata": {1: "a"}}, "metadata", "keys must be strings"),
-        ({"metadata": {"note": "é" * 200}}, "metadata", "maximum 256"),
+        (market_order(amount="0.0009"), "amount: 0.0009 rounds to 0 at the market's step 0.001"),
+        (market_order(amount="2500"), "amount: 2500 is above the market-order maximum 2000"),
+        (market_order(amount="20000"), "amount: 20000 is above the market-order maximum 2000"),
+        (limit_order(amount="20000"), "amount: 20000 is above the market's maximum 10000"),
+        (limit_order(price="1e7"), "price: 10000000 is above the market's maximum price 4529764"),
+        (limit_order(price="0.001"), "price: 0.001 rounds to 0 at the market's tick 0.01"),
     ],
 )
-def test_bad_input_is_refused_with_a_message_naming_the_field(overrides, field, says):
-    error = refused(**overrides)
-    assert error.field == field
-    assert says in error.message
-    assert str(error).startswith(f"{field}: ")
-    assert "\n" not in str(error)
+def test_amounts_and_prices_off_the_markets_limits_are_refused(arguments, says):
+    assert refused(arguments).reason.startswith(says)
 
 
-def test_min_notional_uses_the_limit_price():
-    error = refused(order_type="limit", price="1000", amount="0.05", reference_price=None)
-    assert "notional" in error.message
+def test_a_market_order_over_its_maximum_says_a_limit_order_takes_more():
+    assert refused(market_order(amount="2500")).reason.endswith("(a limit order takes up to 10000)")
+    assert check_against_market(limit_order(amount="2500"), market_rules(ETH)).amount == 2500
 
 
-def test_min_notional_is_skipped_without_any_price():
-    assert request(amount="0.001", reference_price=None).amount == D("0.001")
+def test_an_amount_under_the_markets_minimum_is_refused():
+    error = refused(market_order(symbol="BTC/USDT:USDT", amount="0.003"), BTC)
+    assert error.reason == "amount: 0.003 is below the market's minimum 0.005"
+
+
+def test_an_inactive_market_is_refused():
+    assert "not active" in refused(market_order(), ETH | {"active": False}).reason
+
+
+def test_bybits_market_order_maximum_comes_from_its_instrument_info():
+    # ccxt's bybit leaves maxMktOrderQty in the raw info; the edge passes it in
+    bybit = {key: value for key, value in ETH.items()}
+    bybit["limits"] = {k: v for k, v in ETH["limits"].items() if k != "market"}
+    rules = market_rules(bybit, market_amount_max=D("724"))
+    with pytest.raises(SignalRejected, match="above the market-order maximum 724"):
+        check_against_market(market_order(amount="800"), rules)
+
+
+def test_min_notional_uses_the_limit_price_or_the_reference_price():
+    rules = market_rules(BTC)
+    limit = check_against_market(
+        limit_order(symbol="BTC/USDT:USDT", price="1000", amount="0.05"), rules
+    )
+    with pytest.raises(SignalRejected, match="50 in notional, below the market's minimum 100"):
+        check_notional(limit, rules)
+    market = check_against_market(market_order(symbol="BTC/USDT:USDT", amount="0.005"), rules)
+    check_notional(market, rules, reference_price=None)  # no price known: the exchange decides
+    with pytest.raises(SignalRejected, match="notional"):
+        check_notional(market, rules, reference_price=D("10000"))
 
 
 def test_reduce_only_orders_are_exempt_from_min_notional():
     # A small remainder of a position must always be closable
-    assert request(amount="0.001", reduce_only=True, side="sell").amount == D("0.001")
+    rules = market_rules(BTC)
+    order = check_against_market(
+        market_order(symbol="BTC/USDT:USDT", amount="0.005", reduce_only=True, side="sell"), rules
+    )
+    check_notional(order, rules, reference_price=D("1"))
 
 
-def test_exponent_notation_is_fine_when_finite():
-    assert request(amount="1.5e-2").amount == D("0.015")
-
-
-def test_decimal_and_int_amounts_are_accepted():
-    assert request(amount=D("0.02")).amount == D("0.02")
-    assert request(amount=1).amount == D("1")
-
-
-def test_metadata_is_stored_as_its_json_round_trip():
-    original = {"strategy": "s1", "levels": (1, 2)}
-    order = request(metadata=original)
-    assert order.metadata == {"strategy": "s1", "levels": [1, 2]}
-    assert order.metadata is not original
-
-
-def test_a_market_without_limits_still_validates_the_basics():
-    bare = {"symbol": "X/USDT:USDT", "precision": {"amount": None}, "limits": {}}
-    assert request(symbol="X/USDT:USDT", market=bare, amount="3.14159").amount == D("3.14159")
+def test_a_market_without_limits_still_checks_the_basics():
+    bare = market_rules({"symbol": "X/USDT:USDT", "precision": {"amount": None}, "limits": {}})
+    assert bare == MarketRules(symbol="X/USDT:USDT")
+    assert check_against_market(market_order(amount="3.14159"), bare).amount == D("3.14159")
 
 
 steps = st.sampled_from(["1", "0.1", "0.01", "0.001", "0.5", "5"])
@@ -192,31 +227,46 @@ steps = st.sampled_from(["1", "0.1", "0.01", "0.001", "0.5", "5"])
     amount=st.decimals(min_value=D("0.0001"), max_value=D("100000"), places=6),
     step=steps,
     min_steps=st.integers(min_value=1, max_value=20),
+    market_max=st.sampled_from([None, "50", "5000"]),
 )
-def test_every_accepted_amount_is_on_the_grid_at_or_above_the_minimum_and_not_above_the_input(
-    amount, step, min_steps
+def test_every_accepted_amount_is_on_the_grid_within_the_limits_and_not_above_the_input(
+    amount, step, min_steps, market_max
 ):
-    market = {
-        "symbol": "X/USDT:USDT",
-        "precision": {"amount": float(step), "price": 0.01},
-        "limits": {"amount": {"min": float(D(step) * min_steps)}, "cost": {"min": 5.0}},
-    }
+    rules = MarketRules(
+        symbol="X/USDT:USDT",
+        amount_step=D(step),
+        amount_min=D(step) * min_steps,
+        amount_max=D("10000"),
+        market_amount_max=None if market_max is None else D(market_max),
+    )
     try:
-        order = request(symbol="X/USDT:USDT", market=market, amount=str(amount))
-    except InvalidSignal as error:
+        order = check_against_market(market_order(amount=str(amount)), rules)
+    except SignalRejected as error:
         assert error.field == "amount"
         return
     assert order.amount % D(step) == 0
     assert order.amount >= D(step) * min_steps
     assert amount - D(step) < order.amount <= amount
-    assert order.amount * D("50000") >= 5
+    assert market_max is None or order.amount <= D(market_max)
+    assert order.requested_amount == amount
 
 
-@given(text=st.text(max_size=30))
-def test_any_amount_text_is_either_accepted_as_positive_or_refused_cleanly(text):
+@given(
+    price=st.decimals(min_value=D("0.0001"), max_value=D("10") ** 17, places=4),
+    side=st.sampled_from(["buy", "sell"]),
+    tick=st.sampled_from(["0.01", "0.1", "0.5", "10"]),
+)
+def test_every_accepted_price_is_on_the_tick_within_the_limits_and_no_worse_than_asked(
+    price, side, tick
+):
+    rules = MarketRules(
+        symbol="X/USDT:USDT", price_tick=D(tick), price_min=D("0.01"), price_max=D("4529764")
+    )
     try:
-        order = request(amount=text)
-    except InvalidSignal as error:
-        assert error.field == "amount"
-    else:
-        assert order.amount > 0 and order.amount.is_finite()
+        order = check_against_market(limit_order(price=str(price), side=side), rules)
+    except SignalRejected as error:
+        assert error.field == "price"
+        return
+    assert order.price % D(tick) == 0
+    assert D("0.01") <= order.price <= D("4529764")
+    assert order.price <= price if side == "buy" else order.price >= price

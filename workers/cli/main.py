@@ -1,21 +1,20 @@
 """The ``execq`` command.
 
-Exit codes: 0 success; 1 the command ran and its check failed; 2 bad usage or
-configuration, or a service (Postgres, Redis, simulator) is unreachable. A
-foreseeable mistake prints one line on stderr, never a traceback.
+Exit codes: 0 success; 1 the command ran and its check failed (for ``signal``:
+the order was refused or did not fill); 2 bad usage or configuration, or a
+service (Postgres, Redis, simulator) is unreachable; 3 ``signal --wait`` had no
+result in time. A foreseeable mistake prints one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
-
-SYMBOL = re.compile(r"^[A-Z0-9]{2,20}/[A-Z0-9]{2,10}:[A-Z0-9]{2,10}$")
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -111,6 +110,12 @@ def demo(
     )
 
 
+#: ``execq signal``: no result within ``--wait``; the order may still execute.
+EXIT_NO_RESULT = 3
+# Statuses a limit order ends its task with when it rests on the book.
+RESTING_STATUSES = ("open", "partially_filled")
+
+
 @cli.command()
 @click.argument("exchange")
 @click.argument("side", type=click.Choice(["buy", "sell"]))
@@ -121,7 +126,13 @@ def demo(
 @click.option("--tif", type=click.Choice(["GTC", "IOC"]), default="GTC", show_default=True)
 @click.option("--reduce-only", is_flag=True, help="Only reduce an existing position.")
 @click.option("--purpose", default="open", show_default=True)
-@click.option("--wait", "wait_s", type=float, default=0, help="Wait this long for the result.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Wait this long for the result.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def signal(
     exchange: str,
@@ -136,54 +147,82 @@ def signal(
     wait_s: float,
     as_json: bool,
 ) -> None:
-    """Enqueue one order, e.g. `execq signal binance buy 0.3 ETH/USDT:USDT`; prints the task id."""
-    import json
+    """Send one order through the outbox, e.g. `execq signal binance buy 0.3 ETH/USDT:USDT`.
+
+    Prints the task id (and with --wait the order result). Exit codes: 0 enqueued
+    (without --wait), or filled, or for a limit order resting on the book; 1 refused
+    (an invalid argument, a signal id already used for another order, the kill
+    switch) or ended without a fill, with the reason on stderr; 2 bad usage or a
+    service unreachable; 3 no result within --wait (the order may still execute).
+    """
     import uuid
 
-    from workers.execution.validation import InvalidSignal, parse_decimal
-    from workers.producer import submit_limit_order, submit_market_order
-    from workers.settings import get_settings
+    from workers.execution.signal import LIMIT_TASK, MARKET_TASK, SignalRefused
+    from workers.producer import default_producer, order_kwargs
 
-    names = [account.name for account in get_settings().accounts]
-    if exchange not in names:
-        raise UserFacingError(f"unknown account {exchange!r}; configured: {', '.join(names)}")
-    if not SYMBOL.match(symbol):
-        raise UserFacingError(f"symbol {symbol!r} is not a ccxt swap symbol like ETH/USDT:USDT")
-    try:
-        for name, value in (("amount", amount), ("--limit", limit_price)):
-            if value is not None and parse_decimal(name, value) <= 0:
-                raise UserFacingError(f"{name} must be positive, got {value!r}")
-    except InvalidSignal as invalid:
-        raise UserFacingError(str(invalid)) from None
-    require_broker()
     signal_id = signal_id or f"cli-{uuid.uuid4().hex[:20]}"
-    if limit_price is None:
-        result = submit_market_order(
-            signal_id, exchange, symbol, side, amount, reduce_only=reduce_only, purpose=purpose
-        )
-    else:
-        result = submit_limit_order(
-            signal_id,
-            exchange,
-            symbol,
-            side,
-            amount,
-            limit_price,
-            time_in_force=tif,
-            reduce_only=reduce_only,
-            purpose=purpose,
-        )
-    body: dict = {"task_id": result.id, "signal_id": signal_id}
-    if wait_s > 0:
-        body["result"] = result.get(timeout=wait_s, propagate=False)
-        if isinstance(body["result"], BaseException):
-            body["result"] = {"error": str(body["result"])}
+    kwargs = order_kwargs(
+        signal_id, exchange, symbol, side, amount, reduce_only=reduce_only, purpose=purpose
+    )
+    task_name = MARKET_TASK
+    if limit_price is not None:
+        task_name = LIMIT_TASK
+        kwargs.update(price=limit_price, time_in_force=tif)
+    body: dict = {"task_id": None, "signal_id": signal_id}
+    producer = default_producer()
+    try:
+        arguments = producer.check(task_name, kwargs)
+        require_broker()
+        result = producer.send(task_name, kwargs)
+    except SignalRefused as refusal:
+        _signal_failed(body | {"refused": refusal.reason}, f"refused: {refusal.reason}", as_json)
+    body["task_id"] = result.id
+    if wait_s <= 0:
+        if as_json:
+            _json_out(body)
+        else:
+            click.echo(result.id)
+        return
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    try:
+        outcome = result.get(timeout=wait_s, propagate=False)
+    except ResultTimeout:
+        # Stop listening for it now: left to the interpreter's exit, it prints a traceback.
+        result.backend.remove_pending_result(result)
+        _signal_failed(body, _no_result_yet(arguments, wait_s), as_json, EXIT_NO_RESULT)
+    if isinstance(outcome, BaseException):
+        _signal_failed(body | {"refused": str(outcome)}, f"refused: {outcome}", as_json)
+    body["result"] = outcome
     if as_json:
-        click.echo(json.dumps(body, default=str))
+        _json_out(body)
     else:
         click.echo(result.id)
-        if "result" in body:
-            click.echo(json.dumps(body["result"], default=str))
+        _json_out(outcome)
+    status = outcome.get("status")
+    if status == "filled" or (task_name == LIMIT_TASK and status in RESTING_STATUSES):
+        return
+    why = outcome.get("error") or f"filled {outcome.get('filled')} of {outcome.get('amount')}"
+    click.echo(f"execq: order {status}: {why}", err=True)
+    sys.exit(EXIT_CHECK_FAILED)
+
+
+def _no_result_yet(arguments: Any, wait_s: float) -> str:
+    from workers.store.orders import load_order
+
+    order = load_order(arguments.client_order_id)
+    state = "not recorded by a worker yet" if order is None else f"{order.status}"
+    return (
+        f"no result within {wait_s:g}s; the order is {state} and may still execute "
+        f"(signal {arguments.signal_id}, client order id {arguments.client_order_id})"
+    )
+
+
+def _signal_failed(body: dict, line: str, as_json: bool, code: int = EXIT_CHECK_FAILED) -> NoReturn:
+    if as_json:
+        _json_out(body)
+    click.echo(f"execq: {line}", err=True)
+    sys.exit(code)
 
 
 @cli.command("kill-switch")

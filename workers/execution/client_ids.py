@@ -43,8 +43,9 @@ def _digest(signal_id: str) -> str:
 
 def leg_for(purpose: str, leg: str | None = None) -> str:
     """The leg an order task uses: the one given, else its purpose without underscores
-    (``aged_close`` -> ``agedclose``), cut to 12 characters."""
-    return leg or purpose.replace("_", "")[:12]
+    (``aged_close`` -> ``agedclose``), cut to 12 characters. An empty leg is not "no
+    leg": it is an invalid one (``client_order_id`` refuses it)."""
+    return purpose.replace("_", "")[:12] if leg is None else leg
 
 
 def client_order_id(signal_id: str, leg: str) -> str:

@@ -42,6 +42,7 @@ from workers.exchange.positions import HedgeModeUnsupported, fetch_positions
 from workers.execution import reconcile as rules
 from workers.execution.order_state import IN_FLIGHT, OrderStatus
 from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
+from workers.execution.signal import SHOWN_INPUT_CHARS, event_text
 from workers.flows.tracking import track_orders
 from workers.redis_client import get_redis
 from workers.settings import Settings
@@ -62,6 +63,7 @@ from workers.store.positions import (
     lock_open_position,
     open_new_position,
 )
+from workers.store.signals import ACCOUNT_CHARS, SIGNAL_ID_CHARS, SYMBOL_CHARS
 
 logger = logging.getLogger("execq.recovery")
 
@@ -172,16 +174,24 @@ def _redeliver(message: OutboxMessage, signal: OutboxSignal, now: datetime) -> N
         record_event(
             session,
             "signal_redelivered",
-            signal_id=str(message.kwargs.get("signal_id")),
-            account=str(message.kwargs.get("exchange")),
-            symbol=str(message.kwargs.get("symbol")),
+            **_event_columns(message),
             payload={"task_id": message.task_id, "sends": signal.sends + 1},
         )
     logger.warning(
         "recovery: signal %s (task %s) never reached a worker; sent again",
-        message.kwargs.get("signal_id"),
+        event_text(message.kwargs.get("signal_id"), SHOWN_INPUT_CHARS),
         message.task_id,
     )
+
+
+def _event_columns(message: OutboxMessage) -> dict[str, str | None]:
+    """The message's signal id, account and symbol as event columns hold them (escaped,
+    cut to width): a recorded message is not necessarily a valid one."""
+    return {
+        "signal_id": event_text(message.kwargs.get("signal_id"), SIGNAL_ID_CHARS),
+        "account": event_text(message.kwargs.get("exchange"), ACCOUNT_CHARS),
+        "symbol": event_text(message.kwargs.get("symbol"), SYMBOL_CHARS),
+    }
 
 
 def _expire(
@@ -192,21 +202,19 @@ def _expire(
         f"never reached a worker in {age_s:.0f}s ({signal.sends} send(s)); past "
         "EXECQ_RECOVERY_RESUBMIT_MAX_AGE_S, so not sent again and nothing reached the exchange"
     )
-    signal_id = str(message.kwargs.get("signal_id"))
+    columns = _event_columns(message)
     with session_scope() as session:
         mark_expired(session, message.task_id, now)
         record_event(
             session,
             "signal_rejected",
-            signal_id=signal_id[:256],
-            account=str(message.kwargs.get("exchange"))[:32],
-            symbol=str(message.kwargs.get("symbol"))[:64],
+            **columns,
             payload={"field": "delivery", "reason": reason, "task_id": message.task_id},
         )
         raise_alert(
             session,
             "signal_undelivered",
-            f"signal {signal_id}: {reason}",
+            f"signal {event_text(columns['signal_id'], SHOWN_INPUT_CHARS)}: {reason}",
             payload={"task_id": message.task_id, "max_age_s": settings.recovery_resubmit_max_age_s},
         )
 

@@ -65,6 +65,9 @@ class Order(Base):
     order_type: Mapped[str] = mapped_column(String(16), nullable=False)
     time_in_force: Mapped[str | None] = mapped_column(String(8))
     amount: Mapped[Decimal] = mapped_column(Amount, nullable=False)
+    # The amount as the signal asked, before it was floored to the market's step
+    # (unconstrained: a producer may send more decimals than the columns keep).
+    requested_amount: Mapped[Decimal | None] = mapped_column(Numeric)
     price: Mapped[Decimal | None] = mapped_column(Amount)
     reduce_only: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     purpose: Mapped[str] = mapped_column(String(32), nullable=False)
@@ -258,6 +261,9 @@ class Signal(Base):
     signal_id: Mapped[str] = mapped_column(Text, nullable=False)
     # None when the leg cannot be derived: validation rejects such a signal by its id.
     client_order_id: Mapped[str | None] = mapped_column(String(36))
+    # The client order id again, unique: one recorded message per (signal id, leg).
+    # None for messages that are not orders, and for rows recorded before the rule.
+    idempotency_key: Mapped[str | None] = mapped_column(String(36))
     kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = _now_column()
     last_sent_at: Mapped[datetime] = _now_column()
@@ -268,6 +274,7 @@ class Signal(Base):
 
     __table_args__ = (
         Index("ix_signals_signal_id", "signal_id"),
+        Index("uq_signals_idempotency_key", "idempotency_key", unique=True),
         # The recovery sweep reads only the signals not yet seen arriving.
         Index("ix_signals_unsettled", "last_sent_at", postgresql_where=text("settled_at IS NULL")),
     )

@@ -28,6 +28,7 @@ from workers.execution.order_state import (
     OrderStatus,
     path_to,
 )
+from workers.execution.signal import order_result
 from workers.observability import metrics
 from workers.observability.logs import log_event
 from workers.store.db import DriverStatement, session_scope, single_statement
@@ -75,6 +76,8 @@ class OrderSnapshot:
     booked_filled: Decimal
     task_id: str | None = None
     alerted_at: datetime | None = None
+    # The amount the signal asked before it was floored to the step (None: ``amount``).
+    requested_amount: Decimal | None = None
 
     @classmethod
     def of(cls, order: Any) -> OrderSnapshot:
@@ -108,6 +111,7 @@ class OrderSnapshot:
             booked_filled=order.booked_filled,
             task_id=order.task_id,
             alerted_at=order.alerted_at,
+            requested_amount=order.requested_amount,
         )
 
     @property
@@ -115,17 +119,19 @@ class OrderSnapshot:
         return self.status in TERMINAL
 
     def summary(self) -> dict[str, Any]:
-        """The task result: JSON the producer can read."""
-        return {
-            "order_id": self.exchange_order_id,
-            "client_order_id": self.client_order_id,
-            "status": str(self.status),
-            "filled": str(self.filled),
-            "average_price": None if self.average_price is None else str(self.average_price),
-            "attempts": self.attempts,
-            "error": self.last_error,
-            "error_class": self.last_error_class,
-        }
+        """The task result in the one format (``workers.execution.signal.OrderResult``)."""
+        return order_result(
+            exchange_order_id=self.exchange_order_id,
+            client_order_id=self.client_order_id,
+            status=self.status,
+            requested=self.requested_amount,
+            amount=self.amount,
+            filled=self.filled,
+            average_price=self.average_price,
+            attempts=self.attempts,
+            last_error=self.last_error,
+            last_error_class=self.last_error_class,
+        )
 
 
 ORDERS = Order.__table__
@@ -174,6 +180,7 @@ _INTENT_COLUMNS = (
     "order_type",
     "time_in_force",
     "amount",
+    "requested_amount",
     "price",
     "reduce_only",
     "purpose",
@@ -284,6 +291,9 @@ def ensure_intent(
     columns = {"task_id": None} | {
         ("metadata" if name == "metadata_" else name): value for name, value in values.items()
     }
+    # Orders execq makes itself (closes, chunks, liquidations) ask for what they place.
+    if columns.get("requested_amount") is None:
+        columns["requested_amount"] = columns["amount"]
     ids = {name: columns.get(name) for name in _EVENT_ID_COLUMNS}
     events = [
         event_row(
@@ -292,6 +302,11 @@ def ensure_intent(
             payload={
                 "side": columns["side"],
                 "amount": str(columns["amount"]),
+                **(
+                    {"requested": str(columns["requested_amount"])}
+                    if columns["requested_amount"] != columns["amount"]
+                    else {}
+                ),
                 "type": columns["order_type"],
                 "reduce_only": columns["reduce_only"],
                 "purpose": columns["purpose"],

@@ -1,9 +1,16 @@
 """The ``signals`` outbox in PostgreSQL: recorded by producers, settled by the recovery sweep.
 
+A signal id and its leg are an idempotency key here as in the order row
+(``idempotency_key``, unique): a message whose key is recorded already is not
+recorded again. The same order under it (``message_terms``) is answered with
+the recorded message, which the producer sends again under its task id
+(harmless: the task finds its order); another order under it is refused with
+``SignalConflict``.
+
 A row is *settled* once the store shows the signal arrived (an order row with
-its client order id, or a ``signal_rejected`` event for its signal id) or the
-sweep gave up on it (``expired``). Only unsettled rows are read again, through
-a partial index, so the table's history costs the sweep nothing.
+its client order id, or a refusal event for its signal id or its task id) or
+the sweep gave up on it (``expired``). Only unsettled rows are read again,
+through a partial index, so the table's history costs the sweep nothing.
 """
 
 from __future__ import annotations
@@ -14,14 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select, update
+from sqlalchemy import Connection, exists, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from workers.execution.client_ids import client_order_id, leg_for
 from workers.execution.outbox import OutboxSignal
+from workers.execution.signal import TASK_ARGUMENTS, SignalConflict, conflict, message_terms
 from workers.store.models import Event, Order, Signal
 
 _SIGNALS = Signal.__table__
+# The events that say a message reached a worker which refused it.
+REFUSAL_EVENTS = ("signal_rejected", "signal_conflict")
 
 
 @dataclass(frozen=True)
@@ -53,29 +64,111 @@ def _expected_client_order_id(kwargs: Mapping[str, Any]) -> str | None:
         return None
 
 
-def record_signals(connection: Connection, messages: Sequence[OutboxMessage]) -> None:
-    """One INSERT for all ``messages``, in the caller's transaction."""
-    connection.execute(
-        insert(_SIGNALS),
-        [
-            {
-                "task_id": message.task_id,
-                "task_name": message.task_name,
-                "signal_id": str(message.kwargs.get("signal_id")),
-                "client_order_id": _expected_client_order_id(message.kwargs),
-                "kwargs": message.kwargs,
-                "sends": 1,
-            }
-            for message in messages
-        ],
+def _idempotency_key(message: OutboxMessage) -> str | None:
+    if message.task_name not in TASK_ARGUMENTS:
+        return None
+    return _expected_client_order_id(message.kwargs)
+
+
+def _recorded_under(connection: Connection, keys: Iterable[str]) -> dict[str, OutboxMessage]:
+    rows = connection.execute(
+        select(
+            _SIGNALS.c.task_id, _SIGNALS.c.task_name, _SIGNALS.c.kwargs, _SIGNALS.c.idempotency_key
+        ).where(_SIGNALS.c.idempotency_key.in_(list(keys)))
+    ).all()
+    return {
+        row.idempotency_key: OutboxMessage(row.task_id, row.task_name, dict(row.kwargs))
+        for row in rows
+    }
+
+
+def _refusal_of(earlier: OutboxMessage, message: OutboxMessage) -> SignalConflict | None:
+    kwargs = message.kwargs
+    return conflict(
+        str(kwargs.get("signal_id")),
+        leg_for(str(kwargs.get("purpose", "open")), kwargs.get("leg")),
+        message_terms(earlier.task_name, earlier.kwargs),
+        message_terms(message.task_name, message.kwargs),
     )
 
 
+class OutboxConflict(Exception):
+    """A message's key is recorded for another order; the caller rolls the batch back."""
+
+    def __init__(self, message: OutboxMessage, refusal: SignalConflict) -> None:
+        super().__init__(str(refusal))
+        self.message = message
+        self.refusal = refusal
+
+
+_INSERT_NEW = (
+    postgresql.insert(_SIGNALS)
+    .on_conflict_do_nothing(index_elements=[_SIGNALS.c.idempotency_key])
+    .returning(_SIGNALS.c.task_id)
+)
+
+
+def record_signals(
+    connection: Connection, messages: Sequence[OutboxMessage]
+) -> list[OutboxMessage]:
+    """Record ``messages`` in the caller's transaction; returns, for each, the message to
+    send: itself, or the one recorded under its key (earlier, or earlier in this batch)
+    for the same order.
+
+    One INSERT; a key recorded already is skipped by the unique index (a concurrent
+    producer's uncommitted one is waited for). Raises ``OutboxConflict`` for a message
+    whose key is recorded for another order: the caller rolls the batch back.
+    """
+    keys = {message.task_id: _idempotency_key(message) for message in messages}
+    inserted = set(
+        connection.execute(
+            _INSERT_NEW,
+            [
+                {
+                    "task_id": message.task_id,
+                    "task_name": message.task_name,
+                    "signal_id": str(message.kwargs.get("signal_id")),
+                    "client_order_id": _expected_client_order_id(message.kwargs),
+                    "idempotency_key": keys[message.task_id],
+                    "kwargs": message.kwargs,
+                    "sends": 1,
+                }
+                for message in messages
+            ],
+        ).scalars()
+    )
+    skipped = {keys[message.task_id] for message in messages if message.task_id not in inserted}
+    recorded = _recorded_under(connection, skipped) if skipped else {}
+    to_send = []
+    for message in messages:
+        if message.task_id in inserted:
+            to_send.append(message)
+            continue
+        earlier = recorded[keys[message.task_id]]
+        refusal = _refusal_of(earlier, message)
+        if refusal is not None:
+            raise OutboxConflict(message, refusal)
+        to_send.append(earlier)
+    return to_send
+
+
 def _arrived():
-    """True for a signal row whose order row or rejection is in the store."""
+    """True for a signal row whose order row or refusal is in the store.
+
+    A refusal is found by its signal id, or by the task id the refusing task
+    recorded: a signal id the event could not store as it is (longer than its
+    column, or with characters it had to escape) still settles its message.
+    """
     order_row = exists().where(Order.client_order_id == Signal.client_order_id)
-    rejection = exists().where(Event.signal_id == Signal.signal_id, Event.type == "signal_rejected")
-    return order_row | rejection
+    by_signal_id = exists().where(
+        Event.signal_id == Signal.signal_id, Event.type.in_(REFUSAL_EVENTS)
+    )
+    by_task_id = exists().where(
+        Event.type.in_(REFUSAL_EVENTS),
+        Event.occurred_at >= Signal.created_at,
+        Event.payload["task_id"].astext == Signal.task_id,
+    )
+    return order_row | by_signal_id | by_task_id
 
 
 def settle_arrived(session: Session, now: datetime, task_ids: Iterable[str] | None = None) -> int:
