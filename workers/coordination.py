@@ -2,6 +2,8 @@
 
 Locks are ``SET NX PX`` with a random token and released by a compare-and-
 delete script, so a holder whose lock expired cannot release someone else's.
+A long holder keeps a short lock alive with ``kept_alive`` (compare-and-
+expire): a killed holder stops renewing it, and it expires soon after.
 A lock is advisory: every write is also guarded in Postgres (row locks and the
 order transition table), so a stale holder cannot overwrite a newer state.
 """
@@ -9,7 +11,9 @@ order transition table), so a stale holder cannot overwrite a newer state.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +25,18 @@ from workers import redis_keys
 from workers.observability import metrics
 from workers.redis_client import get_redis
 
+logger = logging.getLogger("execq.coordination")
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -46,6 +59,10 @@ class Lock:
     def release(self) -> bool:
         return bool(self.client.eval(_RELEASE, 1, self.key, self.token))
 
+    def extend(self, ttl_s: float) -> bool:
+        """Give the lock ``ttl_s`` more from now; False when it is no longer ours."""
+        return bool(self.client.eval(_EXTEND, 1, self.key, self.token, int(ttl_s * 1000)))
+
 
 def try_lock(key: str, ttl_s: float, client: redis.Redis | None = None) -> Lock | None:
     client = client or get_redis()
@@ -65,6 +82,60 @@ def held_lock(key: str, ttl_s: float) -> Iterator[Lock]:
         yield lock
     finally:
         lock.release()
+
+
+class KeepAlive:
+    """A daemon thread renewing a lock to ``ttl_s`` every ``every_s`` until stopped.
+
+    Stops by itself when the lock is no longer ours (it expired while the
+    process stalled, and someone else may hold it now): the holder's work
+    must be safe without it anyway, since every write is guarded in Postgres.
+    """
+
+    def __init__(self, lock: Lock, ttl_s: float, every_s: float) -> None:
+        if not 0 < every_s < ttl_s:
+            raise ValueError("renew more often than the lock's lifetime: 0 < every_s < ttl_s")
+        self.lock = lock
+        self.ttl_s = ttl_s
+        self.every_s = every_s
+        self.renewals = 0
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"keep-alive {lock.key}", daemon=True
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                extended = self.lock.extend(self.ttl_s)
+            except redis.RedisError as exc:
+                # The next renewal may get through before the lock expires.
+                logger.warning("renewing %s failed: %s", self.lock.key, exc)
+                continue
+            if not extended:
+                self.lost = True
+                logger.warning("lock %s expired before it was renewed", self.lock.key)
+                return
+            self.renewals += 1
+
+    def start(self) -> KeepAlive:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 1)
+
+
+@contextmanager
+def kept_alive(lock: Lock, ttl_s: float, every_s: float) -> Iterator[KeepAlive]:
+    """Renew ``lock`` while the block runs; the caller still releases it."""
+    keeper = KeepAlive(lock, ttl_s, every_s).start()
+    try:
+        yield keeper
+    finally:
+        keeper.stop()
 
 
 def lock_holder_exists(key: str) -> bool:

@@ -14,7 +14,10 @@ Runs every minute and once when a worker starts. Steps, each counted in one
    before sending), else mark it ``rejected`` with the reason;
 2. fills not yet in the position book → ``verify_position`` again;
 3. positions per account reconciled with ``fetch_positions``: orphan →
-   adopted and alerted; size or entry off by more than 1 % → corrected;
+   adopted and alerted (or, when the exchange reports no entry price, left
+   out with an ``orphan_not_adopted`` event: a book entry of 0 would make
+   every PnL and aged target of it wrong); size or entry off by more than
+   1 % → corrected (an entry the exchange does not report keeps the book's);
    flat on the exchange → ``closed_externally``. Symbols with orders in
    flight or fresh activity are skipped: their fills are not booked yet, and
    adopting them would book them twice;
@@ -27,7 +30,6 @@ import json
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -40,6 +42,7 @@ from workers.exchange import orders as exchange_orders
 from workers.exchange.positions import HedgeModeUnsupported, fetch_positions
 from workers.exchange.reads import EXCHANGE_ERRORS
 from workers.execution import reconcile as rules
+from workers.execution.aged_state import AgedStatus
 from workers.execution.order_state import (
     IN_DOUBT,
     IN_FLIGHT,
@@ -49,6 +52,7 @@ from workers.execution.order_state import (
     status_from_exchange,
 )
 from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
+from workers.execution.position_state import HELD, status_values
 from workers.flows.submission import describe_error, visibility_deadline
 from workers.redis_client import get_redis
 from workers.settings import Settings
@@ -68,6 +72,7 @@ from workers.store.outbox import (
 )
 from workers.store.positions import (
     close_position,
+    correct_position,
     lock_open_position,
     open_new_position,
 )
@@ -374,12 +379,13 @@ def _reconcile_account(
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     on_exchange = [
-        rules.ExchangePosition(account, p.symbol, p.size, p.entry_price or Decimal(0))
-        for p in positions
+        rules.ExchangePosition(account, p.symbol, p.size, p.entry_price or None) for p in positions
     ]
     with session_scope() as session:
         book_rows = session.scalars(
-            select(Position).where(Position.account == account, Position.status == "open")
+            select(Position).where(
+                Position.account == account, Position.status.in_(status_values(HELD))
+            )
         ).all()
         book = [
             rules.BookPosition(
@@ -418,6 +424,18 @@ def _apply(action: Any, now: datetime) -> str:
             found = action.exchange_position
             if lock_open_position(session, found.account, found.symbol) is not None:
                 return "positions_booked_meanwhile"  # a fill was booked since the read
+            if not found.entry_price:
+                record_event(
+                    session,
+                    "orphan_not_adopted",
+                    account=found.account,
+                    symbol=found.symbol,
+                    payload={
+                        "size": str(found.size),
+                        "reason": "the exchange reports no entry price",
+                    },
+                )
+                return "orphans_without_entry"
             position_id = open_new_position(
                 session,
                 account=found.account,
@@ -450,7 +468,7 @@ def _apply(action: Any, now: datetime) -> str:
         position = session.scalars(
             select(Position).where(Position.id == action.book.id).with_for_update()
         ).one()
-        if position.status != "open":
+        if position.status not in HELD:
             return "positions_already_closed"
         if isinstance(action, rules.Correct):
             found = action.exchange
@@ -468,11 +486,15 @@ def _apply(action: Any, now: datetime) -> str:
                     "fields": list(action.fields),
                 },
             )
-            position.size = abs(found.size)
-            position.side = "long" if found.size > 0 else "short"
-            position.entry_price = found.entry_price
-            position.verification = "verified"
-            position.updated_at = now
+            correct_position(
+                session,
+                position.id,
+                size=found.size,
+                # None or 0: the exchange did not say; the book's entry stays.
+                entry_price=found.entry_price or None,
+                now=now,
+                verification="verified",
+            )
             return "conflicts_corrected"
         close_position(
             session,
@@ -495,7 +517,9 @@ def _reenqueue_aged_closes(before: datetime) -> int:
         rows = session.execute(
             select(AgedPosition.id, Position.account, Position.symbol)
             .join(Position, Position.id == AgedPosition.position_id)
-            .where(AgedPosition.status == "closing", AgedPosition.updated_at < before)
+            .where(
+                AgedPosition.status == AgedStatus.CLOSING.value, AgedPosition.updated_at < before
+            )
         ).all()
     count = 0
     for aged_id, account, symbol in rows:
