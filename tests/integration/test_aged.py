@@ -112,6 +112,14 @@ def event_types(aged_id: int) -> list[str]:
         ]
 
 
+def close_orders(aged_id: int) -> list:
+    from workers.store.db import session_scope
+    from workers.store.models import Order
+
+    with session_scope() as session:
+        return list(session.scalars(select(Order).where(Order.aged_id == aged_id)))
+
+
 def alerts(kind: str) -> list:
     from workers.store.db import session_scope
     from workers.store.models import Alert
@@ -174,13 +182,18 @@ def test_a_profitable_price_closes_in_grace_as_profitable(aged_stack, sim):
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
     open_position("binance", ETH, "buy", "0.1")
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3400"})
-    wait_aged("binance", ETH, lambda row: row.phase == "grace", 30)
+    grace = wait_aged("binance", ETH, lambda row: row.phase == "grace", 30)
+    # The breakeven target of a long, 3500 x 1.0005 / 0.9995 = 3503.5017..., rounded up to
+    # the market's tick (0.01 for ETH on Binance): selling there never loses
+    assert grace.target_price == Decimal("3503.51")
 
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3600"})
 
     row = wait_aged("binance", ETH, lambda r: r.status == "closed", 30)
     assert row.close_reason == "profitable"
     assert row.close_pnl > 0
+    # and the close order was verified like every filled order
+    assert [order.verification for order in close_orders(row.id)] == ["verified"]
 
 
 def test_position_closed_outside_execq_is_recorded_as_closed_externally(aged_stack, sim):
@@ -250,6 +263,7 @@ def test_three_failed_closes_alert_once_then_chunks_close_exactly(aged_stack, si
     assert sum(chunks) == Decimal("0.017")
     assert event_types(row.id).count("aged_close_failed") == 3
     assert sim_size(sim, "bybit", BTC) == 0
+    assert {o.verification for o in close_orders(row.id) if o.filled > 0} == {"verified"}
 
 
 def test_worker_restart_mid_aging_loses_nothing(aged_stack, sim):

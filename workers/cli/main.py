@@ -426,7 +426,8 @@ def sim(host: str, port: int, seed: int | None) -> None:
 @click.option("--sweep-positions", type=click.IntRange(1, 10_000), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
 def bench_flows(orders: int, latency_ms: int, sweep_positions: int, as_json: bool) -> None:
-    """Verification, aged-close, sweep, kill-recovery and liquidation figures (issues 5-7)."""
+    """Verification, aged-close (also with the sweeping worker killed), sweep, kill-recovery
+    and liquidation figures."""
     import json
     import tempfile
 

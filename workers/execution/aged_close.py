@@ -4,24 +4,26 @@
 so far, when the last one happened, the extra tolerance already granted),
 the market's amount grid and the last price, and returns one action:
 
-============================  ==========================================================
-consecutive failures          next action (defaults: 3, 3, 6, 20; backoff 1 s doubling
-                              to 60 s)
-============================  ==========================================================
-any                           size below the market's minimum order: **give up**
-                              (``aged_position_unclosable``); no order can close it
-0                             target reached: **close the whole position**
-1 .. 2                        wait ``backoff`` after the last failure, then close whole
-3 (``failures_before_alert``  critical ``aged_close_failing`` alert; from here
-and ``_before_chunks``)       **close in chunks** (each on the amount grid, >= the
-                              minimum, the position re-read between chunks); a position
-                              too small to split is still **closed whole**
-6 (``failures_before_widen``) alert again (escalation); each failure from here
-                              **widens** the accepted loss by 2 points, up to 20 %
-                              in all; closes go on as above
-20 (``failures_before_give_   **give up** (``aged_position_unclosable``): the episode
-up``; 0 never)                waits for a person
-============================  ==========================================================
+===================  =============  =============================================
+consecutive          wait before    next close (once the target is reached)
+failures             it (defaults)
+===================  =============  =============================================
+0                    --             the whole position
+1, 2                 1 s, 2 s       the whole position
+3                    4 s            in chunks (a position too small to split:
+                                    whole); ``aged_close_failing`` alert
+4, 5                 8 s, 16 s      in chunks
+6                    32 s           in chunks, accepted loss +2 points;
+                                    ``aged_close_failing`` again (escalation)
+7 .. 19              60 s (cap)     in chunks, +2 points per failure, 20 % cap
+20                   --             none: give up (``aged_position_unclosable``)
+any, size below      --             none: give up at once, no order can close it
+the minimum order                   (``aged_position_unclosable``)
+===================  =============  =============================================
+
+The thresholds 3, 3, 6 and 20 are ``failures_before_alert``, ``_chunks``,
+``_widen`` and ``_give_up`` (0: never); the wait after the n-th failure is
+``backoff_base_s * 2**(n-1)``, at most ``backoff_cap_s``.
 
 Rules that hold for every input (``tests/unit/test_aged_close.py``):
 
@@ -33,8 +35,9 @@ Rules that hold for every input (``tests/unit/test_aged_close.py``):
 * A widening is returned only when it raises the accepted loss; at the cap
   nothing is widened (no "20 -> 20").
 * ``aged_close_failing`` is due at ``failures_before_alert`` failures and
-  again at each later threshold (chunks, widening, giving up), once each:
-  ``alerted_failures`` is the failure count of the last alert sent.
+  again at each later threshold (chunks, widening), once each:
+  ``alerted_failures`` is the failure count of the last alert sent. Giving
+  up comes with ``aged_position_unclosable`` instead.
 
 Widening moves the target; a close already due is sent as well, so the
 widening never delays it.

@@ -1,11 +1,18 @@
-"""Flow benchmarks (issues 5, 6, 7): the figures the order benchmark does not cover.
+"""Flow benchmarks: the figures the order benchmark does not cover.
 
 - ``verify``: create response -> verification verdict, p50/p99 per exchange,
   and the exchange calls verification cost (order fetches, positions reads);
 - ``liquidation``: 20 positions over two exchanges closed at an injected
   exchange latency (seed 002 quotes 1-2 s per position, sequentially);
 - ``aged_close``: the price crosses the target -> the close order is accepted
-  by the exchange, p50/p99, with the default 2 s sweep interval;
+  by the exchange, p50/p99, with the default 2 s sweep interval; beside it
+  what execq recorded (``close_duration_ms``: from the first price a sweep
+  saw at or past the target to the close's fill), which leaves out the time
+  before the sweep looked;
+- ``aged_sweep_kill``: the worker running an aged sweep (held in its tickers
+  call by a latency fault) is SIGKILLed as the price crosses a target ->
+  the close, with another worker running (the seeds ask < 5 s after the
+  target is reached);
 - ``sweep``: one aged sweep over 1,000 open positions on 100 accounts across
   two exchanges (first run detects them all, second is the steady state);
 - ``kill_recovery``: a worker SIGKILLed with orders in doubt -> every order
@@ -193,10 +200,97 @@ def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
         "aged closes",
     )
     closes = [o for o in get_sim(sim_url, "/_sim/ledger")["orders"] if o["reduceOnly"]]
+    recorded = _rows(
+        "SELECT close_duration_ms FROM aged_positions "
+        "WHERE status = 'closed' AND close_duration_ms IS NOT NULL"
+    )
     return {
         **_ms([o["timestamp"] - crossed_at_ms for o in closes]),
+        "recorded_close_after_target": _ms([float(ms) for (ms,) in recorded]),
         "sweep_interval_s": 2.0,
         "positions": positions,
+    }
+
+
+def measure_aged_sweep_kill(app, stack: Stack, sim_url: str) -> dict[str, Any]:
+    """A worker SIGKILLed mid-sweep: from the price crossing (and from the kill) to the close."""
+    import redis
+
+    from workers import redis_keys
+
+    post_sim(sim_url, "/_sim/reset", {})
+    closed_sql = "SELECT count(*) FROM aged_positions WHERE status = 'closed'"
+    closed_before = _rows(closed_sql)[0][0]
+    _send_open(app, "flow-sweep-kill", "binance", "BTC")
+    _wait(
+        lambda: _rows("SELECT count(*) FROM aged_positions WHERE status = 'active'")[0][0] >= 1,
+        60,
+        "the aged position detected",
+    )
+    tickers_before = (
+        get_sim(sim_url, "/_sim/stats")["requests"].get("binance", {}).get("tickers", 0)
+    )
+    post_sim(
+        sim_url,
+        "/_sim/faults",
+        {
+            "rules": [
+                {
+                    "exchange": "binance",
+                    "operation": "tickers",
+                    "kind": "latency",
+                    "latency_ms": 30_000,
+                    "count": 1,
+                }
+            ]
+        },
+    )
+    _wait(
+        lambda: (
+            get_sim(sim_url, "/_sim/stats")["requests"].get("binance", {}).get("tickers", 0)
+            > tickers_before
+        ),
+        30,
+        "a sweep held in its tickers call",
+        interval_s=0.05,
+    )
+    # The held sweep runs on flows1, the only worker so far; flows2 takes over after the kill.
+    stack.start_worker("flows2", concurrency=8)
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        held = bool(client.exists(redis_keys.sweep_lock("aged")))
+        price = get_sim(sim_url, "/_sim/prices")["prices"]["binance"]["BTC/USDT:USDT"]
+        post_sim(sim_url, "/_sim/faults", {})
+        crossed_at_ms = time.time() * 1000
+        post_sim(
+            sim_url,
+            "/_sim/prices",
+            {
+                "exchange": "binance",
+                "symbol": "BTC/USDT:USDT",
+                "price": str(Decimal(price) * Decimal("1.05")),
+            },
+        )
+        stack.kill_worker("flows1")
+        killed_at_ms = time.time() * 1000
+        lock_ttl_ms = client.pttl(redis_keys.sweep_lock("aged"))
+    finally:
+        client.close()
+    _wait(
+        lambda: _rows(closed_sql)[0][0] > closed_before,
+        60,
+        "the close after the kill",
+        interval_s=0.05,
+    )
+    [close] = [o for o in get_sim(sim_url, "/_sim/ledger")["orders"] if o["reduceOnly"]]
+    stack.restart_worker("flows1")
+    stack.kill_worker("flows2", signal.SIGTERM)
+    return {
+        "lock_held_while_sweep_hung": held,
+        "lock_ttl_after_kill_ms": lock_ttl_ms,
+        "close_after_crossing_ms": round(close["timestamp"] - crossed_at_ms, 1),
+        "close_after_kill_ms": round(close["timestamp"] - killed_at_ms, 1),
+        "sweep_interval_s": 2.0,
     }
 
 
@@ -318,6 +412,7 @@ def run_flow_bench(
         result: dict[str, Any] = {"verify": measure_verify(app, sim_url, orders)}
         result["liquidation"] = measure_liquidation(app, sim_url, latency_ms)
         result["aged_close"] = measure_aged_close(app, sim_url, 10)
+        result["aged_sweep_kill"] = measure_aged_sweep_kill(app, stack, sim_url)
         result["kill_recovery"] = measure_kill_recovery(app, stack, sim_url, 5)
         # The sweep is timed in this process, on a book the workers and beat must not touch.
         beat.stop()
