@@ -63,7 +63,8 @@ def verification_summary(
 
 @app.task(name="close_aged_position", bind=True, max_retries=50, **RETRY_ON_INFRASTRUCTURE)
 def close_aged_position(self: Any, aged_id: int) -> dict[str, Any]:
-    """Close one aged position (reduce-only market, exactly once), verify flat, record it."""
+    """Close one claimed aged position: whole or in chunks as the failure policy says
+    (reduce-only market orders, exactly once), verified, checked flat."""
     try:
         return close_aged(aged_id, get_settings())
     except Requeue as requeue:

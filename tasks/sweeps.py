@@ -46,6 +46,7 @@ def aged_phase_sweep() -> dict[str, Any]:
             "phase_changes": report.phase_changes,
             "closes_enqueued": report.closes_enqueued,
             "by_phase": report.by_phase,
+            "actions": report.actions,
         }
     finally:
         lock.release()

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, literal, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from workers import redis_keys
@@ -73,6 +73,7 @@ from workers.store.positions import close_position, correct_position, lock_open_
 logger = logging.getLogger("execq.aged")
 
 _AGED = AgedPosition.__table__
+_POSITIONS = Position.__table__
 
 
 def _json_policy(policy: AgedPolicy) -> dict[str, str]:
@@ -110,6 +111,9 @@ class _Markets:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._markets: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+        # Venues whose markets could not be read: not asked again in this sweep (a first
+        # read in a process loads the markets, with retries; one such wait per sweep).
+        self._unreachable: set[tuple[str, str]] = set()
 
     def venue(self, account: str) -> tuple[str, str]:
         configured = self._settings.account(account)
@@ -121,11 +125,15 @@ class _Markets:
         return min(a.name for a in self._settings.accounts if (a.ccxt_class, a.mode) == venue)
 
     def _market(self, account: str, symbol: str) -> dict[str, Any] | None:
-        key = (*self.venue(account), symbol)
+        venue = self.venue(account)
+        key = (*venue, symbol)
         if key not in self._markets:
+            if venue in self._unreachable:
+                return None
             try:
                 self._markets[key] = find_market(self.reader(account), symbol)
             except EXCHANGE_ERRORS as exc:
+                self._unreachable.add(venue)
                 logger.warning("aged sweep: markets of %s: %s", account, describe_error(exc))
                 return None
         return self._markets[key]
@@ -194,30 +202,38 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
     markets = _Markets(settings)
     report = SweepReport()
     watch: list[_Watched] = []
+    # Read, then ask for market metadata (a first read loads the markets), then write:
+    # no transaction stays open across an exchange call.
     with session_scope() as session:
-        rows = session.execute(
-            select(Position, AgedPosition)
-            .outerjoin(
-                AgedPosition,
-                and_(
-                    AgedPosition.position_id == Position.id,
-                    AgedPosition.status.in_(status_values(CURRENT)),
-                ),
-            )
-            .where(Position.status.in_(status_values(HELD)))
-        ).all()
-        report.positions = len(rows)
-        for position, aged in rows:
-            episode = None if aged is None else view_of(aged, position)
-            if episode is not None and episode.status not in TRACKED:
-                continue  # unclosable: waiting for a person, alerted once
-            base = assess(policy, position.side, position.entry_price, position.opened_at, now)
-            if base.phase == AgedPhase.NONE:
-                continue
-            tick = markets.price_tick(position.account, position.symbol)
-            if tick is None:
-                report.market_errors += 1
-                continue
+        rows = [
+            (_PositionSnapshot.of(position), None if aged is None else view_of(aged, position))
+            for position, aged in session.execute(
+                select(Position, AgedPosition)
+                .outerjoin(
+                    AgedPosition,
+                    and_(
+                        AgedPosition.position_id == Position.id,
+                        AgedPosition.status.in_(status_values(CURRENT)),
+                    ),
+                )
+                .where(Position.status.in_(status_values(HELD)))
+            ).all()
+        ]
+    report.positions = len(rows)
+    aged: list[tuple[_PositionSnapshot, AgedView | None, Decimal, Decimal]] = []
+    for position, episode in rows:
+        if episode is not None and episode.status not in TRACKED:
+            continue  # unclosable: waiting for a person, alerted once
+        base = assess(policy, position.side, position.entry_price, position.opened_at, now)
+        if base.phase == AgedPhase.NONE:
+            continue
+        tick = markets.price_tick(position.account, position.symbol)
+        if tick is None:
+            report.market_errors += 1
+            continue
+        aged.append((position, episode, base.loss_tolerance_percent, tick))
+    with session_scope() as session:
+        for position, episode, base_tolerance, tick in aged:
             assessment = assess(
                 policy,
                 position.side,
@@ -231,7 +247,7 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
             if episode is None:
                 episode = _detect(session, position, assessment, policy, now)
                 if episode is None:
-                    continue  # a concurrent sweep detected it first
+                    continue  # detected by a concurrent sweep, or closed meanwhile
                 report.detected += 1
             else:
                 moved, updated = _update_phase(session, episode, assessment, now)
@@ -241,7 +257,7 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
                 episode = updated
             report.by_phase[episode.phase] = report.by_phase.get(episode.phase, 0) + 1
             if episode.status == AgedStatus.ACTIVE and episode.target_price is not None:
-                watch.append(_Watched(episode, base.loss_tolerance_percent, tick))
+                watch.append(_Watched(episode, base_tolerance, tick))
     prices = _prices(watch, report, markets)
     for watched in watch:
         view = watched.view
@@ -263,31 +279,78 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
     return report
 
 
+@dataclass(frozen=True)
+class _PositionSnapshot:
+    id: int
+    account: str
+    symbol: str
+    side: str
+    size: Decimal
+    entry_price: Decimal
+    opened_at: datetime
+
+    @classmethod
+    def of(cls, position: Position) -> _PositionSnapshot:
+        return cls(
+            position.id,
+            position.account,
+            position.symbol,
+            position.side,
+            position.size,
+            position.entry_price,
+            position.opened_at,
+        )
+
+
 def _detect(
-    session, position: Position, assessment: AgedAssessment, policy: AgedPolicy, now: datetime
+    session,
+    position: _PositionSnapshot,
+    assessment: AgedAssessment,
+    policy: AgedPolicy,
+    now: datetime,
 ) -> AgedView | None:
-    """Start the position's episode; None when another sweep started it first."""
+    """Start the position's episode; None when another sweep started it first, or the
+    position closed since it was read.
+
+    The position row is share-locked by the insert: a fill closing it meanwhile
+    waits for this episode, and ends it with the position.
+    """
     config = _json_policy(policy)
+    values = {
+        "position_id": position.id,
+        "status": AgedStatus.ACTIVE.value,
+        "phase": str(assessment.phase),
+        "detected_at": now,
+        "phase_changed_at": now,
+        "target_price": assessment.target_price,
+        "loss_tolerance_percent": assessment.loss_tolerance_percent,
+        "extra_tolerance_percent": Decimal(0),
+        "config": config,
+        "attempts": 0,
+        "consecutive_failures": 0,
+        "alerted_failures": 0,
+    }
+    still_open = (
+        select(_POSITIONS.c.id)
+        .where(
+            _POSITIONS.c.id == position.id,
+            _POSITIONS.c.status.in_(status_values(HELD)),
+        )
+        .with_for_update(read=True)
+        .scalar_subquery()
+    )
     row = session.execute(
         insert(_AGED)
-        .values(
-            position_id=position.id,
-            status=AgedStatus.ACTIVE.value,
-            phase=str(assessment.phase),
-            detected_at=now,
-            phase_changed_at=now,
-            target_price=assessment.target_price,
-            loss_tolerance_percent=assessment.loss_tolerance_percent,
-            extra_tolerance_percent=Decimal(0),
-            config=config,
-            attempts=0,
-            consecutive_failures=0,
-            alerted_failures=0,
+        .from_select(
+            list(values),
+            select(*(literal(value, _AGED.c[name].type) for name, value in values.items())).where(
+                still_open.is_not(None)
+            ),
         )
         .on_conflict_do_nothing(
             index_elements=[_AGED.c.position_id], index_where=text(status_in_sql(CURRENT))
         )
-        .returning(_AGED)
+        .returning(*_AGED.c)
     ).one_or_none()
     if row is None:
         return None

@@ -168,7 +168,7 @@ def measure_liquidation(app, sim_url: str, latency_ms: int) -> dict[str, Any]:
 
 
 def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
-    post_sim(sim_url, "/_sim/reset", {})
+    _fresh_book(sim_url)
     chosen = [(("binance", "bybit")[i % 2], SYMBOLS[i // 2]) for i in range(positions)]
     for index, (exchange, base) in enumerate(chosen):
         _send_open(app, f"flow-aged-{index}", exchange, base)
@@ -212,23 +212,39 @@ def measure_aged_close(app, sim_url: str, positions: int) -> dict[str, Any]:
     }
 
 
+def _fresh_book(sim_url: str) -> None:
+    """A flat exchange and an empty record: positions an earlier phase left in the book
+    (the simulator's reset clears only the exchange) would differ from the exchange's, and
+    an aged close waits for such a difference to settle."""
+    from workers.store.db import truncate_all
+
+    post_sim(sim_url, "/_sim/reset", {})
+    truncate_all()
+
+
+def _sweeping_worker(app) -> str | None:
+    """The node running an aged sweep right now, if any."""
+    active = app.control.inspect(timeout=1.0).active() or {}
+    for node, tasks in active.items():
+        if any(task.get("name") == "aged_phase_sweep" for task in tasks):
+            return node
+    return None
+
+
 def measure_aged_sweep_kill(app, stack: Stack, sim_url: str) -> dict[str, Any]:
-    """A worker SIGKILLed mid-sweep: from the price crossing (and from the kill) to the close."""
+    """Two workers; the one running an aged sweep (held in its tickers call) is SIGKILLed
+    as the price crosses a target: from the crossing (and from the kill) to the close."""
     import redis
 
     from workers import redis_keys
 
-    post_sim(sim_url, "/_sim/reset", {})
-    closed_sql = "SELECT count(*) FROM aged_positions WHERE status = 'closed'"
-    closed_before = _rows(closed_sql)[0][0]
+    _fresh_book(sim_url)
+    stack.start_worker("flows2", concurrency=8)
     _send_open(app, "flow-sweep-kill", "binance", "BTC")
     _wait(
         lambda: _rows("SELECT count(*) FROM aged_positions WHERE status = 'active'")[0][0] >= 1,
         60,
         "the aged position detected",
-    )
-    tickers_before = (
-        get_sim(sim_url, "/_sim/stats")["requests"].get("binance", {}).get("tickers", 0)
     )
     post_sim(
         sim_url,
@@ -245,17 +261,8 @@ def measure_aged_sweep_kill(app, stack: Stack, sim_url: str) -> dict[str, Any]:
             ]
         },
     )
-    _wait(
-        lambda: (
-            get_sim(sim_url, "/_sim/stats")["requests"].get("binance", {}).get("tickers", 0)
-            > tickers_before
-        ),
-        30,
-        "a sweep held in its tickers call",
-        interval_s=0.05,
-    )
-    # The held sweep runs on flows1, the only worker so far; flows2 takes over after the kill.
-    stack.start_worker("flows2", concurrency=8)
+    # Held until the client's timeout (EXECQ_EXCHANGE_TIMEOUT_MS, 10 s).
+    sweeping = _wait(lambda: _sweeping_worker(app), 30, "a sweep held in its tickers call")
     client = redis.Redis.from_url(stack.redis_url)
     try:
         held = bool(client.exists(redis_keys.sweep_lock("aged")))
@@ -271,20 +278,23 @@ def measure_aged_sweep_kill(app, stack: Stack, sim_url: str) -> dict[str, Any]:
                 "price": str(Decimal(price) * Decimal("1.05")),
             },
         )
-        stack.kill_worker("flows1")
+        stack.kill_worker(sweeping)
         killed_at_ms = time.time() * 1000
         lock_ttl_ms = client.pttl(redis_keys.sweep_lock("aged"))
     finally:
         client.close()
     _wait(
-        lambda: _rows(closed_sql)[0][0] > closed_before,
+        lambda: _rows("SELECT count(*) FROM aged_positions WHERE status = 'closed'")[0][0] >= 1,
         60,
         "the close after the kill",
         interval_s=0.05,
     )
     [close] = [o for o in get_sim(sim_url, "/_sim/ledger")["orders"] if o["reduceOnly"]]
-    stack.restart_worker("flows1")
-    stack.kill_worker("flows2", signal.SIGTERM)
+    # The later phases run on flows1 alone.
+    if not stack.worker("flows1").alive:
+        stack.restart_worker("flows1")
+    if stack.worker("flows2").alive:
+        stack.kill_worker("flows2", signal.SIGTERM)
     return {
         "lock_held_while_sweep_hung": held,
         "lock_ttl_after_kill_ms": lock_ttl_ms,
