@@ -195,3 +195,39 @@ def test_liquidation_orders_are_verified_like_every_filled_order(worker, sim) ->
     with session_scope() as session:
         closes = session.scalars(select(Order).where(Order.purpose == "liquidation")).all()
         assert [(order.status, order.verification) for order in closes] == [("filled", "verified")]
+
+
+def test_a_sweep_records_the_first_price_past_the_target_even_while_a_close_waits(
+    db: None, redis_clean: None, sim
+) -> None:
+    from workers.flows.aged import sweep_aged
+    from workers.settings import get_settings
+
+    # Given a BTC long at 60,000 opened a day ago (so its target is far below the price of
+    # 65,000), whose fifth close in a row failed a moment ago: the next waits 16 s
+    from workers.store.db import session_scope
+    from workers.store.models import Position
+
+    failed_at = datetime.now(UTC)
+    aged_id = _aged_long(
+        "active",
+        phase="progressive",
+        consecutive_failures=5,
+        alerted_failures=5,
+        last_attempt_at=failed_at,
+    )
+    with session_scope() as session:
+        position = session.get(Position, _episode(aged_id).position_id)
+        position.opened_at = failed_at - timedelta(days=1)
+
+    # When a sweep runs
+    before = datetime.now(UTC)
+    report = sweep_aged(get_settings())
+
+    # Then it claims nothing yet, but records when it first saw the price past the target
+    assert report.closes_enqueued == []
+    episode = _episode(aged_id)
+    assert episode.status == "active"
+    assert before <= episode.target_reached_at <= datetime.now(UTC)
+    assert "aged_target_reached" in _event_types(aged_id)
+    assert "aged_close_claimed" not in _event_types(aged_id)
