@@ -15,7 +15,7 @@ from typing import Any
 from workers import redis_keys
 from workers.app import app
 from workers.coordination import kept_alive, try_lock
-from workers.flows.aged import sweep_aged
+from workers.flows.aged_sweep import sweep_aged
 from workers.flows.recovery import run_recovery
 from workers.observability import metrics
 from workers.redis_client import get_redis

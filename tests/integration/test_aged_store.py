@@ -200,7 +200,7 @@ def test_liquidation_orders_are_verified_like_every_filled_order(worker, sim) ->
 def test_a_sweep_records_the_first_price_past_the_target_even_while_a_close_waits(
     db: None, redis_clean: None, sim
 ) -> None:
-    from workers.flows.aged import sweep_aged
+    from workers.flows.aged_sweep import sweep_aged
     from workers.settings import get_settings
 
     # Given a BTC long at 60,000 opened a day ago (so its target is far below the price of

@@ -313,7 +313,7 @@ def measure_sweep(sim_url: str, settings_env: dict[str, str], count: int) -> dic
     ]
     env = {**settings_env, "EXECQ_ACCOUNTS": json.dumps(accounts), "EXECQ_SIM_URL": sim_url}
     with process_env(env):
-        from workers.flows.aged import sweep_aged
+        from workers.flows.aged_sweep import sweep_aged
         from workers.settings import get_settings
         from workers.store.db import session_scope
         from workers.store.models import Position
