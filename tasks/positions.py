@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
-from workers.flows.aged import close_aged, close_in_chunks
+from workers.flows.aged import close_aged
 from workers.flows.submission import Requeue
 from workers.flows.verification import check_flat, verify_and_book
 from workers.settings import get_settings
 from workers.store import orders as order_store
-from workers.store.aged import load_aged
 
 
 @app.task(name="verify_position", bind=True, max_retries=5, **RETRY_ON_INFRASTRUCTURE)
@@ -64,20 +63,9 @@ def verification_summary(
 
 @app.task(name="close_aged_position", bind=True, max_retries=50, **RETRY_ON_INFRASTRUCTURE)
 def close_aged_position(self: Any, aged_id: int) -> dict[str, Any]:
-    """Close one aged position (reduce-only market, exactly once), verify flat, record it."""
+    """Close one claimed aged position: whole or in chunks as the failure policy says
+    (reduce-only market orders, exactly once), verified, checked flat."""
     try:
         return close_aged(aged_id, get_settings())
-    except Requeue as requeue:
-        raise self.retry(countdown=max(0.1, requeue.countdown_s)) from None
-
-
-@app.task(name="close_position_in_chunks", bind=True, max_retries=50, **RETRY_ON_INFRASTRUCTURE)
-def close_position_in_chunks(self: Any, aged_id: int) -> dict[str, Any]:
-    """The partial-chunk fallback on its own (the close task uses it after repeated failures)."""
-    view = load_aged(aged_id)
-    if view is None or view.status not in ("active", "closing"):
-        return {"aged_id": aged_id, "status": None if view is None else view.status}
-    try:
-        return close_in_chunks(view, get_settings())
     except Requeue as requeue:
         raise self.retry(countdown=max(0.1, requeue.countdown_s)) from None

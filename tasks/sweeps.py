@@ -2,7 +2,9 @@
 
 A sweep that is still running when the next one fires makes the newcomer
 return at once (a Redis lock per sweep), and beat sends each sweep with an
-expiry of one interval, so sweeps never pile up behind each other.
+expiry of one interval, so sweeps never pile up behind each other. The aged
+sweep's lock is short and renewed while the sweep runs: a worker killed
+mid-sweep holds the aged sweeps up for at most 1.5 intervals.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Any
 
 from workers import redis_keys
 from workers.app import app
-from workers.coordination import reconcile_kill_switch, try_lock
-from workers.flows.aged import sweep_aged
+from workers.coordination import kept_alive, reconcile_kill_switch, try_lock
+from workers.flows.aged_sweep import sweep_aged
 from workers.flows.recovery import run_recovery
 from workers.flows.tracking import track_orders
 from workers.observability import metrics
@@ -28,11 +30,12 @@ def mark_sweep_run(name: str) -> None:
 @app.task(name="aged_phase_sweep")
 def aged_phase_sweep() -> dict[str, Any]:
     settings = get_settings()
-    lock = try_lock(redis_keys.sweep_lock("aged"), max(30.0, settings.aged_sweep_interval_s * 10))
+    ttl_s = settings.aged_sweep_lock_ttl_s
+    lock = try_lock(redis_keys.sweep_lock("aged"), ttl_s)
     if lock is None:
         return {"skipped": "previous aged sweep still running"}
     try:
-        with metrics.time_sweep("aged"):
+        with kept_alive(lock, ttl_s, every_s=ttl_s / 3), metrics.time_sweep("aged"):
             report = sweep_aged(settings)
         metrics.set_aged_phase_counts(report.by_phase)
         for aged_id in report.closes_enqueued:
@@ -44,6 +47,7 @@ def aged_phase_sweep() -> dict[str, Any]:
             "phase_changes": report.phase_changes,
             "closes_enqueued": report.closes_enqueued,
             "by_phase": report.by_phase,
+            "actions": report.actions,
         }
     finally:
         lock.release()

@@ -2,6 +2,8 @@
 
 Locks are ``SET NX PX`` with a random token and released by a compare-and-
 delete script, so a holder whose lock expired cannot release someone else's.
+A long holder keeps a short lock alive with ``kept_alive`` (compare-and-
+expire): a killed holder stops renewing it, and it expires soon after.
 A lock is advisory: every write is also guarded in Postgres (row locks and the
 order transition table), so a stale holder cannot overwrite a newer state.
 """
@@ -14,6 +16,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +33,8 @@ from workers.store.events import record_event
 from workers.store.kill_switch import load_kill_switch, save_kill_switch
 from workers.store.models import KillSwitch
 
+logger = logging.getLogger("execq.coordination")
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -37,7 +42,7 @@ end
 return 0
 """
 
-_RENEW = """
+_EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -75,12 +80,13 @@ class Lock:
     def remaining_ms(self) -> int:
         return self.expires_at_ms - now_ms()
 
-    def renew(self) -> bool:
-        """Extend the lock to a full lifetime from now; False when it was lost (expired,
-        or taken by someone else), and then it is not ours any more."""
+    def extend(self, ttl_s: float | None = None) -> bool:
+        """Give the lock ``ttl_s`` (default: its own lifetime) more from now; False when it
+        is no longer ours (expired, or taken by someone else)."""
+        ttl_ms = self.ttl_ms if ttl_s is None else int(ttl_s * 1000)
         started = now_ms()
-        if self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
-            self.expires_at_ms = started + self.ttl_ms
+        if self.client.eval(_EXTEND, 1, self.key, self.token, ttl_ms):
+            self.expires_at_ms = started + ttl_ms
             return True
         self.expires_at_ms = 0
         return False
@@ -106,6 +112,60 @@ def held_lock(key: str, ttl_s: float) -> Iterator[Lock]:
         yield lock
     finally:
         lock.release()
+
+
+class KeepAlive:
+    """A daemon thread renewing a lock to ``ttl_s`` every ``every_s`` until stopped.
+
+    Stops by itself when the lock is no longer ours (it expired while the
+    process stalled, and someone else may hold it now): the holder's work
+    must be safe without it anyway, since every write is guarded in Postgres.
+    """
+
+    def __init__(self, lock: Lock, ttl_s: float, every_s: float) -> None:
+        if not 0 < every_s < ttl_s:
+            raise ValueError("renew more often than the lock's lifetime: 0 < every_s < ttl_s")
+        self.lock = lock
+        self.ttl_s = ttl_s
+        self.every_s = every_s
+        self.renewals = 0
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"keep-alive {lock.key}", daemon=True
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                extended = self.lock.extend(self.ttl_s)
+            except redis.RedisError as exc:
+                # The next renewal may get through before the lock expires.
+                logger.warning("renewing %s failed: %s", self.lock.key, exc)
+                continue
+            if not extended:
+                self.lost = True
+                logger.warning("lock %s expired before it was renewed", self.lock.key)
+                return
+            self.renewals += 1
+
+    def start(self) -> KeepAlive:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 1)
+
+
+@contextmanager
+def kept_alive(lock: Lock, ttl_s: float, every_s: float) -> Iterator[KeepAlive]:
+    """Renew ``lock`` while the block runs; the caller still releases it."""
+    keeper = KeepAlive(lock, ttl_s, every_s).start()
+    try:
+        yield keeper
+    finally:
+        keeper.stop()
 
 
 def lock_holder_exists(key: str) -> bool:

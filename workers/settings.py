@@ -152,11 +152,28 @@ class AgedSettings(BaseModel):
     loss_step_interval_s: float = Field(default=3600, gt=0)
     max_loss_percent: Decimal = Field(default=Decimal("10"), ge=0, le=100)
     commission_percent: Decimal = Field(default=Decimal("0.1"), ge=0, le=5)
+    # The policy after failed closes (workers.execution.aged_close, docs/aged.md):
+    # counts of consecutive failed close attempts of one episode.
     failures_before_alert: int = Field(default=3, ge=1)
     failures_before_chunks: int = Field(default=3, ge=1)
+    failures_before_widen: int = Field(default=6, ge=1)
+    # 0: never give up. Each failure is spaced by the backoff, so the default
+    # gives up after about 15 minutes of refused closes.
+    failures_before_give_up: int = Field(default=20, ge=0)
     chunk_count: int = Field(default=3, ge=2, le=20)
     tolerance_widen_step_percent: Decimal = Field(default=Decimal("2"), ge=0)
     tolerance_widen_cap_percent: Decimal = Field(default=Decimal("20"), ge=0, le=100)
+    # After the n-th failure the next close waits base * 2^(n-1), at most the cap.
+    close_backoff_base_s: float = Field(default=1.0, ge=0)
+    close_backoff_cap_s: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _backoff_bounds(self) -> AgedSettings:
+        if self.close_backoff_cap_s < self.close_backoff_base_s:
+            raise ValueError(
+                "EXECQ_AGED__CLOSE_BACKOFF_CAP_S must not be below EXECQ_AGED__CLOSE_BACKOFF_BASE_S"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -324,6 +341,13 @@ class Settings(BaseSettings):
     def run_budget_s(self) -> float:
         """How long one task run may work before it requeues itself: well inside the soft limit."""
         return self.task_soft_time_limit_s * 0.6
+
+    @property
+    def aged_sweep_lock_ttl_s(self) -> float:
+        """The aged sweep's lock lives 1.5 intervals and is renewed every half interval
+        while the sweep runs, so a worker killed mid-sweep holds the sweeps up for at
+        most 1.5 intervals (the next beat-sent sweep runs at most an interval later)."""
+        return max(1.5 * self.aged_sweep_interval_s, 1.0)
 
     @property
     def order_lock_ttl_s(self) -> float:

@@ -84,7 +84,12 @@ def test_a_fill_that_crosses_zero_closes_with_pnl_ends_the_aged_episode_and_open
         aged = session.scalars(select(AgedPosition)).one()
         assert (aged.status, aged.close_reason) == ("superseded", "close")
         assert aged.closed_at is not None
-    assert _event_types() == ["position_opened", "position_closed", "position_opened"]
+    assert _event_types() == [
+        "position_opened",
+        "position_closed",
+        "aged_superseded",
+        "position_opened",
+    ]
 
 
 def _bookings_waiting_for_a_slot() -> int:

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from workers.execution.aged import (
     AgedPhase,
     AgedPolicy,
+    CloseFill,
     assess,
     breakeven_price,
     close_reason,
+    close_record,
     quantize_price,
     target_price,
     target_reached,
-    widen_tolerance,
 )
 
 D = Decimal
@@ -285,13 +286,62 @@ def test_assess_can_put_the_target_on_the_tick_grid():
     assert result.target_price == D("100.3")
 
 
-def test_widening_adds_two_points_up_to_twenty():
-    steps = [D(0)]
-    for _ in range(12):
-        steps.append(widen_tolerance(steps[-1]))
-    assert steps[:3] == [D(0), D(2), D(4)]
-    assert steps[-1] == D(20) and max(steps) == D(20)
-    assert widen_tolerance(D("19")) == D("20")
+# --- the close record over every fill -----------------------------------------------------
+
+
+def test_a_close_in_two_fills_records_the_volume_weighted_price_and_the_summed_pnl():
+    # Given a long of 0.02 entered at 60,000, closed half at 61,000 and half at 62,000
+    fills = [
+        CloseFill(D("0.01"), D("61000"), at(1)),
+        CloseFill(D("0.01"), D("62000"), at(3)),
+    ]
+    # When the close is recorded
+    record = close_record("long", D("60000"), fills, AgedPhase.GRACE, D(0))
+    # Then both fills count: price 61,500, PnL 10 + 20, done at the last fill
+    assert record.amount == D("0.02")
+    assert record.price == D("61500")
+    assert record.pnl == D("30")
+    assert record.pnl_percent == D("2.5")
+    assert record.reason == "profitable"
+    assert record.filled_at == at(3)
+
+
+def test_a_short_closed_above_its_entry_records_a_loss_with_its_progressive_reason():
+    fills = [CloseFill(D("1"), D("101"), None), CloseFill(D("0"), D("500"), None)]
+    record = close_record("short", D("100"), fills, AgedPhase.PROGRESSIVE, D("1.5"))
+    assert (record.price, record.pnl, record.filled_at) == (D("101"), D("-1"), None)
+    assert record.reason == "progressive_1.5pct"
+
+
+def test_a_close_record_needs_a_fill():
+    with pytest.raises(ValueError):
+        close_record("long", D("1"), [CloseFill(D("0"), D("1"))], AgedPhase.GRACE, D(0))
+
+
+@given(
+    side=sides,
+    entry=entries,
+    fills=st.lists(
+        st.tuples(
+            st.decimals(min_value=D("0.001"), max_value=1000, places=3),
+            st.decimals(min_value=D("0.01"), max_value=10**6, places=2),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_the_close_record_is_the_sum_of_its_fills(side, entry, fills):
+    record = close_record(
+        side, entry, [CloseFill(q, p) for q, p in fills], AgedPhase.PROGRESSIVE, D(1)
+    )
+    # The price lies between the fills' prices, and the PnL is what each fill realised
+    assert min(p for _, p in fills) <= record.price <= max(p for _, p in fills)
+    sign = 1 if side == "long" else -1
+    expected = sum((sign * (p - entry) * q for q, p in fills), D(0))
+    assert abs(record.pnl - expected) <= D("1e-20") * max(abs(expected), 1)
+    # and closing everything at the weighted price would realise the same
+    at_average = sign * (record.price - entry) * record.amount
+    assert abs(at_average - record.pnl) <= D("1e-20") * max(abs(expected), entry, 1)
 
 
 # --- book against exchange: sides count --------------------------------------------------

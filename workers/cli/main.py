@@ -548,7 +548,8 @@ def sim(host: str, port: int, seed: int | None, ws_port: int | None) -> None:
 def bench_flows(
     orders: int, latency_ms: int, sweep_positions: int, redis_url: str | None, as_json: bool
 ) -> None:
-    """Verification, aged-close, sweep, kill-recovery and liquidation figures."""
+    """Verification, aged-close (also with the sweeping worker killed), sweep, kill-recovery
+    and liquidation figures."""
     import json
     import tempfile
 

@@ -33,9 +33,12 @@ not spec):
   continuous ramp: the target stays fixed for a whole interval, so each price
   check compares against a target that was recorded, and the close reason
   reads ``progressive_1.5pct`` rather than ``progressive_1.4973pct``.
-* **Extra tolerance** from the chunk fallback's widening (``widen_tolerance``,
-  +2 points, cap 20 %) is added on top in either phase, and the total is
-  capped at ``tolerance_cap_percent``.
+* **Extra tolerance** from the failure policy's widening
+  (``workers.execution.aged_close``: +2 points per failure once chunks keep
+  failing too) is added on top in either phase, and the total is capped at
+  ``tolerance_cap_percent`` (20 %).
+* **The close record** sums every fill of the episode, however many orders
+  it took (``close_record``): the price is volume-weighted, the PnL the sum.
 * A long closes when the price is at or above the target, a short at or below.
 """
 
@@ -52,8 +55,7 @@ from workers.execution.chunks import ceil_to_step, floor_to_step
 PositionSide = Literal["long", "short"]
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
-#: Widening steps of seed 000: +2 points per fallback, never beyond 20 % loss.
-WIDEN_STEP_PERCENT = Decimal(2)
+#: Seed 000's cap of the accepted loss, widening included.
 WIDEN_CAP_PERCENT = Decimal(20)
 # Enough digits that only the division rounds (in the safe direction).
 _PRECISION = 34
@@ -257,13 +259,57 @@ def quantize_price(price: Decimal, tick: Decimal, side: PositionSide) -> Decimal
     return ceil_to_step(price, tick) if side == "long" else floor_to_step(price, tick)
 
 
-def widen_tolerance(
-    current_extra: Decimal,
-    step: Decimal = WIDEN_STEP_PERCENT,
-    cap: Decimal = WIDEN_CAP_PERCENT,
-) -> Decimal:
-    """Seed 000's last resort: accept ``step`` more points of loss, never beyond ``cap``.
+@dataclass(frozen=True)
+class CloseFill:
+    """One order's fill in an episode's close: ``amount`` (> 0) at average ``price``,
+    done at ``at`` (None when not known)."""
 
-    Returns the new extra tolerance; equal to ``current_extra`` once the cap is reached.
-    """
-    return min(current_extra + step, cap)
+    amount: Decimal
+    price: Decimal
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CloseRecord:
+    """An episode's close over all its fills. ``price``: volume-weighted; ``pnl``: the
+    sum of the fills' price PnL (quote currency, before commission, as the book
+    realises it); ``pnl_percent``: over the entry notional of what was closed."""
+
+    amount: Decimal
+    price: Decimal
+    pnl: Decimal
+    pnl_percent: Decimal
+    reason: str
+    filled_at: datetime | None
+
+
+def close_record(
+    side: PositionSide,
+    entry_price: Decimal,
+    fills: list[CloseFill],
+    phase: AgedPhase,
+    loss_tolerance_percent: Decimal,
+) -> CloseRecord:
+    """The record of a close made of ``fills`` (zero fills are ignored; raises
+    ``ValueError`` when nothing filled)."""
+    _check_side(side)
+    filled = [fill for fill in fills if fill.amount > 0]
+    if not filled:
+        raise ValueError("a close record needs at least one fill")
+    with localcontext() as context:
+        context.prec = _PRECISION
+        amount = sum((fill.amount for fill in filled), ZERO)
+        price = sum((fill.amount * fill.price for fill in filled), ZERO) / amount
+        sign = 1 if side == "long" else -1
+        pnl = sum((sign * (fill.price - entry_price) * fill.amount for fill in filled), ZERO)
+        notional = entry_price * amount
+        pnl_percent = pnl / notional * HUNDRED if notional else ZERO
+    times = [fill.at for fill in filled if fill.at is not None]
+    return CloseRecord(
+        amount=amount,
+        price=price,
+        pnl=pnl,
+        pnl_percent=pnl_percent,
+        reason=close_reason(side, entry_price, price, phase, loss_tolerance_percent),
+        filled_at=max(times) if times else None,
+    )

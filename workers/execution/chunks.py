@@ -47,7 +47,8 @@ def ceil_to_step(value: Decimal, step: Decimal) -> Decimal:
         return floor + step
 
 
-def _effective_minimum(min_amount: Decimal, amount_step: Decimal) -> Decimal:
+def smallest_order(amount_step: Decimal, min_amount: Decimal) -> Decimal:
+    """The smallest amount a valid order can have on this market."""
     # A minimum off the step grid (rare, but markets are data) is reachable only
     # at the next step up; a zero minimum still needs one step to be an order.
     return max(ceil_to_step(max(min_amount, ZERO), amount_step), amount_step)
@@ -89,7 +90,7 @@ def plan_chunks(
     on_grid = floor_to_step(size, amount_step)
     with localcontext(_EXACT):
         remainder = size - on_grid
-    minimum = _effective_minimum(min_amount, amount_step)
+    minimum = smallest_order(amount_step, min_amount)
     note = f"; {remainder} below one step {amount_step} cannot be closed" if remainder else ""
     if on_grid <= min_amount or on_grid < minimum:
         return ChunkPlan(
@@ -125,7 +126,7 @@ def next_chunk(
     what is left on the grid is below the minimum: no valid order can close it.
     """
     on_grid = floor_to_step(abs(remaining), amount_step)
-    if on_grid < _effective_minimum(min_amount, amount_step) or on_grid < min_amount:
+    if on_grid < smallest_order(amount_step, min_amount):
         return ZERO
     if chunks_left <= 1:
         return on_grid

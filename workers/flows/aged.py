@@ -1,236 +1,116 @@
-"""Aged positions: the phase sweep and the close, wired to I/O.
+"""Aged positions: the close, wired to I/O (the sweep is ``workers.flows.aged_sweep``).
 
-The rules (phase, target, tolerance, close reason, chunk plans) are pure
-functions in ``workers.execution.aged`` and ``workers.execution.chunks``;
-this module loads state, calls them, talks to the exchange through the same
-exactly-once submission path as every other order, and records each step.
-Nothing lives only in memory: a restarted worker picks every active row up
-again from Postgres on the next sweep.
+The rules are pure functions: phase, target and close record in
+``workers.execution.aged``, the policy after failed closes in
+``workers.execution.aged_close``, chunk plans in ``workers.execution.chunks``,
+the episode's lifecycle in ``workers.execution.aged_state``. This module
+loads state, calls them, talks to the exchange through the same exactly-once
+submission path as every other order, and records each step through the
+store's guarded writes. Nothing lives only in memory: a restarted worker
+picks every episode up again from Postgres on the next sweep.
+
+The sweep decides, the close task executes: the sweep records the first
+price it sees at or past a target (close latency is measured from there),
+applies the policy's widening and alerts, and claims the episodes whose
+close is due (``active -> closing``); the close task re-reads the position
+on the exchange and sends the whole close or the chunks. A close that does
+not close the position is a failure, and the episode is ``active`` again,
+waiting out its backoff.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 
 from workers import redis_keys
 from workers.coordination import LockNotAcquired, held_lock
-from workers.exchange import gateway
-from workers.exchange.errors import VenueError
 from workers.exchange.positions import fetch_positions
-from workers.exchange.prices import amount_limits, cache_prices
-from workers.exchange.reads import read_with_retries
-from workers.execution.aged import (
-    AgedPhase,
-    AgedPolicy,
-    assess,
-    book_differs,
-    close_reason,
-    signed_book_size,
-    target_reached,
-    widen_tolerance,
+from workers.exchange.prices import amount_limits
+from workers.execution.aged import AgedPolicy, assess, book_differs
+from workers.execution.aged_close import (
+    CLOSES,
+    AlertKind,
+    AmountGrid,
+    CloseAction,
+    CloseDecision,
+    CloseRules,
+    EpisodeFacts,
+    backoff_s,
+    next_action,
 )
-from workers.execution.chunks import next_chunk, plan_chunks
+from workers.execution.aged_state import TRACKED, AgedStatus
 from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import IN_FLIGHT, OrderStatus
-from workers.execution.positions import PositionState, roi_percent
+from workers.execution.position_state import status_values
 from workers.flows.submission import Requeue, Submission
-from workers.flows.verification import check_flat
-from workers.observability import metrics
+from workers.flows.verification import check_flat, verify_and_book
 from workers.settings import Settings
 from workers.store import orders as order_store
-from workers.store.aged import (
-    ACTIVE_STATUSES,
-    AgedView,
-    aged_ids,
-    claim_for_close,
-    load_aged,
-    lock_aged,
-)
+from workers.store.aged import AgedView, aged_ids, load_aged, lock_aged, write_episode
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
-from workers.store.models import AgedPosition, Order, Position
+from workers.store.models import Order
 from workers.store.orders import OrderSnapshot
-from workers.store.positions import book_order_fill
+from workers.store.positions import close_position, correct_position, lock_open_position
 
 logger = logging.getLogger("execq.aged")
 
 
-def _json_policy(policy: AgedPolicy) -> dict[str, str]:
-    return {name: str(value) for name, value in vars(policy).items()}
+def base_tolerance(policy: AgedPolicy, view: AgedView, now: datetime) -> Decimal:
+    """The phase schedule's accepted loss now, before any widening."""
+    return assess(policy, view.side, view.entry_price, view.opened_at, now).loss_tolerance_percent
 
 
-# --- the sweep --------------------------------------------------------------------------
-
-
-@dataclass
-class SweepReport:
-    positions: int = 0
-    detected: int = 0
-    phase_changes: int = 0
-    closes_enqueued: list[int] = field(default_factory=list)
-    by_phase: dict[str, int] = field(default_factory=dict)
-    price_errors: int = 0
-
-
-def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
-    """Detect aged positions, move phases, and return the ids whose target is reached."""
-    now = now or datetime.now(UTC)
-    policy = AgedPolicy.from_settings(settings.aged)
-    report = SweepReport()
-    watch: list[tuple[int, str, str, str, Decimal]] = []
-    with session_scope() as session:
-        rows = session.execute(
-            select(Position, AgedPosition)
-            .outerjoin(
-                AgedPosition,
-                and_(
-                    AgedPosition.position_id == Position.id,
-                    AgedPosition.status.in_(("active", "closing", "unclosable")),
-                ),
-            )
-            .where(Position.status == "open")
-        ).all()
-        report.positions = len(rows)
-        for position, aged in rows:
-            if aged is not None and aged.status == "unclosable":
-                continue  # waiting for a person; alerted once
-            assessment = assess(
-                policy,
-                position.side,
-                position.entry_price,
-                position.opened_at,
-                now,
-                extra_tolerance_percent=aged.extra_tolerance_percent if aged else Decimal(0),
-                tolerance_cap_percent=settings.aged.tolerance_widen_cap_percent,
-            )
-            if assessment.phase == AgedPhase.NONE:
-                continue
-            if aged is None:
-                aged = _detect(session, position, assessment, policy, now)
-                report.detected += 1
-            else:
-                report.phase_changes += _update_phase(session, aged, position, assessment, now)
-            report.by_phase[aged.phase] = report.by_phase.get(aged.phase, 0) + 1
-            if aged.status == "active" and aged.target_price is not None:
-                watch.append(
-                    (aged.id, position.account, position.symbol, position.side, aged.target_price)
-                )
-    prices = _prices(watch, report, settings)
-    for aged_id, account, symbol, side, target in watch:
-        price = prices.get((account, symbol))
-        if (
-            price is not None
-            and target_reached(side, price, target)
-            and claim_for_close(aged_id, now)
-        ):
-            report.closes_enqueued.append(aged_id)
-    return report
-
-
-def _detect(session, position: Position, assessment, policy: AgedPolicy, now: datetime):
-    aged = AgedPosition(
-        position_id=position.id,
-        status="active",
-        phase=str(assessment.phase),
-        detected_at=now,
-        phase_changed_at=now,
-        target_price=assessment.target_price,
-        loss_tolerance_percent=assessment.loss_tolerance_percent,
-        extra_tolerance_percent=Decimal(0),
-        config=_json_policy(policy),
+def episode_facts(
+    view: AgedView, size: Decimal, base_tolerance_percent: Decimal, chunks_closed: int = 0
+) -> EpisodeFacts:
+    """What the close policy needs of ``view``, with the position's real ``size``."""
+    return EpisodeFacts(
+        side=view.side,
+        size=abs(size),
+        target_price=view.target_price,
+        failures=view.consecutive_failures,
+        last_attempt_at=view.last_attempt_at,
+        base_tolerance_percent=base_tolerance_percent,
+        extra_tolerance_percent=view.extra_tolerance_percent,
+        alerted_failures=view.alerted_failures,
+        chunks_closed=chunks_closed,
     )
-    session.add(aged)
-    session.flush()
-    record_event(
+
+
+def _grid(account: str, symbol: str) -> AmountGrid:
+    limits = amount_limits(account, symbol)
+    return AmountGrid(step=limits.step, minimum=limits.minimum)
+
+
+def give_up(session, episode: AgedView, decision: CloseDecision) -> None:
+    """The policy gave up, or no order can close the position: stop and tell a person."""
+    if not write_episode(
         session,
-        "aged_detected",
-        **aged_ids(aged, position),
-        payload={
-            "phase": aged.phase,
-            "target_price": str(aged.target_price),
-            "age_s": round(assessment.age_s, 3),
-            "config": aged.config,
-        },
-    )
-    return aged
-
-
-def _update_phase(session, aged: AgedPosition, position: Position, assessment, now) -> int:
-    changed = 0
-    if aged.phase != str(assessment.phase):
-        record_event(
-            session,
-            "aged_phase_changed",
-            **aged_ids(aged, position),
-            payload={
-                "from": aged.phase,
-                "to": str(assessment.phase),
-                "target_price": str(assessment.target_price),
-                "loss_tolerance_percent": str(assessment.loss_tolerance_percent),
-            },
-        )
-        aged.phase = str(assessment.phase)
-        aged.phase_changed_at = now
-        changed = 1
-    elif aged.loss_tolerance_percent != assessment.loss_tolerance_percent:
-        record_event(
-            session,
-            "aged_tolerance_changed",
-            **aged_ids(aged, position),
-            payload={
-                "from": str(aged.loss_tolerance_percent),
-                "to": str(assessment.loss_tolerance_percent),
-                "target_price": str(assessment.target_price),
-            },
-        )
-    if (
-        aged.target_price != assessment.target_price
-        or aged.loss_tolerance_percent != assessment.loss_tolerance_percent
+        episode,
+        to=AgedStatus.UNCLOSABLE,
+        event="aged_gave_up",
+        payload={"reason": decision.reason, "consecutive_failures": episode.consecutive_failures},
+        last_error=decision.reason,
     ):
-        aged.target_price = assessment.target_price
-        aged.loss_tolerance_percent = assessment.loss_tolerance_percent
-        aged.updated_at = now
-    return changed
-
-
-def _prices(watch, report: SweepReport, settings: Settings) -> dict[tuple[str, str], Decimal]:
-    """Last prices of the watched symbols: one fetch_tickers per exchange, not per account.
-
-    Accounts on the same exchange and mode see the same market, so their
-    symbols are asked for together through one of them.
-    """
-    accounts_by_venue: dict[tuple[str, str], set[str]] = {}
-    symbols_by_venue: dict[tuple[str, str], set[str]] = {}
-    for _, account, symbol, _, _ in watch:
-        configured = settings.account(account)
-        venue = (configured.ccxt_class, configured.mode)
-        accounts_by_venue.setdefault(venue, set()).add(account)
-        symbols_by_venue.setdefault(venue, set()).add(symbol)
-    prices: dict[tuple[str, str], Decimal] = {}
-    for venue, symbols in symbols_by_venue.items():
-        accounts = sorted(accounts_by_venue[venue])
-        try:
-            exchange = gateway.venue(accounts[0])
-            wanted = sorted(symbols)
-            last_prices = read_with_retries(
-                lambda e=exchange, w=wanted: e.last_prices(w), budget_s=1.0
-            )
-        except VenueError as exc:
-            report.price_errors += 1
-            logger.warning("aged sweep: tickers on %s failed: %s", venue[0], exc.describe())
-            continue
-        for symbol, price in last_prices.items():
-            for account in accounts:
-                prices[(account, symbol)] = price
-    cache_prices(prices)
-    return prices
+        return
+    raise_alert(
+        session,
+        AlertKind.UNCLOSABLE.value,
+        f"{episode.account} {episode.symbol}: aged position of {episode.size} cannot be closed "
+        f"by execq ({decision.reason}); close it by hand",
+        account=episode.account,
+        symbol=episode.symbol,
+        position_id=episode.position_id,
+        aged_id=episode.id,
+        payload={"reason": decision.reason},
+    )
 
 
 # --- the close --------------------------------------------------------------------------
@@ -240,7 +120,7 @@ def _in_flight_close(aged_id: int) -> OrderSnapshot | None:
     with session_scope() as session:
         order = session.scalars(
             select(Order)
-            .where(Order.aged_id == aged_id, Order.status.in_([s.value for s in IN_FLIGHT]))
+            .where(Order.aged_id == aged_id, Order.status.in_(status_values(IN_FLIGHT)))
             .order_by(Order.id.desc())
             .limit(1)
         ).one_or_none()
@@ -283,53 +163,98 @@ def _close_intent(
     return order
 
 
+def _summary(view: AgedView | None, aged_id: int, **extra: Any) -> dict[str, Any]:
+    return {"aged_id": aged_id, "status": None if view is None else str(view.status), **extra}
+
+
 def close_aged(aged_id: int, settings: Settings) -> dict[str, Any]:
     """Close one aged position under its position lock. Raises Requeue to come back later."""
     view = load_aged(aged_id)
-    if view is None or view.status not in ACTIVE_STATUSES:
-        return {"aged_id": aged_id, "status": None if view is None else view.status}
+    if view is None or view.status not in TRACKED:
+        return _summary(view, aged_id)
     lock_key = redis_keys.position_lock(view.account, view.symbol)
     try:
         with held_lock(lock_key, settings.position_lock_ttl_s):
-            return _close_locked(view, settings)
+            return _close_locked(aged_id, settings)
     except LockNotAcquired:
         raise Requeue(1.0, f"position lock busy: {lock_key}") from None
 
 
-def _close_locked(view: AgedView, settings: Settings) -> dict[str, Any]:
+def _close_locked(aged_id: int, settings: Settings) -> dict[str, Any]:
     deadline = time.monotonic() + settings.run_budget_s
+    view = load_aged(aged_id)  # again, now that the lock is held
+    if view is None or view.status not in TRACKED:
+        return _summary(view, aged_id)
     order = _in_flight_close(view.id)
-    if order is None:
-        size = _exchange_size(view.account, view.symbol)
-        if size == 0:
-            return _record_closed_externally(view)
-        if book_differs(view.side, view.size, size):
-            # The difference is probably fills not booked yet, or booked but not yet
-            # in the exchange's lagging positions read: correcting the book now would
-            # count them twice, or close the wrong size. The recovery sweep's rule.
-            recent = datetime.now(UTC) - timedelta(seconds=settings.recovery_stuck_after_s)
-            if order_store.unsettled_orders(view.account, view.symbol, changed_since=recent):
-                raise Requeue(2.0, "orders on the symbol still unsettled")
-            view = _correct_size(view, size)
-        if abs(size) < amount_limits(view.account, view.symbol).minimum:
-            return _record_unclosable(view, abs(size))
-        if view.consecutive_failures >= settings.aged.failures_before_chunks:
-            return close_in_chunks(view, settings)
+    if order is not None:
+        order = Submission(order=order, settings=settings, deadline=deadline).run()
+        return _settle_close(view, order, settings)
+    if view.status != AgedStatus.CLOSING:
+        return _summary(view, aged_id)  # only a claimed episode is closed
+    size = _exchange_size(view.account, view.symbol)
+    if size == 0:
+        if order_store.unsettled_orders(view.account, view.symbol):
+            raise Requeue(2.0, "flat on the exchange with orders on the symbol unsettled")
+        return _record_closed_externally(view)
+    if book_differs(view.side, view.size, size):
+        # The difference is probably fills not booked yet, or booked but not yet
+        # in the exchange's lagging positions read: correcting the book now would
+        # count them twice, or close the wrong size. The recovery sweep's rule.
+        recent = datetime.now(UTC) - timedelta(seconds=settings.recovery_stuck_after_s)
+        if order_store.unsettled_orders(view.account, view.symbol, changed_since=recent):
+            raise Requeue(2.0, "orders on the symbol still unsettled")
+        view = _correct_size(view, size)
+    now = datetime.now(UTC)
+    policy = AgedPolicy.from_settings(settings.aged)
+    rules = CloseRules.from_settings(settings.aged)
+    grid = _grid(view.account, view.symbol)
+    # The claim proved the target reached: the close task decides how to close, not whether.
+    decision = next_action(
+        episode_facts(view, size, base_tolerance(policy, view, now)),
+        grid,
+        view.target_price,
+        now,
+        rules,
+    )
+    if decision.action == CloseAction.GIVE_UP:
+        with session_scope() as session:
+            episode = lock_aged(session, view.id)
+            if episode.status in TRACKED:
+                give_up(session, episode, decision)
+        return _summary(load_aged(view.id), aged_id, reason=decision.reason)
+    if decision.action == CloseAction.CLOSE_CHUNK:
+        return _close_in_chunks(view, decision, grid, rules, policy, settings, deadline)
+    if decision.action == CloseAction.CLOSE_WHOLE:
         attempt = _close_orders_count(view.id) + 1
+        assert decision.amount is not None
         order = _close_intent(
             view,
             signal_id=f"aged-{view.id}",
             leg=f"close{attempt}",
-            amount=abs(size),
+            amount=decision.amount,
             purpose="aged_close",
         )
-    order = Submission(order=order, settings=settings, deadline=deadline).run()
-    return _settle_close(view, order, settings)
+        order = Submission(order=order, settings=settings, deadline=deadline).run()
+        return _settle_close(view, order, settings)
+    return _release(view, decision)
 
 
-def _settle_close(view: AgedView, order: OrderSnapshot, settings: Settings) -> dict[str, Any]:
-    booking = book_order_fill(order.client_order_id) if order.filled > 0 else None
-    if booking is not None and booking.size_after == 0 and order.status == OrderStatus.FILLED:
+def _verify(order: OrderSnapshot, settings: Settings) -> None:
+    """Verify and book a close's fill (every filled order is verified). Booking the fill
+    that takes the position to zero ends the episode ``closed``, with its record."""
+    if order.filled > 0:
+        verify_and_book(order.client_order_id, settings, order=order)
+
+
+def _settle_close(
+    view: AgedView, order: OrderSnapshot, settings: Settings, *, verified: bool = False
+) -> dict[str, Any]:
+    """After a close order ended: closed (then check flat), or one more failure."""
+    if not verified:
+        _verify(order, settings)
+    current = load_aged(view.id)
+    assert current is not None
+    if current.status == AgedStatus.CLOSED:
         flat = check_flat(
             view.account,
             view.symbol,
@@ -337,178 +262,122 @@ def _settle_close(view: AgedView, order: OrderSnapshot, settings: Settings) -> d
             position_id=view.position_id,
             context=f"aged close {order.client_order_id}",
         )
-        if flat.flat:
-            return _record_closed(view, order, booking.realized_pnl)
-    return _record_failure(view, settings, order)
-
-
-def _record_closed(view: AgedView, order: OrderSnapshot, realized: Decimal) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    close_price = order.average_price or Decimal(0)
-    signed = signed_book_size(view.side, view.size)
-    pnl_percent = roi_percent(PositionState(signed, view.entry_price, Decimal(0)), close_price)
-    reason = close_reason(
-        view.side,
-        view.entry_price,
-        close_price,
-        AgedPhase(view.phase),
-        view.loss_tolerance_percent,
-    )
-    with session_scope() as session:
-        aged, position = lock_aged(session, view.id)
-        reached = aged.target_reached_at or now
-        filled_at = order.acked_at or now
-        aged.status = "closed"
-        aged.close_order_id = order.id
-        aged.close_price = close_price
-        aged.close_pnl = realized
-        aged.close_pnl_percent = pnl_percent
-        aged.close_reason = reason
-        aged.attempts += 1
-        aged.consecutive_failures = 0
-        aged.close_duration_ms = max(0, int((filled_at - reached).total_seconds() * 1000))
-        metrics.observe_close_latency(aged.close_duration_ms / 1000)
-        aged.closed_at = now
-        aged.updated_at = now
-        record_event(
-            session,
-            "aged_closed",
-            **aged_ids(aged, position),
-            order_id=order.id,
-            client_order_id=order.client_order_id,
-            attempt=aged.attempts,
-            payload={
-                "reason": reason,
-                "close_price": str(close_price),
-                "pnl": str(realized),
-                "pnl_percent": str(pnl_percent),
-                "duration_ms": aged.close_duration_ms,
-                "phase": aged.phase,
-            },
+        return _summary(
+            current,
+            view.id,
+            reason=current.close_reason,
+            close_price=str(current.close_price),
+            attempts=current.attempts,
+            flat=flat.flat,
         )
-        return {
-            "aged_id": view.id,
-            "status": "closed",
-            "reason": reason,
-            "close_price": str(close_price),
-            "attempts": aged.attempts,
-        }
+    error = order.last_error or (
+        f"close order ended {order.status} with {order.filled} filled"
+        if order.status != OrderStatus.FILLED
+        else "close order filled; the position is still open"
+    )
+    return _record_failure(view, settings, order, error)
 
 
 def _record_failure(
-    view: AgedView, settings: Settings, order: OrderSnapshot | None, error: str | None = None
+    view: AgedView, settings: Settings, order: OrderSnapshot | None, error: str
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
-    error = (
-        error
-        or (order.last_error if order else None)
-        or (f"close order ended {order.status} with {order.filled} filled" if order else "unknown")
-    )
+    rules = CloseRules.from_settings(settings.aged)
+    order_ids = {
+        "order_id": order.id if order else None,
+        "client_order_id": order.client_order_id if order else None,
+        "error_class": order.last_error_class if order else None,
+    }
     with session_scope() as session:
-        aged, position = lock_aged(session, view.id)
-        if aged.status not in ACTIVE_STATUSES:
-            # The episode ended while this close was in flight: another order closed
-            # its position (superseded). The failed close changes nothing any more;
-            # making the episode active again would leave it without an open position,
-            # never swept again (chaos: an aged episode stuck).
+        episode = lock_aged(session, view.id)
+        if episode.status not in TRACKED:
+            # The episode ended while this close was in flight (another order closed
+            # its position): the failed close changes nothing any more.
             record_event(
                 session,
                 "aged_close_failed",
-                **aged_ids(aged, position),
-                order_id=order.id if order else None,
-                client_order_id=order.client_order_id if order else None,
-                error_class=order.last_error_class if order else None,
-                payload={"error": error, "episode_already": aged.status},
+                **aged_ids(episode),
+                **order_ids,
+                payload={"error": error, "episode_already": str(episode.status)},
             )
-            return {"aged_id": view.id, "status": aged.status, "error": error}
-        aged.attempts += 1
-        aged.consecutive_failures += 1
-        aged.last_error = error
-        aged.status = "active"
-        aged.updated_at = now
-        record_event(
+            return _summary(episode, view.id, error=error)
+        failures = episode.consecutive_failures + 1
+        write_episode(
             session,
-            "aged_close_failed",
-            **aged_ids(aged, position),
-            order_id=order.id if order else None,
-            client_order_id=order.client_order_id if order else None,
-            attempt=aged.attempts,
-            error_class=order.last_error_class if order else None,
-            payload={"error": error, "consecutive_failures": aged.consecutive_failures},
+            episode,
+            to=AgedStatus.ACTIVE if episode.status == AgedStatus.CLOSING else None,
+            event="aged_close_failed",
+            now=now,
+            attempt=episode.attempts + 1,
+            **order_ids,
+            payload={
+                "error": error,
+                "consecutive_failures": failures,
+                "next_close_in_s": backoff_s(failures, rules),
+            },
+            attempts=episode.attempts + 1,
+            consecutive_failures=failures,
+            last_error=error,
+            last_attempt_at=now,
         )
-        if aged.consecutive_failures == settings.aged.failures_before_alert:
-            raise_alert(
+    return {
+        "aged_id": view.id,
+        "status": str(AgedStatus.ACTIVE),
+        "error": error,
+        "consecutive_failures": failures,
+    }
+
+
+def _release(view: AgedView, decision: CloseDecision) -> dict[str, Any]:
+    """A claimed close that is not due after all (the size read says otherwise)."""
+    with session_scope() as session:
+        episode = lock_aged(session, view.id)
+        if episode.status == AgedStatus.CLOSING:
+            write_episode(
                 session,
-                "aged_close_failing",
-                f"aged close of {position.account} {position.symbol} failed "
-                f"{aged.consecutive_failures} times in a row: {error}",
-                account=position.account,
-                symbol=position.symbol,
-                position_id=position.id,
-                aged_id=aged.id,
+                episode,
+                to=AgedStatus.ACTIVE,
+                event="aged_close_released",
+                payload={"action": str(decision.action), "reason": decision.reason},
             )
-        return {
-            "aged_id": view.id,
-            "status": "active",
-            "error": error,
-            "consecutive_failures": aged.consecutive_failures,
-        }
+    return _summary(load_aged(view.id), view.id, action=str(decision.action))
 
 
 def _record_closed_externally(view: AgedView) -> dict[str, Any]:
+    """Flat on the exchange with nothing of ours unsettled: someone else closed it."""
     now = datetime.now(UTC)
     with session_scope() as session:
-        aged, position = lock_aged(session, view.id)
-        aged.status = "closed_externally"
-        aged.closed_at = now
-        aged.updated_at = now
-        if position.status == "open":
-            position.status = "closed_externally"
-            position.closed_at = now
-            position.close_reason = "closed_externally"
-        record_event(
-            session,
-            "closed_externally",
-            **aged_ids(aged, position),
-            payload={"context": "aged close found no position on the exchange"},
-        )
-    return {"aged_id": view.id, "status": "closed_externally"}
-
-
-def _record_unclosable(view: AgedView, size: Decimal) -> dict[str, Any]:
-    """Below the market's minimum order size no order can close it: stop and tell a person."""
-    now = datetime.now(UTC)
-    with session_scope() as session:
-        aged, position = lock_aged(session, view.id)
-        aged.status = "unclosable"
-        aged.last_error = f"size {size} is below the market's minimum order size"
-        aged.closed_at = now
-        aged.updated_at = now
-        raise_alert(
-            session,
-            "aged_position_unclosable",
-            f"{position.account} {position.symbol}: aged position of {size} is below the "
-            "minimum order size and cannot be closed by an order; close it by hand",
-            account=position.account,
-            symbol=position.symbol,
-            position_id=position.id,
-            aged_id=aged.id,
-        )
-    return {"aged_id": view.id, "status": "unclosable"}
+        position = lock_open_position(session, view.account, view.symbol)
+        if position is not None and position.id == view.position_id:
+            close_position(
+                session,
+                position.id,
+                view.account,
+                view.symbol,
+                reason="closed_externally",
+                realized_pnl=position.realized_pnl,
+                now=now,
+                order=None,
+            )
+    return _summary(load_aged(view.id), view.id)
 
 
 def _correct_size(view: AgedView, exchange_size: Decimal) -> AgedView:
     with session_scope() as session:
-        aged, position = lock_aged(session, view.id)
+        episode = lock_aged(session, view.id)
         record_event(
             session,
             "position_size_changed",
-            **aged_ids(aged, position),
-            payload={"book_size": str(position.size), "exchange_size": str(exchange_size)},
+            **aged_ids(episode),
+            payload={"book_size": str(episode.size), "exchange_size": str(exchange_size)},
         )
-        position.size = abs(exchange_size)
-        position.side = "long" if exchange_size > 0 else "short"
-        position.updated_at = datetime.now(UTC)
+        correct_position(
+            session,
+            episode.position_id,
+            size=exchange_size,
+            entry_price=None,
+            now=datetime.now(UTC),
+        )
     refreshed = load_aged(view.id)
     assert refreshed is not None
     return refreshed
@@ -517,85 +386,61 @@ def _correct_size(view: AgedView, exchange_size: Decimal) -> AgedView:
 # --- the partial-chunk fallback -----------------------------------------------------------
 
 
-def close_in_chunks(view: AgedView, settings: Settings) -> dict[str, Any]:
-    """Close in chunks at the market's precision, re-reading the position between chunks.
-
-    When the position is too small to split, widen the accepted loss instead
-    (+2 points, capped) and keep tracking.
-    """
-    deadline = time.monotonic() + settings.run_budget_s
-    limits = amount_limits(view.account, view.symbol)
-    step, minimum = limits.step, limits.minimum
-    plan = plan_chunks(view.size, settings.aged.chunk_count, step, minimum)
-    if not plan.can_help:
-        return _widen(view, settings, plan.reason)
+def _close_in_chunks(
+    view: AgedView,
+    decision: CloseDecision,
+    grid: AmountGrid,
+    rules: CloseRules,
+    policy: AgedPolicy,
+    settings: Settings,
+    deadline: float,
+) -> dict[str, Any]:
+    """Close chunk by chunk, re-reading the position between chunks; the policy plans
+    each next chunk from what is really left. A chunk that does not fill ends the
+    round as one failure."""
     signal_id = f"aged-{view.id}-r{view.attempts}"
-    last: OrderSnapshot | None = None
-    realized = Decimal(0)
-    for index in range(len(plan.chunks)):
-        remaining = abs(_exchange_size(view.account, view.symbol))
-        if remaining == 0:
-            break
-        chunks_left = len(plan.chunks) - index
-        amount = (
-            remaining if chunks_left == 1 else next_chunk(remaining, chunks_left, step, minimum)
-        )
+    chunks_closed = 0
+    while True:
+        assert decision.amount is not None
         order = _close_intent(
             view,
             signal_id=signal_id,
-            leg=f"chunk{index + 1}",
-            amount=amount,
+            leg=f"chunk{chunks_closed + 1}",
+            amount=decision.amount,
             purpose="aged_chunk",
         )
         order = Submission(order=order, settings=settings, deadline=deadline).run()
-        booking = book_order_fill(order.client_order_id) if order.filled > 0 else None
-        if booking is not None:
-            realized += booking.realized_pnl
+        _verify(order, settings)
         order_store.record_order_event(
             order.client_order_id,
             "partial_close",
             {
-                "chunk": index + 1,
-                "of": len(plan.chunks),
-                "amount": str(amount),
+                "chunk": chunks_closed + 1,
+                "amount": str(decision.amount),
                 "filled": str(order.filled),
                 "status": str(order.status),
             },
         )
-        last = order
-        if order.status != OrderStatus.FILLED:
-            return _record_failure(view, settings, order)
-    flat = check_flat(
-        view.account,
-        view.symbol,
-        settings,
-        position_id=view.position_id,
-        context=f"aged chunk close {signal_id}",
-    )
-    if flat.flat and last is not None:
-        return _record_closed(view, last, realized)
-    return _record_failure(view, settings, last, error="position not flat after chunks")
-
-
-def _widen(view: AgedView, settings: Settings, why: str) -> dict[str, Any]:
-    with session_scope() as session:
-        aged, position = lock_aged(session, view.id)
-        before = aged.extra_tolerance_percent
-        aged.extra_tolerance_percent = widen_tolerance(
-            before,
-            settings.aged.tolerance_widen_step_percent,
-            settings.aged.tolerance_widen_cap_percent,
+        current = load_aged(view.id)
+        assert current is not None
+        if order.status != OrderStatus.FILLED or current.status not in TRACKED:
+            return _settle_close(view, order, settings, verified=True)
+        chunks_closed += 1
+        remaining = abs(_exchange_size(view.account, view.symbol))
+        if remaining == 0 or chunks_closed > rules.chunk_count:
+            return _settle_close(view, order, settings, verified=True)
+        now = datetime.now(UTC)
+        decision = next_action(
+            episode_facts(current, remaining, base_tolerance(policy, current, now), chunks_closed),
+            grid,
+            current.target_price,
+            now,
+            rules,
         )
-        aged.status = "active"
-        aged.updated_at = datetime.now(UTC)
-        record_event(
-            session,
-            "aged_tolerance_widened",
-            **aged_ids(aged, position),
-            payload={"from": str(before), "to": str(aged.extra_tolerance_percent), "why": why},
-        )
-        return {
-            "aged_id": view.id,
-            "status": "active",
-            "widened_to": str(aged.extra_tolerance_percent),
-        }
+        if decision.action not in CLOSES:
+            return _record_failure(
+                view,
+                settings,
+                order,
+                f"{remaining} left after {chunks_closed} chunks: {decision.reason}",
+            )

@@ -35,14 +35,13 @@ from workers.execution.client_ids import client_order_id
 from workers.execution.order_state import OrderStatus
 from workers.flows.cancel import Canceled, cancel_open_orders
 from workers.flows.submission import Requeue, Submission
-from workers.flows.verification import check_flat
+from workers.flows.verification import check_flat, verify_and_book
 from workers.retrying import pause
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import record_event
 from workers.store.orders import OrderSnapshot
-from workers.store.positions import book_order_fill
 
 logger = logging.getLogger("execq.liquidation")
 
@@ -134,7 +133,8 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
                 liquidation_id, signal_id, leg_number, position, size, settings, deadline
             )
             if order.filled > 0:
-                book_order_fill(order.client_order_id)
+                # Every filled order is verified; the verified fill is booked.
+                verify_and_book(order.client_order_id, settings, order=order)
             if order.status == OrderStatus.FILLED or order.last_error_class == "permanent":
                 break
         flat = check_flat(

@@ -12,9 +12,12 @@ Runs every minute and once when a worker starts. Steps, each counted in one
    decides;
 2. fills not yet in the position book → ``verify_position`` again;
 3. positions per account reconciled with ``fetch_positions``: orphan →
-   adopted and alerted; larger than the book → a critical alert naming the
-   orders in doubt (corrected only when none explains it); smaller, or the
-   entry off by more than 1 % → corrected; flat on the exchange →
+   adopted and alerted (or, when the exchange reports no entry price, left
+   out with an ``orphan_not_adopted`` event: a book entry of 0 would make
+   every PnL and aged target of it wrong); larger than the book → a critical
+   alert naming the orders in doubt (corrected only when none explains it);
+   smaller, or the entry off by more than 1 % → corrected (an entry the
+   exchange does not report keeps the book's); flat on the exchange →
    ``closed_externally``. Symbols with orders in flight or fresh activity are
    skipped: their fills are not booked yet, and adopting them would book them
    twice. A successful read also lifts the refusal of an account whose key the
@@ -28,7 +31,6 @@ import json
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, not_, or_, select
@@ -40,8 +42,10 @@ from workers.coordination import account_works, lock_holder_exists
 from workers.exchange.errors import VenueError
 from workers.exchange.positions import HedgeModeUnsupported, fetch_positions
 from workers.execution import reconcile as rules
+from workers.execution.aged_state import AgedStatus
 from workers.execution.order_state import IN_FLIGHT, OrderStatus
 from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
+from workers.execution.position_state import HELD, status_values
 from workers.execution.signal import SHOWN_INPUT_CHARS, event_text
 from workers.flows.tracking import track_orders
 from workers.redis_client import get_redis
@@ -60,6 +64,7 @@ from workers.store.outbox import (
 )
 from workers.store.positions import (
     close_position,
+    correct_position,
     lock_open_position,
     open_new_position,
 )
@@ -269,12 +274,13 @@ def _reconcile_account(
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     on_exchange = [
-        rules.ExchangePosition(account, p.symbol, p.size, p.entry_price or Decimal(0))
-        for p in positions
+        rules.ExchangePosition(account, p.symbol, p.size, p.entry_price or None) for p in positions
     ]
     with session_scope() as session:
         book_rows = session.scalars(
-            select(Position).where(Position.account == account, Position.status == "open")
+            select(Position).where(
+                Position.account == account, Position.status.in_(status_values(HELD))
+            )
         ).all()
         book = [
             rules.BookPosition(
@@ -311,6 +317,18 @@ def _apply(action: Any, now: datetime) -> str:
             found = action.exchange_position
             if lock_open_position(session, found.account, found.symbol) is not None:
                 return "positions_booked_meanwhile"  # a fill was booked since the read
+            if not found.entry_price:
+                record_event(
+                    session,
+                    "orphan_not_adopted",
+                    account=found.account,
+                    symbol=found.symbol,
+                    payload={
+                        "size": str(found.size),
+                        "reason": "the exchange reports no entry price",
+                    },
+                )
+                return "orphans_without_entry"
             position_id = open_new_position(
                 session,
                 account=found.account,
@@ -343,7 +361,7 @@ def _apply(action: Any, now: datetime) -> str:
         position = session.scalars(
             select(Position).where(Position.id == action.book.id).with_for_update()
         ).one()
-        if position.status != "open":
+        if position.status not in HELD:
             return "positions_already_closed"
         if isinstance(action, rules.ExceedsBook):
             return _exceeds_book(session, position, action, now)
@@ -363,11 +381,15 @@ def _apply(action: Any, now: datetime) -> str:
                     "fields": list(action.fields),
                 },
             )
-            position.size = abs(found.size)
-            position.side = "long" if found.size > 0 else "short"
-            position.entry_price = found.entry_price
-            position.verification = "verified"
-            position.updated_at = now
+            correct_position(
+                session,
+                position.id,
+                size=found.size,
+                # None or 0: the exchange did not say; the book's entry stays.
+                entry_price=found.entry_price or None,
+                now=now,
+                verification="verified",
+            )
             return "conflicts_corrected"
         close_position(
             session,
@@ -464,7 +486,9 @@ def _reenqueue_aged_closes(before: datetime) -> int:
         rows = session.execute(
             select(AgedPosition.id, Position.account, Position.symbol)
             .join(Position, Position.id == AgedPosition.position_id)
-            .where(AgedPosition.status == "closing", AgedPosition.updated_at < before)
+            .where(
+                AgedPosition.status == AgedStatus.CLOSING.value, AgedPosition.updated_at < before
+            )
         ).all()
     count = 0
     for aged_id, account, symbol in rows:

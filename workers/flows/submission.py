@@ -338,7 +338,7 @@ class Submission:
             )
             if window is not None:
                 return SigningWindow(timestamp_ms=now, recv_window_ms=window)
-            if renewed or not self.lease.renew():
+            if renewed or not self.lease.extend():
                 break
         raise LeaseLost(f"the lease on {self.cid} expired or was taken over")
 

@@ -201,6 +201,9 @@ CHAOS_WORKER_ENV = {
     "EXECQ_AGED__LOSS_STEP_PERCENT": "0.5",
     "EXECQ_AGED__LOSS_STEP_INTERVAL_S": "2",
     "EXECQ_AGED__MAX_LOSS_PERCENT": "5",
+    # Failed closes back off in seconds, like the rest of the compressed time here.
+    "EXECQ_AGED__CLOSE_BACKOFF_BASE_S": "0.5",
+    "EXECQ_AGED__CLOSE_BACKOFF_CAP_S": "4",
     "EXECQ_AGED_SWEEP_INTERVAL_S": "1",
     "EXECQ_RECOVERY_SWEEP_INTERVAL_S": "10",
     "EXECQ_RECOVERY_STUCK_AFTER_S": "5",

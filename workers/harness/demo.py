@@ -167,6 +167,7 @@ def demo_env(profile: Profile, redis_url: str, database_url: str) -> dict[str, s
         "EXECQ_AGED__MAX_LOSS_PERCENT": "2",
         "EXECQ_AGED__FAILURES_BEFORE_ALERT": "3",
         "EXECQ_AGED__FAILURES_BEFORE_CHUNKS": "3",
+        "EXECQ_AGED__CLOSE_BACKOFF_BASE_S": "0.5",
         "EXECQ_AGED_SWEEP_INTERVAL_S": "1",
         "EXECQ_RECOVERY_SWEEP_INTERVAL_S": "5",
         "EXECQ_RECOVERY_STUCK_AFTER_S": "2",

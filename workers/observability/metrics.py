@@ -9,7 +9,7 @@ execq_orders_total                     counter    exchange, status
 execq_order_attempts_total             counter    exchange, retry_class
 execq_verifications_total              counter    exchange, verdict
 execq_aged_positions                   gauge      phase
-execq_close_latency_seconds            histogram  (target reached -> filled)
+execq_close_latency_seconds            histogram  (price at target -> filled)
 execq_sweep_duration_seconds           histogram  sweep
 execq_rate_limit_wait_seconds_total    counter    exchange
 execq_kill_switch                      gauge      (0 off, 1 on; read at scrape time)
@@ -94,7 +94,8 @@ AGED_POSITIONS = Gauge(
 )
 CLOSE_LATENCY = Histogram(
     "execq_close_latency_seconds",
-    "Seconds from an aged position's target being reached to its close order filled.",
+    "Seconds from the first observed price at or past an aged position's target "
+    "to its close filled.",
     buckets=CLOSE_LATENCY_BUCKETS,
 )
 SWEEP_DURATION = Histogram(
@@ -173,7 +174,8 @@ def set_aged_phase_counts(counts: Mapping[str, int]) -> None:
 
 
 def observe_close_latency(seconds: float) -> None:
-    """Record seconds from target reached to close filled (negative clock skew counts as 0)."""
+    """Record seconds from the first observed price at or past the target to the close's
+    last fill (negative clock skew counts as 0)."""
     CLOSE_LATENCY.observe(max(0.0, float(seconds)))
 
 

@@ -2,10 +2,11 @@
 
 Meanings (ARCHITECTURE.md "Postgres"): ``orders`` follows the lifecycle table
 in ``workers.execution.order_state``; ``positions`` is the local view of the
-exchange's positions; ``aged_positions`` tracks one aged episode of a
-position; ``events`` is append-only; ``alerts`` are what a person must see;
-``signals`` is the producers' outbox (``workers.producer``); ``kill_switch``
-is the durable state of the kill switch (``workers.coordination``).
+exchange's positions (``workers.execution.position_state``); ``aged_positions``
+tracks one aged episode of a position (``workers.execution.aged_state``);
+``events`` is append-only; ``alerts`` are what a person must see; ``signals`` is
+the producers' outbox (``workers.producer``); ``kill_switch`` is the durable
+state of the kill switch (``workers.coordination``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from workers.execution import aged_state, position_state
+from workers.execution.position_state import status_in_sql
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -149,7 +153,7 @@ class Position(Base):
             "account",
             "symbol",
             unique=True,
-            postgresql_where=text("status = 'open'"),
+            postgresql_where=text(status_in_sql(position_state.HELD)),
         ),
         Index("ix_positions_status_opened_at", "status", "opened_at"),
     )
@@ -174,7 +178,13 @@ class AgedPosition(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # When the last failed close attempt ended: the next waits out its backoff from here.
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # consecutive_failures when aged_close_failing was last raised (0: never).
+    alerted_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The first time a price at or past the target was observed (by a sweep's
+    # ticker read, or a pushed price): close latency is measured from here.
     target_reached_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     close_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     close_order_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -192,7 +202,7 @@ class AgedPosition(Base):
             "uq_aged_positions_active_position",
             "position_id",
             unique=True,
-            postgresql_where=text("status IN ('active', 'closing')"),
+            postgresql_where=text(status_in_sql(aged_state.CURRENT)),
         ),
         Index("ix_aged_positions_status", "status"),
         Index("ix_aged_positions_closed_at", "closed_at"),

@@ -4,6 +4,11 @@
 position of its account and symbol, in one transaction with both rows locked,
 so a redelivered verification (or the recovery sweep repeating it) books
 nothing twice.
+
+A position's status changes only in ``close_position``: the move is checked
+against ``workers.execution.position_state``, applied to a row still open,
+and recorded with its event, and the position's aged episode ends in the same
+transaction (``workers.store.aged.end_with_position``).
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from workers.execution.position_state import PositionStatus, check_transition
 from workers.execution.positions import PositionState, apply_fill, side_of
 from workers.store import orders as order_store
+from workers.store.aged import end_with_position
 from workers.store.db import DriverStatement, session_scope
 from workers.store.events import record_event
-from workers.store.models import AgedPosition, Position
+from workers.store.models import Position
 from workers.store.orders import OrderSnapshot
 from workers.store.slots import lock_slot
 
@@ -58,18 +65,21 @@ class MissingFillPrice(Exception):
     """A fill without a price cannot be booked; verification must fetch it first."""
 
 
+class StalePosition(Exception):
+    """A writer tried to close a position that is no longer open (it read a stale row)."""
+
+
 # The booking runs on every fill, inside the order's settling transaction: it
 # uses prebuilt Core statements on rows (as workers/store/orders.py does), not
 # ORM objects, whose unit of work cost more than the statements themselves.
 # The recovery sweep opens and closes positions through the same helpers.
 _POSITIONS = Position.__table__
-_AGED = AgedPosition.__table__
 _SELECT_OPEN = DriverStatement(
     select(_POSITIONS)
     .where(
         _POSITIONS.c.account == bindparam("account"),
         _POSITIONS.c.symbol == bindparam("symbol"),
-        _POSITIONS.c.status == "open",
+        _POSITIONS.c.status == PositionStatus.OPEN.value,
     )
     .with_for_update()
 )
@@ -81,20 +91,14 @@ _UPDATE_POSITION = DriverStatement(
     .where(_POSITIONS.c.id == bindparam("position_id"))
     .values(version=_POSITIONS.c.version + 1)
 )
-# An aged episode ends with its position, whoever closed it; when the aged close
-# flow was the closer it records its own outcome over this.
-_END_AGED_EPISODES = (
-    update(_AGED)
+# The guarded status change: only a row still in the status its writer read moves.
+_CHANGE_POSITION_STATUS = DriverStatement(
+    update(_POSITIONS)
     .where(
-        _AGED.c.position_id == bindparam("closed_position_id"),
-        _AGED.c.status.in_(("active", "closing")),
+        _POSITIONS.c.id == bindparam("position_id"),
+        _POSITIONS.c.status == bindparam("current_status"),
     )
-    .values(
-        status=bindparam("aged_status"),
-        close_reason=func.coalesce(func.nullif(_AGED.c.close_reason, ""), bindparam("reason")),
-        closed_at=bindparam("now"),
-        updated_at=bindparam("now"),
-    )
+    .values(version=_POSITIONS.c.version + 1)
 )
 
 
@@ -152,7 +156,7 @@ def open_new_position(
                 "side": side_of(size),
                 "size": abs(size),
                 "entry_price": entry_price,
-                "status": "open",
+                "status": PositionStatus.OPEN.value,
                 "verification": verification,
                 "opened_at": opened_at,
                 "opening_order_id": opening_order.id if opening_order else None,
@@ -161,6 +165,30 @@ def open_new_position(
         )
         .scalar_one()
     )
+
+
+def correct_position(
+    session: Session,
+    position_id: int,
+    *,
+    size: Decimal,
+    entry_price: Decimal | None,
+    now: datetime,
+    verification: str | None = None,
+) -> None:
+    """Set an open position's size (signed, not 0) and side to the exchange's, and its
+    entry when ``entry_price`` is given. The caller records the event."""
+    values: dict[str, Any] = {
+        "position_id": position_id,
+        "size": abs(size),
+        "side": side_of(size),
+        "updated_at": now,
+    }
+    if entry_price is not None:
+        values["entry_price"] = entry_price
+    if verification is not None:
+        values["verification"] = verification
+    _UPDATE_POSITION.execute(session.connection(), values)
 
 
 def close_position(
@@ -174,34 +202,37 @@ def close_position(
     now: datetime,
     order: OrderSnapshot | None,
 ) -> None:
-    """Close an open position, end its aged episode and record the close."""
+    """Close an open position, end its aged episode and record the close.
+
+    ``reason`` ``closed_externally`` when the exchange showed it flat without a
+    fill of ours (``order`` None); else the closing order's purpose. Raises
+    ``StalePosition`` when the row is no longer open.
+    """
     externally = reason == "closed_externally"
-    connection = session.connection()
-    _UPDATE_POSITION.execute(
-        connection,
+    target = PositionStatus.CLOSED_EXTERNALLY if externally else PositionStatus.CLOSED
+    check_transition(PositionStatus.OPEN, target)
+    changed = _CHANGE_POSITION_STATUS.execute(
+        session.connection(),
         {
             "position_id": position_id,
-            "status": "closed_externally" if externally else "closed",
+            "current_status": PositionStatus.OPEN.value,
+            "status": target.value,
             "closed_at": now,
             "close_reason": reason,
             "updated_at": now,
             "realized_pnl": realized_pnl,
         },
-    )
-    connection.execute(
-        _END_AGED_EPISODES,
-        {
-            "closed_position_id": position_id,
-            "aged_status": "closed_externally" if externally else "superseded",
-            "reason": reason,
-            "now": now,
-        },
-    )
+    ).rowcount
+    if changed != 1:
+        raise StalePosition(f"position {position_id} is no longer open")
     record_event(
         session,
         "closed_externally" if externally else "position_closed",
         **_ids(position_id, account, symbol, order),
         payload={"reason": reason, "realized_pnl": str(realized_pnl)},
+    )
+    end_with_position(
+        session, position_id, reason=reason, externally=externally, order=order, now=now
     )
 
 

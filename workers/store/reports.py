@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from workers.execution.aged_state import TRACKED, AgedStatus
 from workers.execution.order_state import IN_FLIGHT
+from workers.execution.position_state import HELD, status_values
 from workers.store.db import session_scope
 from workers.store.models import AgedPosition, Alert, Event, Order, Position
 
@@ -16,7 +18,9 @@ from workers.store.models import AgedPosition, Alert, Event, Order, Position
 def open_positions() -> list[dict[str, Any]]:
     with session_scope() as session:
         rows = session.scalars(
-            select(Position).where(Position.status == "open").order_by(Position.opened_at)
+            select(Position)
+            .where(Position.status.in_(status_values(HELD)))
+            .order_by(Position.opened_at)
         ).all()
         return [
             {
@@ -38,7 +42,7 @@ def active_aged() -> list[dict[str, Any]]:
         rows = session.execute(
             select(AgedPosition, Position)
             .join(Position, Position.id == AgedPosition.position_id)
-            .where(AgedPosition.status.in_(("active", "closing")))
+            .where(AgedPosition.status.in_(status_values(TRACKED)))
             .order_by(AgedPosition.id)
         ).all()
         return [
@@ -144,7 +148,7 @@ def aged_statistics(days: float) -> dict[str, Any]:
         alerts = session.scalar(
             select(func.count()).select_from(Alert).where(Alert.occurred_at >= since)
         )
-    closed = [row for row in rows if row.status == "closed"]
+    closed = [row for row in rows if row.status == AgedStatus.CLOSED]
     by_status: dict[str, int] = {}
     by_reason: dict[str, int] = {}
     for row in rows:
@@ -163,6 +167,7 @@ def aged_statistics(days: float) -> dict[str, Any]:
         "average_attempts": None
         if not closed
         else round(sum(row.attempts for row in closed) / len(closed), 2),
+        # From the first observed price at or past the target to the close's last fill.
         "average_close_after_target_ms": None
         if not durations
         else round(sum(durations) / len(durations)),

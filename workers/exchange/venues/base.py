@@ -369,6 +369,23 @@ class Venue:
         """ccxt's market structure for ``symbol`` (raises ``Refused`` for an unknown one)."""
         return self._call("markets", lambda: self.client.market(symbol))
 
+    def markets(self) -> Mapping[str, Mapping[str, Any]]:
+        """Every market the account's exchange lists, by ccxt unified symbol."""
+        return self._call("markets", lambda: self.client.markets or {})
+
+    def resolve_alias(self, symbol: str) -> str | None:
+        """The unified symbol ccxt makes of ``symbol`` (ccxt accepts aliases such as an
+        exchange id or a spot symbol); None when it makes nothing of it."""
+        try:
+            return str(self.market(symbol)["symbol"])
+        except (Refused, KeyError, TypeError):
+            return None
+
+    def market_order_maximum(self, market: Mapping[str, Any]) -> Decimal | None:
+        """The largest amount one market order may have, when the exchange sets one apart
+        from the limit orders' maximum (None: the market's amount maximum applies)."""
+        return None
+
     # --- orders --------------------------------------------------------------------------------
 
     def create_order(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import ccxt
@@ -77,6 +78,19 @@ class Bybit(Venue):
                 yield
         finally:
             client.options["recvWindow"] = window
+
+    def market_order_maximum(self, market: Mapping[str, Any]) -> Decimal | None:
+        # ccxt leaves Bybit's market-order maximum in the raw instrument info.
+        info = market.get("info")
+        lot_size = info.get("lotSizeFilter") if isinstance(info, Mapping) else None
+        raw = lot_size.get("maxMktOrderQty") if isinstance(lot_size, Mapping) else None
+        if raw is None:
+            return None
+        try:
+            value = Decimal(str(raw))
+        except (InvalidOperation, ValueError):
+            return None
+        return value if value.is_finite() and value > 0 else None
 
     def fetch_order_params(self) -> dict[str, Any]:
         # Without it ccxt refuses fetch_order (it can only see recent orders).
