@@ -84,6 +84,23 @@ def _pass_through_calls(tree: ast.AST) -> set[int]:
     return ids
 
 
+def _literal_kind(node: ast.expr) -> ast.Constant | None:
+    """The kind as a literal: a string, or a member of an alert-kind enum (``AlertKind.X.value``)."""
+    if isinstance(node, ast.Constant):
+        return node
+    if (
+        isinstance(node, ast.Attribute)
+        and node.attr == "value"
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "AlertKind"
+    ):
+        from workers.execution.aged_close import AlertKind
+
+        return ast.Constant(AlertKind[node.value.attr].value)
+    return None
+
+
 def raised_alert_kinds() -> dict[str, str]:
     """Every ``raise_alert(session, "<kind>", ..., severity=...)`` (or a wrapper's call) in the
     runtime, by kind."""
@@ -97,8 +114,8 @@ def raised_alert_kinds() -> dict[str, str]:
             name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
             if name not in ALERT_RAISERS or len(node.args) < 2:
                 continue
-            kind = node.args[1]
-            assert isinstance(kind, ast.Constant), f"{path}:{node.lineno}: alert kind not a literal"
+            kind = _literal_kind(node.args[1])
+            assert kind is not None, f"{path}:{node.lineno}: alert kind not a literal"
             severity = next(
                 (keyword.value for keyword in node.keywords if keyword.arg == "severity"), None
             )

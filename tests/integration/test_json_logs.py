@@ -44,11 +44,25 @@ def test_a_json_worker_prints_only_json_lines_through_an_order(workers, db, redi
         f"json-{uuid.uuid4().hex[:10]}", "binance", "BTC/USDT:USDT", "buy", "0.01"
     )
     assert filled.get(timeout=60)["status"] == "filled"
-    rejected = submit_market_order(
-        f"json-{uuid.uuid4().hex[:10]}", "kraken", "BTC/USDT:USDT", "buy", "1"
+    # (sent as a plain Celery client would: the producer refuses it before sending)
+    from workers.app import app
+
+    rejected = app.send_task(
+        "execute_market_order",
+        kwargs={
+            "signal_id": f"json-{uuid.uuid4().hex[:10]}",
+            "exchange": "kraken",
+            "symbol": "BTC/USDT:USDT",
+            "side": "buy",
+            "amount": "1",
+        },
     )
-    with pytest.raises(Exception, match="signal rejected"):
+    with pytest.raises(Exception, match="unknown account"):
         rejected.get(timeout=60)
+    # and a task that fails unexpectedly (a call it cannot take)
+    broken = app.send_task("ping", kwargs={"not_an_argument": 1})
+    with pytest.raises(TypeError):
+        broken.get(timeout=60)
     # and is stopped (Celery's shutdown notice comes from a signal handler)
     worker.stop()
 
@@ -63,9 +77,12 @@ def test_a_json_worker_prints_only_json_lines_through_an_order(workers, db, redi
     assert len(fills) == 1
     assert fills[0]["client_order_id"] == filled.get()["client_order_id"]
     assert fills[0]["task_id"] == filled.id and fills[0]["task_name"] == "execute_market_order"
-    # and the rejected task's traceback inside its record, not on lines of its own
+    # and the refused signal in one record of its own (an expected failure: no traceback)
+    refusals = [record for record in logged if "SignalRejected" in record["message"]]
+    assert refusals and all("\n" not in record["message"] for record in refusals)
+    # and the unexpected failure's traceback inside its record, not on lines of its own
     failures = [record for record in logged if record["level"] == "ERROR" and "exc" in record]
-    assert any("SignalRejected" in record["exc"] for record in failures)
+    assert any("TypeError" in record["exc"] for record in failures)
 
 
 def test_a_json_beat_prints_only_json_lines(tmp_path: Path):

@@ -206,7 +206,7 @@ def test_after_redis_loses_everything_the_next_open_is_still_refused(
 
         # Then the next open (not reduce-only) is refused, and nothing reaches the exchange
         refused = execq("signal", "binance", "buy", "0.01", BTC, "--wait", "60", "--json", env=env)
-        assert refused.returncode == 0, refused.stderr
+        assert refused.returncode == 1, refused.stderr  # refused: exit 1 with the reason
         result = json.loads(refused.stdout.splitlines()[-1])["result"]
         assert (result["status"], result["error_class"]) == ("rejected", "kill_switch")
         assert sim.orders_for(result["client_order_id"]) == []

@@ -421,7 +421,8 @@ def test_a_fill_after_a_failed_attempt_carries_no_error(worker, sim):
                 {
                     "exchange": "binance",
                     "operation": "create_order",
-                    "kind": "server_error",
+                    "kind": "rate_limit",
+                    "retry_after_s": 0.2,
                     "count": 1,
                 }
             ]
@@ -432,7 +433,7 @@ def test_a_fill_after_a_failed_attempt_carries_no_error(worker, sim):
 
     assert summary["status"] == "filled"
     assert summary["error"] is None and summary["error_class"] is None
-    assert [e.error_class for e in events("order_attempt")][0] == "ambiguous"
+    assert [e.error_class for e in events("order_attempt")][0] == "rate_limited"
 
 
 def test_an_unfilled_ioc_reports_zero_as_0(worker, sim):
@@ -484,19 +485,40 @@ def test_execq_signal_exits_0_only_for_a_fill_or_a_resting_limit(worker, sim):
     assert other.stderr.startswith("execq: refused: signal_id: ") and "side" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
 
-    # A limit order without --wait: 0 once enqueued; waiting, it has no result while it
-    # rests on the book: 3, naming the order's state
+    # A limit order without --wait: 0 once enqueued; waiting: 0 too once the exchange has
+    # accepted it (its task ends there, and the order rests on the book)
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
     enqueued = execq("signal", "binance", "buy", "0.1", ETH, "--limit", "3000")
     assert enqueued.returncode == 0, enqueued.stderr
-    resting = execq("signal", "binance", "buy", "0.1", ETH, "--limit", "3000", "--wait", "3")
-    assert resting.returncode == 3, resting.stderr
-    assert "may still execute" in resting.stderr and "Traceback" not in resting.stderr
-    assert len(resting.stderr.strip().splitlines()) == 1
+    resting = execq(
+        "signal", "binance", "buy", "0.1", ETH, "--limit", "3000", "--wait", "60", "--json"
+    )
+    assert resting.returncode == 0, resting.stderr
+    assert json.loads(resting.stdout)["result"]["status"] == "open"
+
+    # No result within --wait (the exchange is slow to answer): 3, naming the order's state
+    sim.faults(
+        {
+            "rules": [
+                {
+                    "exchange": "binance",
+                    "operation": "create_order",
+                    "kind": "latency",
+                    "latency_ms": 4000,
+                    "count": 1,
+                }
+            ]
+        }
+    )
+    slow = execq("signal", "binance", "buy", "0.1", ETH, "--limit", "3000", "--wait", "1")
+    assert slow.returncode == 3, slow.stderr
+    assert "may still execute" in slow.stderr and "Traceback" not in slow.stderr
+    assert len(slow.stderr.strip().splitlines()) == 1
+    sim.faults({})
     # (the price crosses, so both fill and their tasks end)
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "2990"})
     wait_for(
-        lambda: [row["status"] for row in sim.ledger()].count("closed") == 3,
+        lambda: [row["status"] for row in sim.ledger()].count("closed") == 4,
         30,
         message=f"the resting limit orders never filled: {sim.ledger()}",
     )
