@@ -422,7 +422,7 @@ def test_a_fill_after_a_failed_attempt_carries_no_error(worker, sim):
                     "exchange": "binance",
                     "operation": "create_order",
                     "kind": "rate_limit",
-                    "retry_after_s": 0.2,
+                    "retry_after_s": 0,
                     "count": 1,
                 }
             ]
