@@ -60,6 +60,9 @@ class ExchangeAccount(BaseModel):
     secret: SecretStr | None = None
     api_key_file: Path | None = None
     secret_file: Path | None = None
+    # A third credential some exchanges ask for with the key (an API passphrase).
+    passphrase: SecretStr | None = None
+    passphrase_file: Path | None = None
 
     @model_validator(mode="after")
     def _keys_present(self) -> ExchangeAccount:
@@ -79,6 +82,12 @@ class ExchangeAccount(BaseModel):
         return _read_secret(self.api_key, self.api_key_file, "sim-key"), _read_secret(
             self.secret, self.secret_file, "sim-secret"
         )
+
+    def passphrase_value(self) -> str | None:
+        """The plain passphrase, when the account has one; only the gateway should call this."""
+        if self.passphrase is None and self.passphrase_file is None:
+            return "sim-passphrase" if self.mode == "sim" else None
+        return _read_secret(self.passphrase, self.passphrase_file, "sim-passphrase")
 
 
 def _read_secret(inline: SecretStr | None, path: Path | None, sim_default: str) -> str:

@@ -91,7 +91,7 @@ def client_options(account: ExchangeAccount, timeout_ms: int) -> dict[str, Any]:
         "defaultSubType": "linear",
         "warnOnFetchOpenOrdersWithoutSymbol": False,
     }
-    return {
+    config: dict[str, Any] = {
         "apiKey": key,
         "secret": secret,
         # The shared Redis limiter (the request hook) replaces ccxt's per-instance throttle.
@@ -99,6 +99,10 @@ def client_options(account: ExchangeAccount, timeout_ms: int) -> dict[str, Any]:
         "timeout": timeout_ms,
         "options": options,
     }
+    passphrase = account.passphrase_value()
+    if passphrase is not None:
+        config["password"] = passphrase
+    return VENUES[account.ccxt_class].client_config(config)
 
 
 def build_client(account: ExchangeAccount) -> ccxt.Exchange:

@@ -156,16 +156,23 @@ def cancel_open_orders(
     exchange, execq's own and others; ``keep_reduce_only`` leaves reduce-only ones."""
     venue = gateway.venue(account)
     open_orders = read_with_retries(lambda: venue.open_orders(symbol))
+    # execq's orders by the id the exchange knows them by.
+    ours = {
+        venue.client_id_for(order.client_order_id): order
+        for order in order_store.unfinished_orders(account, symbol)
+    }
     results: list[Canceled] = []
     for seen in open_orders:
         if keep_reduce_only and seen.reduce_only:
             continue
-        results.append(_cancel_seen(account, seen, settings))
+        mine = ours.get(seen.client_order_id) if seen.client_order_id else None
+        results.append(_cancel_seen(account, seen, mine, settings))
     return results
 
 
-def _cancel_seen(account: str, seen: ExchangeOrder, settings: Settings) -> Canceled:
-    ours = order_store.load_order(seen.client_order_id) if seen.client_order_id else None
+def _cancel_seen(
+    account: str, seen: ExchangeOrder, ours: OrderSnapshot | None, settings: Settings
+) -> Canceled:
     deadline = time.monotonic() + settings.run_budget_s
     try:
         if ours is not None:

@@ -544,3 +544,14 @@ def unsettled_orders(
         if besides is not None:
             query = query.where(Order.client_order_id != besides)
         return session.scalar(query) or 0
+
+
+def unfinished_orders(account: str, symbol: str | None = None) -> list[OrderSnapshot]:
+    """The account's orders that are not terminal (of ``symbol`` only, when given)."""
+    with session_scope() as session:
+        query = select(Order).where(
+            Order.account == account, Order.status.in_([status.value for status in IN_FLIGHT])
+        )
+        if symbol is not None:
+            query = query.where(Order.symbol == symbol)
+        return [OrderSnapshot.of(row) for row in session.scalars(query.order_by(Order.id))]

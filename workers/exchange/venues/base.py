@@ -355,6 +355,17 @@ class Venue:
         return None
 
     @classmethod
+    def client_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The ccxt constructor config for this exchange (the gateway's common one, adjusted)."""
+        return config
+
+    @classmethod
+    def client_id_for(cls, client_order_id: str) -> str:
+        """The id the exchange knows execq's order by (execq's own where the exchange's rules
+        admit it: ``xq<leg>-<digest>``, 36 characters of ``[a-z0-9-]``)."""
+        return client_order_id
+
+    @classmethod
     def operation_of(cls, method: str, url: str) -> tuple[str, int]:
         """The operation name and request weight of an HTTP request to this exchange."""
         path = urlsplit(url).path
@@ -366,7 +377,10 @@ class Venue:
         """Fetch the per-account facts ccxt would otherwise look up in every client."""
 
     def market(self, symbol: str) -> Mapping[str, Any]:
-        """ccxt's market structure for ``symbol`` (raises ``Refused`` for an unknown one)."""
+        """ccxt's market structure for ``symbol`` (raises ``Refused`` for an unknown one).
+
+        Amounts in it (precision, limits) are in base units, as everywhere in execq: a
+        venue whose exchange counts contracts converts (its create converts back)."""
         return self._call("markets", lambda: self.client.market(symbol))
 
     def markets(self) -> Mapping[str, Mapping[str, Any]]:
@@ -407,7 +421,7 @@ class Venue:
         return ExchangeOrder.from_ccxt(order)
 
     def create_params(self, request: OrderRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"clientOrderId": request.client_order_id}
+        params: dict[str, Any] = {"clientOrderId": self.client_id_for(request.client_order_id)}
         if request.reduce_only:
             params["reduceOnly"] = True
         if request.order_type == "limit" and request.time_in_force:
@@ -469,7 +483,7 @@ class Venue:
         return ExchangeOrder.from_ccxt(order)
 
     def cancel_params(self, client_order_id: str | None) -> dict[str, Any]:
-        return {"clientOrderId": client_order_id}
+        return {"clientOrderId": client_order_id and self.client_id_for(client_order_id)}
 
     def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
         """Open orders on the account (all symbols when ``symbol`` is None)."""

@@ -89,7 +89,7 @@ class BinanceUsdm(Venue):
             order = self._call(
                 "fetch_order",
                 lambda: self.client.fetch_order(
-                    None, symbol, {"origClientOrderId": client_order_id}
+                    None, symbol, {"origClientOrderId": self.client_id_for(client_order_id)}
                 ),
             )
         except OrderNotFound:
@@ -97,7 +97,7 @@ class BinanceUsdm(Venue):
         return ExchangeOrder.from_ccxt(order)
 
     def cancel_params(self, client_order_id: str | None) -> dict[str, Any]:
-        return {"origClientOrderId": client_order_id}
+        return {"origClientOrderId": client_order_id and self.client_id_for(client_order_id)}
 
     def is_hedged(self, raw: Mapping[str, Any]) -> bool:
         return (raw.get("info") or {}).get("positionSide") in ("LONG", "SHORT")

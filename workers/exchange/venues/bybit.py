@@ -97,7 +97,8 @@ class Bybit(Venue):
         return {"acknowledged": True}
 
     def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
-        params = {"orderLinkId": client_order_id}
+        exchange_id = self.client_id_for(client_order_id)
+        params = {"orderLinkId": exchange_id}
         for operation, method in (
             ("open_orders", "fetch_open_orders"),
             ("order_history", "fetch_canceled_and_closed_orders"),
@@ -107,12 +108,12 @@ class Bybit(Venue):
                 lambda m=method: getattr(self.client, m)(symbol, None, None, dict(params)),
             )
             for order in orders:
-                if order.get("clientOrderId") == client_order_id:
+                if order.get("clientOrderId") == exchange_id:
                     return ExchangeOrder.from_ccxt(order)
         return None
 
     def cancel_params(self, client_order_id: str | None) -> dict[str, Any]:
-        return {"orderLinkId": client_order_id}
+        return {"orderLinkId": client_order_id and self.client_id_for(client_order_id)}
 
     def cancel_order(
         self, symbol: str, *, exchange_order_id: str | None, client_order_id: str | None
