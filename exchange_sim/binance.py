@@ -240,6 +240,8 @@ class BinanceFutures:
             )
         if rule.kind == "insufficient_margin":
             return _error(400, -2019, "Margin is insufficient.")
+        if rule.kind == "auth_refused":
+            return _error(401, -2015, "Invalid API-key, IP, or permissions for action.")
         # server_error: what a load balancer in front of the API sends, not JSON.
         return ApiError(rule.status, gateway_page(rule.status))
 

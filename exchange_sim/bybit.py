@@ -201,6 +201,8 @@ class BybitV5:
             return _error(10000, "Server Timeout")
         if rule.kind == "insufficient_margin":
             return _error(110007, "Insufficient available balance")
+        if rule.kind == "auth_refused":
+            return _error(10003, "API key is invalid.", status=401)
         return ApiError(rule.status, gateway_page(rule.status))
 
     def internal_error(self) -> ApiError:

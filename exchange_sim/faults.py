@@ -67,6 +67,7 @@ OUTCOME_KINDS = {
     "timeout_before_accept": "any",
     "timeout_after_accept": "any",
     "insufficient_margin": "create_order",
+    "auth_refused": "create_order",
 }
 STREAM_OPERATIONS = ("private_stream", "public_stream")
 # kind -> operation used when the rule does not name one.

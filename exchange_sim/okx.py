@@ -285,6 +285,8 @@ class OkxV5:
             )
         if rule.kind == "insufficient_margin":
             return _error("51008", "Order failed. Insufficient USDT margin in account")
+        if rule.kind == "auth_refused":
+            return _error("50111", "Invalid OK-ACCESS-KEY", 401)
         return ApiError(rule.status, gateway_page(rule.status))
 
     def internal_error(self) -> ApiError:

@@ -158,7 +158,7 @@ async def handle_exchange(request: web.BaseRequest, state: SimState) -> web.Stre
     outcome = faults.outcome
     at_ms = now_ms()
     if outcome is not None:
-        if outcome.kind in ("rate_limit", "ip_ban"):
+        if outcome.kind in ("rate_limit", "ip_ban", "auth_refused"):
             return _render(front, front.fault(outcome, at_ms))
         if outcome.kind == "timeout_before_accept":
             return await _hang_and_drop(request, outcome.hang_ms)

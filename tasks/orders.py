@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workers import redis_keys
 from workers.app import RETRY_ON_INFRASTRUCTURE, app
-from workers.coordination import KillSwitchState, kill_switch_from, kill_switch_state
+from workers.coordination import SendGuard, queue_send_guard_read, send_guard, send_guard_from
 from workers.exchange.errors import VenueError
 from workers.exchange.markets import signal_market
 from workers.exchange.prices import (
@@ -130,8 +129,9 @@ class OrderIntent:
     aged_id: int | None
     # The reference price used was stale: refresh it once this order's exchange call is done.
     refresh_price: bool = False
-    # The kill switch, when it was read with the reference price (one round trip).
-    kill_switch: KillSwitchState | None = None
+    # The kill switch and the account's standing, read with the reference price (one
+    # round trip); the first send uses them.
+    guard: SendGuard | None = None
 
     @property
     def client_order_id(self) -> str:
@@ -150,12 +150,14 @@ def _execute(task: Any, request: SignalRequest) -> dict[str, Any]:
             raise _refused(request, SignalRejected.of("exchange", unreachable)) from None
         raise task.retry(countdown=1.0 + task.request.retries) from None
     cid = intent.client_order_id
-    # The kill switch read with the reference price (market orders) serves the first send.
-    kill_switch = intent.kill_switch
+    # Read with the reference price (market orders), it serves the first send.
+    guard = intent.guard
     settlement = InlineSettlement()
     try:
         with order_lease(cid, settings, deadline) as lease:
-            may_send = intent.order.reduce_only or (kill_switch is not None and not kill_switch.on)
+            may_send = intent.order.reduce_only or (
+                guard is not None and not guard.kill_switch.on and guard.account_refused is None
+            )
             order, created = order_store.ensure_intent(
                 _intent_values(intent) | {"task_id": task.request.id}, submitting=may_send
             )
@@ -167,7 +169,7 @@ def _execute(task: Any, request: SignalRequest) -> dict[str, Any]:
                 deadline=deadline,
                 fresh=created and may_send,
                 lease=lease,
-                kill_switch=kill_switch if created else None,
+                guard=guard if created else None,
                 on_terminal=settlement,
             ).run()
     except (Requeue, LeaseLost) as exc:
@@ -245,14 +247,14 @@ def _validate_or_reject(request: SignalRequest) -> OrderIntent:
         )
     except SignalRejected as refusal:
         raise _refused(request, _with_market_hint(request, refusal)) from None
-    reference = kill_switch = None
+    reference = guard = None
     try:
         rules = signal_market(arguments.exchange, arguments.symbol)
         validated = check_against_market(arguments, rules)
         for name in missing_references(arguments.position_id, arguments.aged_id):
             raise SignalRejected.of(name, f"no row with id {getattr(arguments, name)}")
         if validated.order_type == "market":
-            reference, kill_switch = _price_and_kill_switch(validated.account, validated.symbol)
+            reference, guard = _price_and_send_guard(validated.account, validated.symbol)
         check_notional(validated, rules, reference.price if reference is not None else None)
     except SignalRejected as refusal:
         raise _refused(request, refusal) from None
@@ -263,7 +265,7 @@ def _validate_or_reject(request: SignalRequest) -> OrderIntent:
         position_id=arguments.position_id,
         aged_id=arguments.aged_id,
         refresh_price=reference is not None and reference.stale,
-        kill_switch=kill_switch,
+        guard=guard,
     )
 
 
@@ -286,17 +288,18 @@ def _with_market_hint(request: SignalRequest, refusal: SignalRejected) -> Signal
     return refusal
 
 
-def _price_and_kill_switch(account: str, symbol: str) -> tuple[ReferencePrice, KillSwitchState]:
-    """The market order's reference price and the kill switch, read in one round trip."""
+def _price_and_send_guard(account: str, symbol: str) -> tuple[ReferencePrice, SendGuard]:
+    """The market order's reference price and what may stop its send (the kill switch, a
+    refused account), read in one round trip."""
     pipe = get_redis().pipeline(transaction=False)
     queue_cached_price_read(pipe, account, symbol)
-    pipe.get(redis_keys.KILL_SWITCH)
-    *price_replies, kill_switch_raw = pipe.execute()
+    queue_send_guard_read(pipe, account)
+    *price_replies, guard_replies = pipe.execute()
     reference = reference_price(account, symbol, price_replies)
     if reference.fetched:
-        # A ticker request ran since the pipeline: read the switch as of now.
-        return reference, kill_switch_state()
-    return reference, kill_switch_from(kill_switch_raw)
+        # A ticker request ran since the pipeline: read the guard as of now.
+        return reference, send_guard(account)
+    return reference, send_guard_from(*guard_replies)
 
 
 def _refused(request: SignalRequest, refusal: SignalRefused) -> SignalRefused:

@@ -249,9 +249,21 @@ class SendGuard:
 
 def send_guard(account: str) -> SendGuard:
     """The kill switch and the account's refusal, in one round trip."""
-    kill_raw, refused = get_redis().mget(
-        redis_keys.KILL_SWITCH, redis_keys.account_refused(account)
+    return send_guard_from(
+        *get_redis().mget(redis_keys.KILL_SWITCH, redis_keys.account_refused(account))
     )
+
+
+def queue_send_guard_read(pipe: redis.client.Pipeline, account: str) -> None:
+    """Queue on ``pipe`` the read ``send_guard_from`` takes the reply of (a caller that
+    reads other keys in the same round trip)."""
+    pipe.mget(redis_keys.KILL_SWITCH, redis_keys.account_refused(account))
+
+
+def send_guard_from(kill_raw: bytes | str | None, refused: bytes | str | None) -> SendGuard:
+    """The guard the two keys' values (as read) stand for."""
+    if isinstance(refused, bytes):
+        refused = refused.decode()
     return SendGuard(kill_switch_from(kill_raw), refused)
 
 

@@ -213,6 +213,19 @@ def test_injected_insufficient_margin(exchange: ccxt.Exchange, sim: Simulator):
     assert len(sim.ledger()) == 1
 
 
+def test_injected_auth_refusal_refuses_the_key_on_creates_only(
+    exchange: ccxt.Exchange, sim: Simulator
+):
+    # Given the exchange refuses the account's key for trading (reads still work)
+    sim.faults(fault(kind="auth_refused"))
+    # Then a create raises ccxt's authentication error (Binance's -2015 is read as a
+    # temporary ban once the client has authenticated before) and places nothing
+    with pytest.raises((ccxt.AuthenticationError, ccxt.DDoSProtection)):
+        exchange.create_order(BTC, "market", "buy", 0.01)
+    assert sim.ledger() == []
+    exchange.fetch_positions([BTC])
+
+
 def test_rules_apply_only_to_their_exchange_and_operation(sim: Simulator):
     binance, bybit = client_for("binance"), client_for("bybit")
     sim.faults(fault(exchange="binance", operation="create_order", kind="insufficient_margin"))

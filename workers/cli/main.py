@@ -486,6 +486,73 @@ def stats(days: float, as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.option("--signal-id", help="The signal whose order to cancel (with --leg).")
+@click.option("--leg", default="open", show_default=True, help="The signal's leg.")
+@click.option("--client-order-id", help="The order to cancel, by execq's client order id.")
+@click.option("--exchange", help="Cancel every open order of this account (with --symbol: of it).")
+@click.option("--symbol", help="With --exchange: only this symbol's open orders.")
+@click.option(
+    "--wait", "wait_s", type=float, default=60, show_default=True, help="Seconds to wait."
+)
+@click.option("--json", "as_json", is_flag=True)
+def cancel(
+    signal_id: str | None,
+    leg: str,
+    client_order_id: str | None,
+    exchange: str | None,
+    symbol: str | None,
+    wait_s: float,
+    as_json: bool,
+) -> None:
+    """Cancel an order, or every open order of an account (execq's and others).
+
+    Exactly once, like a create: a cancel that comes after the fill records the fill.
+    Exit 0 when the order ended (canceled, or filled before the cancel), 1 when the
+    cancel was refused (no such order) or the order is still working.
+    """
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from workers.app import app
+
+    targets = [client_order_id is not None, signal_id is not None, exchange is not None]
+    if sum(targets) != 1:
+        raise click.UsageError("give one of --client-order-id, --signal-id or --exchange")
+    if symbol is not None and exchange is None:
+        raise click.UsageError("--symbol needs --exchange")
+    require_broker()
+    kwargs = {
+        "client_order_id": client_order_id,
+        "signal_id": signal_id,
+        "leg": leg,
+        "exchange": exchange,
+        "symbol": symbol,
+    }
+    result = app.send_task("cancel_order", kwargs={k: v for k, v in kwargs.items() if v})
+    try:
+        answer = result.get(timeout=wait_s)
+    except CeleryTimeout:
+        click.echo(f"execq: no answer within {wait_s:g}s; the cancel may still happen", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
+    except Exception as exc:  # noqa: BLE001 - the task's failure is shown, one line
+        click.echo(f"execq: {' '.join(str(exc).split())}", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
+    if as_json:
+        _json_out(answer)
+    elif "canceled" in answer:
+        for row in answer["canceled"]:
+            click.echo(
+                f"{row['symbol']} {row['client_order_id'] or row['exchange_order_id']}: "
+                f"{row['status']}" + (f" ({row['error']})" if row["error"] else "")
+            )
+    else:
+        click.echo(f"{answer['client_order_id']}: {answer['status']}")
+    working = ("open", "partially_filled", "unknown", "submitting", "intent")
+    rows = answer.get("canceled", [answer])
+    if any(row["status"] in working or row["status"] == "error" for row in rows):
+        sys.exit(EXIT_CHECK_FAILED)
+
+
 @cli.command("liquidate-all")
 @click.option("--reason", required=True, help="Why; recorded with the kill switch and summary.")
 @click.option(

@@ -38,8 +38,8 @@ from sqlalchemy.orm import Session
 
 from workers import redis_keys
 from workers.coordination import (
-    KillSwitchState,
     Lock,
+    SendGuard,
     now_ms,
     refuse_account,
     send_guard,
@@ -143,8 +143,8 @@ class Submission:
     """Drives one order from its stored state to an outcome the lifecycle core accepts.
 
     ``fresh``: this run wrote the row as ``submitting`` under its lease and nothing was
-    sent yet. ``lease``: held by the caller (else ``run`` takes it). ``kill_switch``: read
-    by the caller a moment ago, for the first send. ``on_terminal`` runs in the
+    sent yet. ``lease``: held by the caller (else ``run`` takes it). ``guard``: the kill
+    switch and the account's standing, read by the caller a moment ago, for the first send. ``on_terminal`` runs in the
     transaction that makes the order terminal and returns more columns for its row.
     """
 
@@ -154,7 +154,7 @@ class Submission:
     on_terminal: Callable[[Session, OrderSnapshot], Mapping[str, Any]] | None = None
     fresh: bool = False
     lease: Lock | None = None
-    kill_switch: KillSwitchState | None = None
+    guard: SendGuard | None = None
     venue: Venue = field(init=False)
     policies: RetryPolicies = field(init=False)
     timing: lifecycle.Timing = field(init=False)
@@ -314,16 +314,12 @@ class Submission:
         account's standing with the exchange. The caller's read counts for the first send."""
         if self.order.reduce_only:
             return
-        if self.kill_switch is not None:
-            kill_switch, refused = self.kill_switch, None
-            self.kill_switch = None
-        else:
-            guard = send_guard(self.order.account)
-            kill_switch, refused = guard.kill_switch, guard.account_refused
-        if kill_switch.on:
-            raise _Blocked("kill_switch", f"kill switch on: {kill_switch.reason}")
-        if refused is not None:
-            raise _Blocked("account", f"account {self.order.account} refused: {refused}")
+        guard, self.guard = self.guard or send_guard(self.order.account), None
+        if guard.kill_switch.on:
+            raise _Blocked("kill_switch", f"kill switch on: {guard.kill_switch.reason}")
+        if guard.account_refused is not None:
+            reason = f"account {self.order.account} refused: {guard.account_refused}"
+            raise _Blocked("account", reason)
 
     def _signing_window(self) -> SigningWindow:
         """Sign valid until shortly before the lease expires; renew it when too little is left."""
