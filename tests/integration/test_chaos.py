@@ -24,7 +24,8 @@ def test_fault_plan_shares_are_the_documented_ones() -> None:
     from workers.harness.chaos import fault_plan
 
     rules = fault_plan(3)["rules"]
-    outcomes = [rule for rule in rules if "probability" in rule and rule["kind"] != "partial_fill"]
+    effects = ("partial_fill", "visibility_lag", "positions_lag")
+    outcomes = [rule for rule in rules if "probability" in rule and rule["kind"] not in effects]
     # Outcome rules fire in order, first one wins: the realised shares of all creates.
     left, shares = 1.0, {}
     for rule in outcomes:
@@ -39,8 +40,17 @@ def test_fault_plan_shares_are_the_documented_ones() -> None:
         },
         abs=1e-5,
     )
-    lags = {rule["kind"]: rule["lag_ms"] for rule in rules if "lag_ms" in rule}
-    assert lags == {"visibility_lag": 2000, "positions_lag": 3000}
+    lags = [
+        (rule["kind"], rule["lag_ms"], rule.get("probability"))
+        for rule in rules
+        if "lag_ms" in rule
+    ]
+    # Every order hidden 2 s; 3 % of them 20 s, past the lookup window
+    assert lags == [
+        ("visibility_lag", 2000, None),
+        ("visibility_lag", 20_000, 0.03),
+        ("positions_lag", 3000, None),
+    ]
     partial = [rule for rule in rules if rule["kind"] == "partial_fill"]
     # One rule for every symbol, BTC included (a dust remainder ends unclosable).
     assert [(rule["probability"], rule.get("symbol")) for rule in partial] == [(0.10, None)]
@@ -102,6 +112,7 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
         signals=150,
         rate=25,
         kills=1,
+        pauses=1,
         restart_redis=True,
         restart_postgres=True,
         redis_url=given_redis,
@@ -109,6 +120,8 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     )
     assert result["signals"] == 150
     assert result["kills"] == 1 and result["restart_details"]["workers"] == 1
+    # A worker stopped past its lease and continued: its late requests doubled nothing
+    assert result["pauses"] == 1
     assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
     assert any("Redis restart skipped" in note for note in result["notes"]), result["notes"]
     assert_accounted_for(result)
@@ -144,6 +157,7 @@ def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
         signals=120,
         rate=40,
         kills=0,
+        pauses=0,
         aged=False,
         restart_redis=server == "redis",
         restart_postgres=server == "postgres",

@@ -53,7 +53,10 @@ def test_single_fault_plans_are_the_default_plans_kinds() -> None:
     for kind, plan in plans.items():
         assert {rule["kind"] for rule in plan["rules"]} == {kind}
         assert all(rule.get("probability", PROBABILITY) == PROBABILITY for rule in plan["rules"])
-    assert plans["visibility_lag"]["rules"] == [{"kind": "visibility_lag", "lag_ms": 2000}]
+    assert plans["visibility_lag"]["rules"] == [
+        {"kind": "visibility_lag", "lag_ms": 2000},
+        {"kind": "visibility_lag", "lag_ms": 20_000, "probability": PROBABILITY},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,7 @@ def fault_phases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         workers=2,
         concurrency=8,
         kills=0,
+        pauses=0,
         restart_redis=False,
         restart_postgres=False,
         aged=False,

@@ -221,6 +221,13 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     help="Worker SIGKILLs (each followed by a restart).",
 )
 @click.option(
+    "--pauses",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Workers stopped (SIGSTOP) past their lease on the orders they hold, then continued.",
+)
+@click.option(
     "--restart-redis/--no-restart-redis",
     default=True,
     show_default=True,
@@ -265,6 +272,7 @@ def chaos(
     worker_count: int,
     concurrency: int,
     kills: int,
+    pauses: int,
     restart_redis: bool,
     restart_postgres: bool,
     private_postgres: bool,
@@ -292,6 +300,7 @@ def chaos(
             workers=worker_count,
             concurrency=concurrency,
             kills=kills,
+            pauses=pauses,
             restart_redis=restart_redis,
             restart_postgres=restart_postgres,
             private_postgres=private_postgres,
@@ -309,7 +318,8 @@ def chaos(
         f"duplicates {result['duplicates']}, lost {result['lost']}, "
         f"orphans {result['orphans']}, stuck {result['stuck']}, "
         f"missing events {result['missing_events']}",
-        f"kills {result['kills']}, restarts {result['restarts']}, {result['seconds']} s",
+        f"kills {result['kills']}, pauses {result['pauses']}, restarts {result['restarts']}, "
+        f"{result['seconds']} s",
         *[f"note: {note}" for note in result.get("notes", [])],
         "audit: clean" if result["clean"] else "audit: FAILED",
     ]

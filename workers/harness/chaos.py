@@ -8,15 +8,18 @@ it):
 1. starts the simulator, ``workers`` worker processes and beat, with aged
    time compressed to seconds and the sweeps frequent (``chaos_stack``);
 2. installs the fault plan on the simulator's creates (timeouts before and
-   after accept, 429, 5xx, visibility lag, positions lag, partial fills) and
+   after accept, 429, 5xx, visibility lag, some of it past the lookup window,
+   positions lag, partial fills) and
    random-walks every price so aged positions reach their targets;
 3. sends ``signals`` signals at ``rate`` per second across both accounts
    and all symbols: opens, producer closes (reduce-only closes of earlier
    opens), a few signals that validation must refuse, and some signals sent
    twice (a producer retrying); meanwhile, at seeded random moments, it
-   SIGKILLs a worker and restarts it (``kills`` times) and restarts Redis and
-   PostgreSQL once each when this run started them (``ensure_services``; a
-   server someone else runs is never restarted);
+   SIGKILLs a worker and restarts it (``kills`` times), pauses a worker
+   (SIGSTOP) past its lease on the orders it holds and lets it go on
+   (``pauses`` times: its late requests must be refused, never doubled), and
+   restarts Redis and PostgreSQL once each when this run started them
+   (``ensure_services``; a server someone else runs is never restarted);
 4. lifts the faults, stops the price walks and waits until quiet: every
    signal the producer recorded in the outbox arrived, nothing in flight in
    Postgres, no aged close claimed, the broker queue and its unacked
@@ -151,6 +154,9 @@ def _times(amount: str, lots: int) -> str:
     return format(Decimal(amount) * lots, "f")
 
 
+VISIBILITY_PAST_WINDOW_MS = 20_000
+
+
 def fault_plan(seed: int) -> dict[str, Any]:
     """The default fault plan. Outcome rules are tried in order and only the first that
     fires counts, so each later probability is conditional on the earlier ones not firing:
@@ -170,6 +176,9 @@ def fault_plan(seed: int) -> dict[str, Any]:
         remaining -= share
     rules += [
         {"kind": "visibility_lag", "lag_ms": 2000},
+        # Past the lookup window (one request timeout plus the lookups, about 15 s here):
+        # an order in doubt stays unknown until the tracker sees it, never sent again.
+        {"kind": "visibility_lag", "lag_ms": VISIBILITY_PAST_WINDOW_MS, "probability": 0.03},
         {"kind": "positions_lag", "lag_ms": 3000},
     ]
     # On every symbol: a partial fill of BTC (minimum 0.005 = 5 steps) can leave
@@ -192,6 +201,10 @@ def single_fault_plans(seed: int, probability: float = 0.4) -> dict[str, dict[st
         plans.setdefault(rule["kind"], {"seed": seed, "rules": []})["rules"].append(alone)
     return plans
 
+
+# Seconds a paused worker stays stopped: past its lease on an order (the run budget, 60 %
+# of the soft limit below, plus one exchange timeout, 10 s, plus 5 s: 24 s).
+PAUSE_PAST_LEASE_S = 30.0
 
 # Aged time compressed to seconds, sweeps frequent, retries short, so that a
 # run exercises the aged closes and the recovery sweep within minutes.
@@ -247,6 +260,8 @@ class ChaosOptions:
     workers: int = 2
     concurrency: int = 16
     kills: int = 3
+    # A worker stopped (SIGSTOP) past its lease on the orders it holds, then continued.
+    pauses: int = 1
     restart_redis: bool = True
     restart_postgres: bool = True
     # Start a private PostgreSQL (which the run may restart) instead of using the configured one.
@@ -270,6 +285,7 @@ class Disruptions:
     """What was done to the processes and servers, for the report."""
 
     kills: int = 0
+    pauses: int = 0
     worker_restarts: int = 0
     redis_restarts: int = 0
     postgres_restarts: int = 0
@@ -414,7 +430,7 @@ class ChaosRun:
         Moments are measured in progress, not seconds: the backlog is worked off
         long after the last signal is sent, and that is where the work is.
         """
-        actions = ["kill"] * self.options.kills
+        actions = ["kill"] * self.options.kills + ["pause"] * self.options.pauses
         if self.options.restart_redis:
             actions.append("redis")
         if self.options.restart_postgres:
@@ -464,6 +480,17 @@ class ChaosRun:
             self.disruptions.kills += 1
             self.stack.restart_worker(node)
             self.disruptions.worker_restarts += 1
+        elif action == "pause":
+            node = self.rng.choice(self.nodes)
+            worker = self.stack.worker(node)
+            worker.signal_group(signals.SIGSTOP)
+            try:
+                # Past the worker's lease on every order it holds, so that another worker's
+                # tracker may take them over while it sleeps.
+                threading.Event().wait(PAUSE_PAST_LEASE_S)
+            finally:
+                worker.signal_group(signals.SIGCONT)
+            self.disruptions.pauses += 1
         elif action == "redis":
             if "redis" not in services.started:
                 self.disruptions.notes.append(
@@ -838,6 +865,7 @@ class ChaosRun:
             "stuck": report.stuck,
             "missing_events": report.missing_events,
             "kills": self.disruptions.kills,
+            "pauses": self.disruptions.pauses,
             "restarts": self.disruptions.restarts,
             "seconds": round(time.monotonic() - started, 1),
             "clean": report.clean and quiet,
