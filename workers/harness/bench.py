@@ -825,8 +825,7 @@ def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         factor = round(result["cpu_ms_per_order"] / result["cpu_ms_per_floor_create"], 2)
         checks["cpu_per_order_vs_floor"] = _check(
             factor <= CPU_PER_ORDER_FLOOR_FACTOR,
-            f"{factor}x the floor's CPU per order <= {CPU_PER_ORDER_FLOOR_FACTOR}x "
-            f"at {latency} ms",
+            f"{factor}x the floor's CPU per order <= {CPU_PER_ORDER_FLOOR_FACTOR}x at {latency} ms",
         )
     if result.get("p50_ms") is not None and result.get("floor_p50_ms") is not None:
         over = round(result["p50_ms"] - result["floor_p50_ms"], 2)
