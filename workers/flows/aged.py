@@ -46,8 +46,7 @@ from workers.execution.aged_close import (
 )
 from workers.execution.aged_state import TRACKED, AgedStatus
 from workers.execution.client_ids import client_order_id
-from workers.execution.order_state import IN_FLIGHT, OrderStatus
-from workers.execution.position_state import status_values
+from workers.execution.order_state import OrderStatus
 from workers.flows.submission import Requeue, Submission
 from workers.flows.verification import check_flat, verify_and_book
 from workers.settings import Settings
@@ -117,10 +116,13 @@ def give_up(session, episode: AgedView, decision: CloseDecision) -> None:
 
 
 def _in_flight_close(aged_id: int) -> OrderSnapshot | None:
+    """The episode's close a run is still working on (a close that stayed unknown past
+    its window is left to the sweeps: the next close is a fresh leg sized from the
+    exchange's position)."""
     with session_scope() as session:
         order = session.scalars(
             select(Order)
-            .where(Order.aged_id == aged_id, Order.status.in_(status_values(IN_FLIGHT)))
+            .where(Order.aged_id == aged_id, order_store.being_worked_on())
             .order_by(Order.id.desc())
             .limit(1)
         ).one_or_none()

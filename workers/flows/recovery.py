@@ -33,7 +33,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, not_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from workers import redis_keys
@@ -43,13 +43,14 @@ from workers.exchange.errors import VenueError
 from workers.exchange.positions import HedgeModeUnsupported, fetch_positions
 from workers.execution import reconcile as rules
 from workers.execution.aged_state import AgedStatus
-from workers.execution.order_state import IN_FLIGHT, OrderStatus
+from workers.execution.order_state import IN_FLIGHT
 from workers.execution.outbox import Delivery, OutboxSignal, delivery_verdict
 from workers.execution.position_state import HELD, status_values
 from workers.execution.signal import SHOWN_INPUT_CHARS, event_text
 from workers.flows.tracking import track_orders
 from workers.redis_client import get_redis
 from workers.settings import Settings
+from workers.store import orders as order_store
 from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
 from workers.store.models import AgedPosition, Alert, Order, Position, Signal
@@ -248,15 +249,11 @@ def _busy_symbols(before: datetime) -> set[tuple[str, str]]:
     hold its symbol back: a position it may have opened is exactly what the check must
     report (``position_exceeds_book``).
     """
-    stuck_unknown = and_(Order.status == OrderStatus.UNKNOWN.value, Order.alerted_at.is_not(None))
     with session_scope() as session:
         rows = session.execute(
             select(Order.account, Order.symbol).where(
                 or_(
-                    and_(
-                        Order.status.in_([status.value for status in IN_FLIGHT]),
-                        not_(stuck_unknown),
-                    ),
+                    order_store.being_worked_on(),
                     Order.filled > Order.booked_filled,
                     Order.updated_at >= before,
                 )

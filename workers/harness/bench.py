@@ -821,8 +821,10 @@ def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         }
     checks: dict[str, dict[str, Any]] = {}
     latency = result["latency_ms"]
-    if result.get("cpu_ms_per_order") and result.get("cpu_ms_per_floor_create"):
-        factor = round(result["cpu_ms_per_order"] / result["cpu_ms_per_floor_create"], 2)
+    order_cpu = (result.get("cpu_ms_per_order") or {}).get("workers")
+    floor_cpu = (result.get("cpu_ms_per_floor_create") or {}).get("workers")
+    if order_cpu and floor_cpu:
+        factor = round(order_cpu / floor_cpu, 2)
         checks["cpu_per_order_vs_floor"] = _check(
             factor <= CPU_PER_ORDER_FLOOR_FACTOR,
             f"{factor}x the floor's CPU per order <= {CPU_PER_ORDER_FLOOR_FACTOR}x at {latency} ms",

@@ -17,7 +17,18 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    func,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from workers.execution.order_state import (
@@ -515,6 +526,16 @@ def touch(client_order_id: str) -> None:
         session.connection().execute(
             _TOUCH_ORDER, {"cid": client_order_id, "updated_at": datetime.now(UTC)}
         )
+
+
+def being_worked_on() -> ColumnElement[bool]:
+    """Orders a run or the tracker is still working toward an outcome: in flight, except
+    the ones whose create stayed unknown past the visibility window (alerted). Those are
+    only looked for; an aged close or a reconciliation goes on without waiting for them."""
+    given_up_waiting = and_(
+        Order.status == OrderStatus.UNKNOWN.value, Order.alerted_at.is_not(None)
+    )
+    return and_(Order.status.in_([status.value for status in IN_FLIGHT]), not_(given_up_waiting))
 
 
 def unsettled_orders(
