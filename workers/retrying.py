@@ -119,6 +119,20 @@ def call_with_retries(
     would end past ``deadline`` (``time.monotonic()``), or with ``requeue_past_deadline``
     false the last failure; ``before_sleep(failure, wait_s)`` runs before each wait (it
     records the attempt, sets a cooldown, ...)."""
+    # Most calls succeed at once: the retry loop is built only after a first failure
+    # (it costs about as much CPU as a Redis round trip, on every call of the order path).
+    try:
+        return call()
+    except Exception as exc:
+        if not retry_if(exc):
+            raise
+        first_failure: list[Exception] = [exc]
+
+    def replayed() -> T:
+        if first_failure:
+            raise first_failure.pop()
+        return call()
+
     attempts = _PerClassAttempts(policies, deadline, mutating=mutating)
 
     def give_up(state: tenacity.RetryCallState) -> T:
@@ -140,7 +154,7 @@ def call_with_retries(
         retry_error_callback=give_up,
         sleep=sleep,
     )
-    return retrying(call)
+    return retrying(replayed)
 
 
 def read_retry_if(exc: BaseException) -> bool:
@@ -220,7 +234,14 @@ def wait_for_grant(
     Returns ``(True, seconds waited)``, or ``(False, seconds until the next grant)`` when
     waiting for it would pass ``max_wait_s`` (that last wait is not slept).
     """
+    first = ask()
+    if first <= 0:
+        return True, 0.0
+    answers = [first]
     waited = 0.0
+
+    def asked() -> float:
+        return answers.pop() if answers else ask()
 
     def wait(state: tenacity.RetryCallState) -> float:
         assert state.outcome is not None
@@ -241,7 +262,7 @@ def wait_for_grant(
         retry_error_callback=lambda state: -state.upcoming_sleep,
         sleep=sleep,
     )
-    outcome = retrying(ask)
+    outcome = retrying(asked)
     if outcome < 0:
         return False, -outcome
     return True, waited
