@@ -782,8 +782,8 @@ class OrderResult(BaseModel):
     status: str = _doc(
         "string",
         "`filled`; `open` or `partially_filled` (a resting limit order); `canceled`, "
-        "`expired` (with the real `filled`); `rejected`; `unknown` (in doubt, alerted, "
-        "resolved by the recovery sweep).",
+        "`expired` (with the real `filled`); `rejected`; `unknown` (the create's outcome in "
+        "doubt past the visibility window: alerted, never resent, resolved by the sweeps).",
     )
     requested: str = _doc("decimal string", "The amount as asked.")
     amount: str = _doc("decimal string", "The amount placed: `requested` floored to the step.")
@@ -797,7 +797,9 @@ class OrderResult(BaseModel):
     )
     error_class: str | None = _doc(
         "string or null",
-        "`permanent`, `kill_switch`, or the retry class whose attempts ran out; null as `error`.",
+        "`permanent`, `kill_switch`, `account` (the exchange refused the key), `not_found` "
+        "(given up after being unknown), or the retry class whose attempts ran out; null as "
+        "`error`.",
     )
 
 
