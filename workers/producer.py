@@ -144,13 +144,19 @@ class Producer:
         for task_name, kwargs in messages:
             self.check(task_name, kwargs)
         outbox = [OutboxMessage.new(task_name, kwargs) for task_name, kwargs in messages]
+        return self.publish(self.record(outbox))
+
+    def record(self, outbox: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        """Record checked messages in one transaction; returns, for each, the message to
+        send: itself, or the one recorded earlier under its key for the same order (a
+        caller tells a repeat by its task id). Raises ``SignalConflict`` (with its event
+        recorded, nothing of the batch recorded) for a key recorded for another order."""
         try:
             with self.engine.begin() as connection:
-                to_send = record_signals(connection, outbox)
+                return record_signals(connection, outbox)
         except OutboxConflict as exc:
             self._record(exc.refusal, exc.message.task_name, exc.message.kwargs)
             raise exc.refusal from None
-        return self.publish(to_send)
 
     def _record(self, refusal: SignalRefused, task_name: str, kwargs: dict[str, Any]) -> None:
         with self.engine.begin() as connection:

@@ -75,3 +75,18 @@ def celery_queue_lists(queue: str, priority_steps: tuple[int, ...], prefix: str 
         f"{prefix}{queue}{CELERY_PRIORITY_SEPARATOR}{step}" if step else f"{prefix}{queue}"
         for step in sorted(set(priority_steps))
     ]
+
+
+# The HTTP API: each key's request budget (GCRA, as the exchange limiter's), and the
+# marker a request holds while it records a signal, so a second request with the same
+# idempotency key is told to come back (409) instead of waiting on the first.
+def api_rate_limit(key_name: str) -> str:
+    return f"{PREFIX}api:ratelimit:{key_name}"
+
+
+def api_rate_limit_cooldown(key_name: str) -> str:
+    return f"{PREFIX}api:ratelimit:{key_name}:cooldown"
+
+
+def api_recording(client_order_id: str) -> str:
+    return f"{PREFIX}api:recording:{client_order_id}"

@@ -105,6 +105,68 @@ def _default_accounts() -> list[ExchangeAccount]:
     ]
 
 
+ApiScope = Literal["signal", "read", "operate"]
+# At least 128 bits of a random key written as text; a shorter one is guessable.
+MIN_API_KEY_CHARS = 24
+
+
+class ApiKeySettings(BaseModel):
+    """One producer's (or operator's) key to the HTTP API (``EXECQ_API_KEYS``).
+
+    Exactly one of ``key`` (the key itself), ``key_sha256`` (only its SHA-256, hex: the
+    configuration then holds nothing that opens the API) or ``key_file`` (a Docker or
+    Kubernetes secret holding the key). ``scopes``: ``signal`` sends signals, ``read``
+    reads their state, ``operate`` is for the operator's actions. ``webhook_secret``
+    (or ``webhook_secret_file``), a Standard Webhooks secret ``whsec_<base64>``, lets
+    the producer sign requests instead of sending the key. ``symbols`` maps
+    TradingView tickers to execq's symbols where the documented rule does not.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    key_file: Path | None = None
+    scopes: frozenset[ApiScope] = Field(min_length=1)
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
+    symbols: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ApiKeySettings:
+        given = [self.key is not None, self.key_sha256 is not None, self.key_file is not None]
+        if sum(given) != 1:
+            raise ValueError(
+                f"API key {self.name!r} needs exactly one of key, key_sha256, key_file"
+            )
+        if self.key is not None and len(self.key.get_secret_value()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"API key {self.name!r} is shorter than {MIN_API_KEY_CHARS} characters; "
+                "use a random one (openssl rand -hex 32)"
+            )
+        if self.webhook_secret is not None and self.webhook_secret_file is not None:
+            raise ValueError(
+                f"API key {self.name!r}: webhook_secret or webhook_secret_file, not both"
+            )
+        return self
+
+    def key_text(self) -> str | None:
+        """The key itself (from ``key`` or ``key_file``); None when only its hash is known.
+        Only the API's key ring should call this."""
+        if self.key_file is not None:
+            return _read_secret_file(self.key_file, f"EXECQ_API_KEYS ({self.name}: key_file)")
+        return None if self.key is None else self.key.get_secret_value()
+
+    def webhook_secret_text(self) -> str | None:
+        """The Standard Webhooks secret, when the key has one; only the key ring should call this."""
+        if self.webhook_secret_file is not None:
+            return _read_secret_file(
+                self.webhook_secret_file, f"EXECQ_API_KEYS ({self.name}: webhook_secret_file)"
+            )
+        return None if self.webhook_secret is None else self.webhook_secret.get_secret_value()
+
+
 class RetryClassSettings(BaseModel):
     """One retry class: how many attempts in all, and the exponential wait bounds."""
 
@@ -275,6 +337,21 @@ class Settings(BaseSettings):
     # Loopback by default: the endpoint has no authentication; 0.0.0.0 (or one
     # interface's address) opens it to whoever can reach the host.
     metrics_host: str = "127.0.0.1"
+    # The HTTP API (``execq api``, docs/api.md). Keys: a JSON list of ApiKeySettings.
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    # A request body larger than this is refused (413) before it is parsed: a signal
+    # is a few hundred bytes, its metadata at most EXECQ_MAX_METADATA_BYTES.
+    api_max_body_bytes: int = Field(default=16384, ge=1024, le=1024 * 1024)
+    # Requests per second each key may make (GCRA in Redis, shared by every API
+    # process), with bursts of up to ``api_rate_limit_burst`` requests.
+    api_rate_limit_per_s: float = Field(default=20.0, gt=0)
+    api_rate_limit_burst: float = Field(default=40.0, ge=1)
+    # A TradingView alert whose ``timestamp`` is further than this from now is refused
+    # as stale (a replay, or a queue that held it): TradingView retries within seconds.
+    api_tradingview_max_lag_s: float = Field(default=300.0, gt=0)
+    # A Standard Webhooks ``webhook-timestamp`` further than this from now is refused
+    # (the scheme's recommended five minutes), which bounds a replay of a signed request.
+    api_signature_tolerance_s: float = Field(default=300.0, gt=0)
     # Register the benchmark's reference tasks (``execq bench`` sets it for its own
     # workers); a production worker does not know them.
     harness_tasks: bool = False
@@ -323,6 +400,13 @@ class Settings(BaseSettings):
             return json.loads(value)
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys_from_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
     @model_validator(mode="after")
     def _limits_consistent(self) -> Settings:
         if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
@@ -336,6 +420,9 @@ class Settings(BaseSettings):
         names = [account.name for account in self.accounts]
         if len(names) != len(set(names)):
             raise ValueError("EXECQ_ACCOUNTS has duplicate account names")
+        key_names = [key.name for key in self.api_keys]
+        if len(key_names) != len(set(key_names)):
+            raise ValueError("EXECQ_API_KEYS has duplicate key names")
         if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
             raise ValueError("EXECQ_REDIS_TLS_CERT_FILE and EXECQ_REDIS_TLS_KEY_FILE go together")
         return self

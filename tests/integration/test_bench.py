@@ -147,3 +147,30 @@ def test_sim_only_measures_the_simulator(tmp_path) -> None:
     assert result["requests"] > 0 and result["req_per_s"] > 0
     assert result["errors"] == 0
     assert set(targets(result)) == {"sim_req_per_s"}
+
+
+def test_ingress_bench_compares_the_api_with_the_python_producer(database: str, tmp_path) -> None:
+    from workers.cli.harness_commands import bench
+    from workers.harness.bench import INGRESS_RATIO_TARGET
+
+    result = CliRunner().invoke(
+        bench,
+        ["--ingress", "--json", "--orders", "40", "--ingress-rate", "20", "--rate-seconds", "1",
+         "--workdir", str(tmp_path)],
+    )  # fmt: skip
+    body = json.loads(result.output.strip().splitlines()[-1])
+    # Every signal was accepted, by both paths, and paced ones too
+    assert body["api_statuses"] == {"202": 40}
+    assert body["paced_statuses"] == {"202": 20}
+    assert body["with_worker_statuses"] == {"202": 20}
+    assert body["ratio"] == pytest.approx(body["api_per_s"] / body["producer_per_s"], rel=0.02)
+    assert 0 < body["p50_ms"] <= body["p99_ms"] <= body["max_ms"]
+    # At 20/s the latency target does not apply; the ratio's verdict follows from the figure
+    verdicts = {name: check["met"] for name, check in body["targets"].items()}
+    assert verdicts == {"ratio": body["ratio"] >= INGRESS_RATIO_TARGET}
+    assert result.exit_code == (0 if all(verdicts.values()) else 1)
+    with psycopg.connect(ADMIN_DATABASE_URL) as admin:
+        assert not admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            (f"execq_ingress_{os.getpid()}_%",),
+        ).fetchall()

@@ -16,9 +16,11 @@ import yaml
 from tests.conftest import ROOT, free_port, wait_for
 
 TRADING = {"worker"}
-USES_POSTGRES = {"worker", "migrate"}
-USES_REDIS = {"worker", "beat", "flower"}
-EXECQ_SERVICES = {"exchange-sim", "migrate", "worker", "beat", "flower"}
+# The API checks a signal's account against the configured names; it holds no exchange key.
+KNOWS_ACCOUNTS = TRADING | {"api"}
+USES_POSTGRES = {"worker", "migrate", "api"}
+USES_REDIS = {"worker", "beat", "flower", "api"}
+EXECQ_SERVICES = {"exchange-sim", "migrate", "worker", "beat", "flower", "api"}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,8 @@ def test_each_service_gets_only_the_settings_it_uses(compose):
     assert EXECQ_SERVICES <= services.keys()
     for name in EXECQ_SERVICES:
         env, secrets = environment(services[name]), set(services[name].get("secrets", []))
-        # Exchange keys only where orders are sent
-        assert ("EXECQ_ACCOUNTS" in env) == (name in TRADING), name
+        # Exchange accounts only where orders are sent or checked
+        assert ("EXECQ_ACCOUNTS" in env) == (name in KNOWS_ACCOUNTS), name
         # Postgres's password only where Postgres is used
         assert ("DATABASE_URL" in env) == (name in USES_POSTGRES), name
         assert ("postgres_password" in secrets) == (name in USES_POSTGRES), name

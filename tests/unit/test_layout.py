@@ -31,3 +31,9 @@ def test_the_producer_and_the_cli_import_no_harness_module() -> None:
     for statement in ("import workers.producer", "import workers.cli"):
         modules = imported_modules(statement)
         assert not [name for name in modules if name.startswith("workers.harness")], statement
+
+
+def test_the_worker_the_producer_and_the_cli_import_no_web_framework() -> None:
+    for statement in ("import workers.app", "import workers.producer", "import workers.cli"):
+        modules = imported_modules(statement)
+        assert not {"fastapi", "uvicorn", "starlette", "workers.api.app"} & modules, statement

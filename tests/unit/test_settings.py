@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from pathlib import Path
 
@@ -120,3 +121,48 @@ def test_a_variable_that_is_not_json_is_named_in_one_line(env):
     env("EXECQ_ACCOUNTS", "[{")
     with pytest.raises(SettingsError, match="^invalid setting EXECQ_ACCOUNTS: not valid JSON$"):
         load_settings()
+
+
+API_KEY = "k" * 32
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        ([{"name": "a", "scopes": ["signal"]}], "exactly one of key, key_sha256, key_file"),
+        (
+            [{"name": "a", "key": API_KEY, "key_sha256": "0" * 64, "scopes": ["signal"]}],
+            "exactly one of key, key_sha256, key_file",
+        ),
+        ([{"name": "a", "key": "short", "scopes": ["signal"]}], "shorter than 24"),
+        ([{"name": "a", "key": API_KEY, "scopes": ["admin"]}], "EXECQ_API_KEYS"),
+        ([{"name": "a", "key": API_KEY, "scopes": []}], "EXECQ_API_KEYS"),
+        (
+            [{"name": "a", "key": API_KEY, "scopes": ["read"]}] * 2,
+            "duplicate key names",
+        ),
+    ],
+)
+def test_a_malformed_api_key_is_refused_in_one_line(env, keys, says):
+    env("EXECQ_API_KEYS", json.dumps(keys))
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert says in str(refused.value)
+    assert API_KEY not in str(refused.value)
+
+
+def test_an_api_key_file_is_read_by_the_key_ring_and_a_missing_one_is_one_line(env, tmp_path: Path):
+    from workers.api.auth import KeyRing
+
+    key_file = tmp_path / "bot_key"
+    key_file.write_text(API_KEY + "\n")
+    env(
+        "EXECQ_API_KEYS",
+        json.dumps([{"name": "bot", "key_file": str(key_file), "scopes": ["signal"]}]),
+    )
+    ring = KeyRing.from_settings(load_settings())
+    assert ring.by_key(API_KEY).name == "bot"
+    key_file.unlink()
+    with pytest.raises(SettingsError) as refused:
+        KeyRing.from_settings(load_settings())
+    assert "bot" in str(refused.value) and "cannot read" in str(refused.value)

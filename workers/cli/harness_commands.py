@@ -107,6 +107,23 @@ def _services_error(exc: BaseException) -> None:
 @click.option("--sim-only", is_flag=True, help="Measure the exchange simulator alone.")
 @click.option("--sim-seconds", type=click.FloatRange(1), default=10.0, show_default=True)
 @click.option("--sim-concurrency", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--ingress", is_flag=True, help="Measure the HTTP API against the Python outbox producer."
+)
+@click.option(
+    "--ingress-concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Requests (and producer threads) in flight in the --ingress throughput phase.",
+)
+@click.option(
+    "--ingress-rate",
+    type=click.FloatRange(1),
+    default=100.0,
+    show_default=True,
+    help="Requests per second in the --ingress latency phase (open loop).",
+)
 @click.option("--skip-throughput", is_flag=True, help="Only the baseline and the paced phase.")
 @click.option("--skip-latency", is_flag=True, help="Only the baseline and the throughput phase.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
@@ -123,6 +140,9 @@ def bench(
     sim_only: bool,
     sim_seconds: float,
     sim_concurrency: int,
+    ingress: bool,
+    ingress_concurrency: int,
+    ingress_rate: float,
     skip_throughput: bool,
     skip_latency: bool,
     as_json: bool,
@@ -136,6 +156,13 @@ def bench(
     from workers.harness.bench import RedisNotEmpty, run_bench, targets
     from workers.harness.services import ServicesUnavailable
     from workers.settings import load_settings
+
+    if ingress:
+        _stop_on_sigterm()
+        _bench_ingress(
+            orders, ingress_concurrency, ingress_rate, rate_seconds, redis_url, workdir, as_json
+        )
+        return
 
     options: dict[str, Any] = {
         "orders": orders,
@@ -162,6 +189,45 @@ def bench(
     result["targets"] = targets(result)
     missed = [name for name, check in result["targets"].items() if check["met"] is False]
     _emit(result, as_json, _bench_summary(result))
+    sys.exit(EXIT_CHECK_FAILED if missed else EXIT_OK)
+
+
+def _bench_ingress(
+    signals: int,
+    concurrency: int,
+    rate: float,
+    rate_seconds: float,
+    redis_url: str | None,
+    workdir: Path | None,
+    as_json: bool,
+) -> None:
+    from workers.harness.bench import RedisNotEmpty, ingress_targets, run_ingress_bench
+    from workers.harness.services import ServicesUnavailable
+
+    try:
+        result = run_ingress_bench(
+            signals=signals,
+            concurrency=concurrency,
+            rate=rate,
+            rate_seconds=rate_seconds,
+            redis_url=redis_url,
+            workdir=workdir,
+        )
+    except (ServicesUnavailable, RedisNotEmpty) as exc:
+        _services_error(exc)
+        return
+    result["targets"] = ingress_targets(result)
+    summary = [
+        f"accepted signals/s with {result['concurrency']} in flight: API {result['api_per_s']}, "
+        f"Python producer {result['producer_per_s']} (ratio {result['ratio']})",
+        f"request latency at {result['latency_rate']}/s: p50 {result['p50_ms']} ms, "
+        f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms; with a worker executing them: "
+        f"p50 {result['with_worker_p50_ms']} ms, p99 {result['with_worker_p99_ms']} ms",
+    ]
+    for name, check in result["targets"].items():
+        summary.append(f"target {name}: {'met' if check['met'] else 'MISSED'} ({check['detail']})")
+    _emit(result, as_json, summary)
+    missed = [name for name, check in result["targets"].items() if check["met"] is False]
     sys.exit(EXIT_CHECK_FAILED if missed else EXIT_OK)
 
 

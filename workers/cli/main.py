@@ -598,6 +598,28 @@ def sim(host: str, port: int, seed: int | None, ws_port: int | None) -> None:
     run_simulator(host, port, seed, ws_port)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--workers",
+    "worker_count",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes.",
+)
+def api(host: str, port: int, worker_count: int) -> None:
+    """Serve the HTTP API: signals over HTTP into the outbox, TradingView alerts, /docs.
+
+    Keys come from EXECQ_API_KEYS (docs/api.md). Plain HTTP: put a TLS proxy in front
+    to reach it from another host.
+    """
+    from workers.api.server import serve
+
+    serve(host, port, worker_count)
+
+
 @cli.command("bench-flows")
 @click.option("--orders", type=click.IntRange(2, 5000), default=100, show_default=True)
 @click.option(

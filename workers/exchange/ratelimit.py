@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import redis
+
 from workers import redis_keys
 from workers.exchange.errors import Throttled
 from workers.redis_client import get_redis
@@ -58,18 +60,26 @@ class RateLimit:
         return self.interval_ms * self.burst
 
 
-def try_acquire(account: str, limit: RateLimit, weight: int = 1) -> float:
-    """Take ``weight`` from the account's budget; 0.0 when granted, else seconds to wait."""
-    wait_ms = get_redis().eval(
-        _GCRA,
-        2,
-        redis_keys.rate_limit_bucket(account),
-        redis_keys.rate_limit_cooldown(account),
-        limit.interval_ms,
-        limit.burst_ms,
-        weight,
+def take_from_bucket(
+    client: redis.Redis, bucket_key: str, cooldown_key: str, limit: RateLimit, weight: int = 1
+) -> float:
+    """Take ``weight`` from the budget at ``bucket_key`` (GCRA on Redis's clock, held back
+    while ``cooldown_key`` lives); 0.0 when granted, else seconds to wait."""
+    wait_ms = client.eval(
+        _GCRA, 2, bucket_key, cooldown_key, limit.interval_ms, limit.burst_ms, weight
     )
     return int(wait_ms) / 1000.0
+
+
+def try_acquire(account: str, limit: RateLimit, weight: int = 1) -> float:
+    """Take ``weight`` from the account's budget; 0.0 when granted, else seconds to wait."""
+    return take_from_bucket(
+        get_redis(),
+        redis_keys.rate_limit_bucket(account),
+        redis_keys.rate_limit_cooldown(account),
+        limit,
+        weight,
+    )
 
 
 def acquire(account: str, limit: RateLimit, weight: int = 1, max_wait_s: float = 30.0) -> float:

@@ -31,6 +31,15 @@ producer's send rate. Exchange latency is a simulator ``latency`` fault rule.
 
 ``--sim-only`` instead measures the simulator alone:
 ``exchange_sim.bench.run_load``.
+
+``--ingress`` measures the HTTP API (``run_ingress_bench``): ``execq api`` on the
+run's Redis and database; ``--orders`` signals recorded and enqueued by the Python
+outbox producer (``producer_per_s``) and then through the API (``api_per_s``), each
+with ``--ingress-concurrency`` requests in flight and no worker consuming, and
+``ratio`` between them; then requests paced open-loop at ``--ingress-rate`` for
+``--rate-seconds`` (``p50_ms``/``p99_ms``: request sent -> answer received, at the
+client), and again while a worker executes them on the same machine
+(``with_worker_p50_ms``/``with_worker_p99_ms``).
 """
 
 from __future__ import annotations
@@ -838,4 +847,244 @@ def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     checks["worker_rss_mb"] = _check(
         result["worker_rss_mb"] <= RSS_TARGET_MB, f"{result['worker_rss_mb']} <= {RSS_TARGET_MB} MB"
     )
+    return checks
+
+
+# --- ingress: signals over HTTP against the Python producer -------------------------------------
+
+INGRESS_RATIO_TARGET = 0.5
+INGRESS_P99_TARGET_MS = 50.0
+INGRESS_P99_TARGET_RATE = 100.0
+_INGRESS_KEY_NAME = "bench"
+
+
+@dataclass(frozen=True)
+class IngressOptions:
+    signals: int = 2000
+    concurrency: int = 8
+    rate: float = 100.0
+    rate_seconds: float = 10.0
+    redis_url: str | None = None
+    database_url: str | None = None
+    workdir: Path | None = None
+
+
+def _ingress_bodies(prefix: str, count: int) -> list[dict[str, Any]]:
+    pairs = _Pairs()
+    bodies = []
+    for index in range(count):
+        account, symbol, amount = pairs[index]
+        bodies.append(
+            {
+                "signal_id": f"{prefix}{index}",
+                "exchange": account,
+                "symbol": symbol,
+                "side": "buy",
+                "amount": amount,
+            }
+        )
+    return bodies
+
+
+async def _post_all(
+    url: str, key: str, bodies: Sequence[dict[str, Any]], concurrency: int
+) -> tuple[float, dict[int, int]]:
+    """Post every body with ``concurrency`` requests in flight; (seconds, count by status)."""
+    import asyncio
+
+    import aiohttp
+
+    statuses: dict[int, int] = {}
+    pending = iter(bodies)
+    headers = {"Authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as session:
+
+        async def sender() -> None:
+            for body in pending:
+                async with session.post("/v1/signals", json=body) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        return time.perf_counter() - started, statuses
+
+
+async def _post_paced(
+    url: str, key: str, bodies: Sequence[dict[str, Any]], rate: float
+) -> tuple[list[float], dict[int, int]]:
+    """Post ``bodies`` open-loop at ``rate`` per second (each at its slot, whatever the
+    earlier ones did); each request's latency in ms, and the count by status."""
+    import asyncio
+
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as session:
+
+        async def one(body: dict[str, Any]) -> None:
+            started = time.perf_counter()
+            async with session.post("/v1/signals", json=body) as response:
+                await response.read()
+            latencies.append((time.perf_counter() - started) * 1000)
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.2
+        tasks = []
+        for index, body in enumerate(bodies):
+            delay = start + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(body)))
+        await asyncio.gather(*tasks)
+    return latencies, statuses
+
+
+def _producer_rate(producer: Producer, prefix: str, count: int, concurrency: int) -> float:
+    """Signals per second the Python outbox producer records and enqueues, ``concurrency``
+    threads sending side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    messages = [
+        (
+            "execute_market_order",
+            order_kwargs(
+                body["signal_id"], body["exchange"], body["symbol"], "buy", body["amount"]
+            ),
+        )
+        for body in _ingress_bodies(prefix, count)
+    ]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in pool.map(lambda message: producer.send(*message), messages):
+            pass
+    return count / (time.perf_counter() - started)
+
+
+def run_ingress_bench(**overrides: Any) -> dict[str, Any]:
+    """``execq bench --ingress``: accepted signals per second through ``execq api`` against the
+    Python outbox producer in the same run, then request latency at a paced rate while a
+    worker executes the signals. Returns the figures."""
+    import asyncio
+
+    options = IngressOptions(**overrides)
+    started = time.monotonic()
+    key = secrets.token_hex(24)
+    api_env = {
+        "EXECQ_API_KEYS": json.dumps(
+            [{"name": _INGRESS_KEY_NAME, "key": key, "scopes": ["signal", "read"]}]
+        ),
+        # The bench measures the service, not its per-key budget.
+        "EXECQ_API_RATE_LIMIT_PER_S": "1000000",
+        "EXECQ_API_RATE_LIMIT_BURST": "1000000",
+    }
+    with contextlib.ExitStack() as cleanup:
+        workdir = options.workdir or Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="execq-ingress-"))
+        )
+        run = cleanup.enter_context(
+            scratch(
+                "ingress",
+                workdir=workdir,
+                redis_url=options.redis_url,
+                database_url=options.database_url,
+            )
+        )
+        stack = cleanup.enter_context(Stack(env=run.env(), workdir=workdir / "stack"))
+        stack.start_simulator()
+        url = stack.start_api(extra_env=api_env)
+        app = client_app(run.redis_url)
+        # As workers.app, which default_producer() and the API send through: Flower sees
+        # each signal sent.
+        app.conf.task_send_sent_event = True
+        cleanup.callback(app.close)
+        from sqlalchemy import create_engine
+
+        engine = create_engine(run.database_url, pool_size=options.concurrency)
+        cleanup.callback(engine.dispose)
+        producer = Producer(app, engine)
+        run_id = secrets.token_hex(3)
+        machine_before = _machine()
+        # Warm-up: both paths' connections and the API's first requests (not measured).
+        warm = min(200, options.signals)
+        asyncio.run(
+            _post_all(url, key, _ingress_bodies(f"in-{run_id}-warm-", warm), options.concurrency)
+        )
+        _producer_rate(producer, f"in-{run_id}-pwarm-", warm, options.concurrency)
+
+        producer_per_s = _producer_rate(
+            producer, f"in-{run_id}-py-", options.signals, options.concurrency
+        )
+        seconds, statuses = asyncio.run(
+            _post_all(
+                url,
+                key,
+                _ingress_bodies(f"in-{run_id}-http-", options.signals),
+                options.concurrency,
+            )
+        )
+        accepted = statuses.get(202, 0)
+        api_per_s = accepted / seconds
+
+        # Paced, the API alone (the queue holds the signals), then again while a worker
+        # executes them on the same machine. The throughput phases' signals are dropped
+        # from the queue before the worker starts.
+        paced_count = max(1, int(options.rate * options.rate_seconds))
+        latencies, paced_statuses = asyncio.run(
+            _post_paced(url, key, _ingress_bodies(f"in-{run_id}-lat-", paced_count), options.rate)
+        )
+        purged = app.control.purge()
+        stack.start_worker(
+            f"ingress-{os.getpid()}",
+            concurrency=16,
+            loglevel="WARNING",
+            extra_env={"EXECQ_RECOVER_ON_WORKER_START": "false"},
+        )
+        busy_latencies, busy_statuses = asyncio.run(
+            _post_paced(url, key, _ingress_bodies(f"in-{run_id}-busy-", paced_count), options.rate)
+        )
+        api_cpu_s = process_tree_cpu_s(stack.processes["api"].pid or 0)
+        return {
+            "mode": "ingress",
+            "signals": options.signals,
+            "concurrency": options.concurrency,
+            "producer_per_s": round(producer_per_s, 1),
+            "api_per_s": round(api_per_s, 1),
+            "ratio": round(api_per_s / producer_per_s, 3),
+            "api_statuses": statuses,
+            "latency_rate": options.rate,
+            "paced_requests": paced_count,
+            "paced_statuses": paced_statuses,
+            "p50_ms": percentile(latencies, 0.50),
+            "p99_ms": percentile(latencies, 0.99),
+            "max_ms": percentile(latencies, 1.0),
+            "with_worker_statuses": busy_statuses,
+            "with_worker_p50_ms": percentile(busy_latencies, 0.50),
+            "with_worker_p99_ms": percentile(busy_latencies, 0.99),
+            "purged_before_paced": purged,
+            "api_cpu_s": round(api_cpu_s, 2),
+            "machine": {"before": machine_before, "after": _machine()},
+            "services": run.notes,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    raise AssertionError("unreachable")
+
+
+def ingress_targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    checks = {
+        "ratio": _check(
+            result["ratio"] >= INGRESS_RATIO_TARGET,
+            f"{result['ratio']} >= {INGRESS_RATIO_TARGET} (API / Python producer)",
+        )
+    }
+    if result.get("p99_ms") is not None and result["latency_rate"] >= INGRESS_P99_TARGET_RATE:
+        checks["p99_ms"] = _check(
+            result["p99_ms"] < INGRESS_P99_TARGET_MS,
+            f"{result['p99_ms']} < {INGRESS_P99_TARGET_MS} ms at {result['latency_rate']}/s",
+        )
     return checks

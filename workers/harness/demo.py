@@ -199,7 +199,26 @@ def demo_env(profile: Profile, redis_url: str, database_url: str) -> dict[str, s
         "EXECQ_WORKER_CONCURRENCY": "4",
         # Two workers on one host: a fixed metrics port would collide.
         "EXECQ_METRICS_PORT": "0",
+        # The HTTP API's key for the signal the demo sends over HTTP (new for every run).
+        "EXECQ_API_KEYS": json.dumps(
+            [
+                {
+                    "name": DEMO_API_KEY_NAME,
+                    "key": secrets.token_hex(24),
+                    "scopes": ["signal", "read"],
+                }
+            ]
+        ),
     }
+
+
+DEMO_API_KEY_NAME = "demo"
+
+
+def demo_api_key() -> str:
+    """The demo's API key, from the environment ``demo_env`` made."""
+    [key] = json.loads(os.environ["EXECQ_API_KEYS"])
+    return key["key"]
 
 
 def opens_fault_plan() -> dict[str, Any]:
@@ -640,6 +659,7 @@ class Demo:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     # Ids the checks look up afterwards (never counts: those come from the database).
     facts: dict[str, Any] = field(default_factory=dict)
+    api_url: str | None = None
 
     def signal_id(self, leg: Leg) -> str:
         return f"demo-{self.run_id}-{leg.key}"
@@ -654,6 +674,37 @@ class Demo:
             self.signal_id(leg), leg.account, leg.symbol, leg.side, leg.amount
         )
 
+    def submit_over_http(self, leg: Leg) -> dict[str, Any]:
+        """Send ``leg`` through ``execq api`` as a producer in any language would."""
+        assert self.api_url is not None
+        response = requests.post(
+            f"{self.api_url}/v1/signals",
+            json={
+                "signal_id": self.signal_id(leg),
+                "exchange": leg.account,
+                "symbol": leg.symbol,
+                "side": leg.side,
+                "amount": str(leg.amount),
+            },
+            headers={"Authorization": f"Bearer {demo_api_key()}"},
+            timeout=10,
+        )
+        if response.status_code != 202:
+            raise ScenarioFailed(
+                f"the API refused {leg.key}: {response.status_code} {response.text[:200]}"
+            )
+        return response.json()
+
+    def http_signal_state(self, status_url: str) -> dict[str, Any]:
+        assert self.api_url is not None
+        response = requests.get(
+            f"{self.api_url}{status_url}",
+            headers={"Authorization": f"Bearer {demo_api_key()}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return response.json()
+
     # --- 1. opens under faults ---------------------------------------------------------------
 
     def opens(self) -> None:
@@ -663,7 +714,13 @@ class Demo:
             "a 503 and visibility lag injected"
         )
         self.sim.faults(opens_fault_plan())
-        for leg in legs:
+        over_http = legs[0]
+        accepted = self.submit_over_http(over_http)
+        self.progress.note(
+            f"{over_http.key} sent over HTTP (POST /v1/signals): 202, status at "
+            f"{accepted['status_url']}"
+        )
+        for leg in legs[1:]:
             self.submit(leg)
         duplicate = next(leg for leg in legs if leg.key == self.profile.duplicate_of)
         self.submit(duplicate)
@@ -683,6 +740,16 @@ class Demo:
             status=lambda: self._opens_status(legs),
         )
         self.progress.note(self._opens_status(legs))
+        state = self.http_signal_state(accepted["status_url"])
+        orders = state["orders"]
+        self.facts["http_signal"] = {
+            "state": state["state"],
+            "orders": [(order["status"], order["filled"]) for order in orders],
+        }
+        self.progress.note(
+            f"GET {accepted['status_url']}: {state['state']}, "
+            + ", ".join(f"{order['status']} {order['filled']}" for order in orders)
+        )
         self.progress.note(
             f"each position's price was moved {HOLD_MOVE:.0%} against it once booked: no aged "
             "target is reached until the scenario moves that price"
@@ -1294,6 +1361,11 @@ def _checks(f: dict[str, Any], facts: dict[str, Any]) -> list[Check]:
             f"{f['opens_filled']} filled, {f['opens_verified']} verified of {f['opens_expected']}",
         ),
         Check(
+            "a signal sent over HTTP was executed",
+            (facts.get("http_signal") or {}).get("orders", [("", "")])[0][0] == "filled",
+            str(facts.get("http_signal")),
+        ),
+        Check(
             "re-sent signal reached the exchange once",
             f["duplicate_signal_orders_on_exchange"] == 1,
             f"{f['duplicate_signal_orders_on_exchange']} orders",
@@ -1384,7 +1456,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def start_processes(
     stack: Stack, progress: Progress, sim_port: int = 0, flower_port: int = 0
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
     """Simulator first (the others need its URL); beat and Flower start beside the workers.
 
     Each start blocks until its process is observably ready; overlapping them
@@ -1401,9 +1473,10 @@ def start_processes(
             stack.start_worker(name, concurrency=4)
         beat.result()
         flower_url = flower.result()
+    api_url = stack.start_api()
     progress.note(f"workers {', '.join(WORKERS)} (4 threads each) answer pings")
-    progress.note(f"beat holds the scheduler lock; Flower at {flower_url}")
-    return sim_url, flower_url
+    progress.note(f"beat holds the scheduler lock; Flower at {flower_url}; HTTP API at {api_url}")
+    return sim_url, flower_url, api_url
 
 
 @dataclass
@@ -1446,13 +1519,13 @@ class DemoRun:
 
     def start(self, env: dict[str, str]) -> tuple[str, str]:
         assert self.services is not None
-        self.progress.phase("processes: simulator, 2 workers, beat, Flower")
+        self.progress.phase("processes: simulator, 2 workers, beat, Flower, HTTP API")
         # Created before anything starts, so a failed start still stops what did start.
         self.stack = Stack(env=env, workdir=self.workdir)
-        sim_url, flower_url = start_processes(
+        sim_url, flower_url, api_url = start_processes(
             self.stack, self.progress, self.targets.sim_port, self.targets.flower_port
         )
-        self.result.update(flower_url=flower_url, sim_url=sim_url)
+        self.result.update(flower_url=flower_url, sim_url=sim_url, api_url=api_url)
         write_state(state_file(self.targets), self.stack, self.services, self.workdir)
         return sim_url, flower_url
 
@@ -1460,7 +1533,13 @@ class DemoRun:
         assert self.stack is not None
         sim = SimulatorClient(sim_url)
         sim.reset(seed=7)
-        demo = Demo(profile=self.profile, sim=sim, stack=self.stack, progress=self.progress)
+        demo = Demo(
+            profile=self.profile,
+            sim=sim,
+            stack=self.stack,
+            progress=self.progress,
+            api_url=self.result.get("api_url"),
+        )
         try:
             demo.run()
         except (ScenarioFailed, StackError, SimulatorError, requests.RequestException) as exc:
@@ -1488,7 +1567,8 @@ class DemoRun:
         env = f"DATABASE_URL={self.result['database_url']} REDIS_URL={self.result['redis_url']}"
         self.out.write(
             f"\nthe stack keeps running: Flower {self.result['flower_url']}, simulator "
-            f"{self.result['sim_url']}, logs in {self.workdir}\n"
+            f"{self.result['sim_url']}, HTTP API {self.result['api_url']}/docs, "
+            f"logs in {self.workdir}\n"
             f"look around:  {env} {execq} status\n"
             f"the kill switch is on; new opens need: {env} {execq} kill-switch off\n"
             f"stop it with: {stop}\n"

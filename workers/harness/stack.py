@@ -2,10 +2,10 @@
 
 ``ManagedProcess`` is one child in its own process group (so a kill reaches the
 threads and children it spawned) with its output in a log file. ``Stack`` starts
-the simulator, workers, beat and Flower as such children, each logging to
+the simulator, workers, beat, Flower and the HTTP API as such children, each logging to
 ``<workdir>/<name>.log``, and calls a process *ready* only when an observable
 state says so: the simulator and Flower answer HTTP, a worker answers a Celery
-control ping, beat holds the RedBeat lock. There are no fixed sleeps; every wait
+control ping, beat holds the RedBeat lock, the API answers ``/health``. There are no fixed sleeps; every wait
 polls with a deadline (``workers.harness.polling``) and fails with the process's
 log tail.
 
@@ -454,6 +454,23 @@ class Stack:
             timeout_s,
             "flower",
         )
+        return url
+
+    # --- the HTTP API -------------------------------------------------------------------
+
+    def start_api(
+        self,
+        port: int = 0,
+        name: str = "api",
+        extra_env: dict[str, str] | None = None,
+        timeout_s: float = HTTP_READY_TIMEOUT_S,
+    ) -> str:
+        """Start ``execq api`` on 127.0.0.1; return its URL once ``/health`` answers."""
+        port = port or free_port()
+        args = [self.python, "-m", "workers.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
+        process = self._spawn(name, args, extra_env)
+        url = f"http://127.0.0.1:{port}"
+        _poll(lambda: _http_answers(f"{url}/health"), process, timeout_s, name)
         return url
 
     # --- shutdown -----------------------------------------------------------------------

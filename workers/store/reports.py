@@ -1,7 +1,9 @@
-"""Read-only queries for the operator CLI: status, events, statistics."""
+"""Read-only queries for the operator CLI and the HTTP API: status, events, statistics,
+one signal's record."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,7 +14,8 @@ from workers.execution.aged_state import TRACKED, AgedStatus
 from workers.execution.order_state import IN_FLIGHT
 from workers.execution.position_state import HELD, status_values
 from workers.store.db import session_scope
-from workers.store.models import AgedPosition, Alert, Event, Order, Position
+from workers.store.models import AgedPosition, Alert, Event, Order, Position, Signal
+from workers.store.orders import OrderSnapshot
 
 
 def open_positions() -> list[dict[str, Any]]:
@@ -175,3 +178,62 @@ def aged_statistics(days: float) -> dict[str, Any]:
         "realized_pnl": str(sum((row.close_pnl or Decimal(0) for row in closed), Decimal(0))),
         "alerts": alerts or 0,
     }
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    """What the store holds of one signal id: its orders, its outbox messages and its
+    latest events (oldest first)."""
+
+    signal_id: str
+    orders: list[OrderSnapshot]
+    messages: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+    @property
+    def known(self) -> bool:
+        return bool(self.orders or self.messages or self.events)
+
+
+def signal_record(signal_id: str, event_limit: int = 200) -> SignalRecord:
+    """The orders, outbox messages and last ``event_limit`` events of ``signal_id``."""
+    with session_scope() as session:
+        orders = [
+            OrderSnapshot.of(row)
+            for row in session.scalars(
+                select(Order).where(Order.signal_id == signal_id).order_by(Order.id)
+            )
+        ]
+        messages = [
+            {
+                "task_id": row.task_id,
+                "task_name": row.task_name,
+                "created_at": row.created_at,
+                "sends": row.sends,
+                "settled_at": row.settled_at,
+                "outcome": row.outcome,
+            }
+            for row in session.scalars(
+                select(Signal).where(Signal.signal_id == signal_id).order_by(Signal.created_at)
+            )
+        ]
+        rows = session.scalars(
+            select(Event)
+            .where(Event.signal_id == signal_id)
+            .order_by(Event.id.desc())
+            .limit(event_limit)
+        ).all()
+        events = [
+            {
+                "id": row.id,
+                "type": row.type,
+                "occurred_at": row.occurred_at,
+                "client_order_id": row.client_order_id,
+                "order_id": row.order_id,
+                "attempt": row.attempt,
+                "error_class": row.error_class,
+                "payload": row.payload,
+            }
+            for row in reversed(rows)
+        ]
+    return SignalRecord(signal_id, orders, messages, events)
