@@ -29,7 +29,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
@@ -126,7 +126,7 @@ class Okx(Venue):
     # endpoint allowed 60 requests per 2 s weighs 1, one allowed 10 per 2 s weighs 6.
     operations: Mapping[tuple[str, str], tuple[str, int]] = {
         ("GET", "/api/v5/public/instruments"): ("markets", 3),
-        ("GET", "/api/v5/asset/currencies"): ("markets", 10),
+        ("GET", "/api/v5/asset/currencies"): ("markets", 5),
         ("GET", "/api/v5/market/tickers"): ("tickers", 3),
         ("GET", "/api/v5/market/ticker"): ("tickers", 3),
         ("GET", "/api/v5/public/time"): ("time", 6),
@@ -140,7 +140,7 @@ class Okx(Venue):
         ("GET", "/api/v5/trade/orders-history-archive"): ("order_history", 3),
         ("GET", "/api/v5/account/positions"): ("positions", 6),
         ("GET", "/api/v5/account/balance"): ("balance", 6),
-        ("GET", "/api/v5/asset/balances"): ("balance", 10),
+        ("GET", "/api/v5/asset/balances"): ("balance", 5),
         ("GET", "/api/v5/account/config"): ("account", 12),
     }
     error_codes: Mapping[str, type[VenueError]] = {
@@ -168,7 +168,7 @@ class Okx(Venue):
         "50061": RateLimited,
     }
 
-    def __init__(self, account: str, client_provider: Any) -> None:
+    def __init__(self, account: str, client_provider: Callable[[str], ccxt.Exchange]) -> None:
         super().__init__(account, client_provider)
         # ccxt's markets (shared by every client of the process) and their base-unit copies.
         self._converted: tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]] | None = None
