@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-CcxtClass = Literal["binanceusdm", "bybit"]
+CcxtClass = Literal["binanceusdm", "bybit", "okx"]
 AccountMode = Literal["sim", "demo", "testnet", "live"]
 
 
@@ -102,6 +102,7 @@ def _default_accounts() -> list[ExchangeAccount]:
     return [
         ExchangeAccount(name="binance", ccxt_class="binanceusdm", mode="sim"),
         ExchangeAccount(name="bybit", ccxt_class="bybit", mode="sim"),
+        ExchangeAccount(name="okx", ccxt_class="okx", mode="sim"),
     ]
 
 

@@ -14,6 +14,7 @@ from tests.conftest import ManagedProcess, wait_for
 
 ETH = "ETH/USDT:USDT"
 BTC = "BTC/USDT:USDT"
+DOGE = "DOGE/USDT:USDT"
 
 AGED_ENV = {
     "EXECQ_AGED__MAX_AGE_S": "2",
@@ -140,15 +141,18 @@ def sim_size(sim, exchange: str, symbol: str) -> Decimal:
 
 
 def test_long_and_short_age_through_grace_into_progressive_and_close_on_the_price(aged_stack, sim):
-    # Given a long on Binance and a short on Bybit at 3500, and prices well against both
+    # Given a long on Binance and shorts on Bybit and OKX (one contract of 0.1 ETH) at
+    # 3500, and prices well against all three
     sim.prices({"symbol": ETH, "price": "3500"})
     open_position("binance", ETH, "buy", "0.1")
     open_position("bybit", ETH, "sell", "0.1")
+    open_position("okx", ETH, "sell", "0.1")
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3200"})
     sim.prices({"exchange": "bybit", "symbol": ETH, "price": "3800"})
+    sim.prices({"exchange": "okx", "symbol": ETH, "price": "3800"})
 
     # When they age past grace into progressive, where the accepted loss grows each second
-    for exchange in ("binance", "bybit"):
+    for exchange in ("binance", "bybit", "okx"):
         wait_aged(
             exchange,
             ETH,
@@ -159,9 +163,10 @@ def test_long_and_short_age_through_grace_into_progressive_and_close_on_the_pric
     # and the price comes back inside the widened tolerance
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3460"})
     sim.prices({"exchange": "bybit", "symbol": ETH, "price": "3540"})
+    sim.prices({"exchange": "okx", "symbol": ETH, "price": "3540"})
 
-    # Then both close with a progressive reason and the whole path on record
-    for exchange in ("binance", "bybit"):
+    # Then all close with a progressive reason and the whole path on record
+    for exchange in ("binance", "bybit", "okx"):
         row = wait_aged(
             exchange,
             ETH,
@@ -227,29 +232,40 @@ def test_size_changed_outside_execq_is_closed_at_the_real_size(aged_stack, sim):
     assert sim_size(sim, "binance", ETH) == 0
 
 
-def test_three_failed_closes_alert_once_then_chunks_close_exactly(aged_stack, sim):
-    # Given a BTC position (step 0.001, minimum 0.005) whose next three closes are refused
-    sim.prices({"exchange": "bybit", "symbol": BTC, "price": "65000"})
-    open_position("bybit", BTC, "buy", "0.017")
+@pytest.mark.parametrize(
+    ("exchange", "symbol", "price", "size", "step", "minimum"),
+    [
+        # Bybit BTC: step 0.001, minimum 0.005
+        pytest.param("bybit", BTC, "65000", "0.017", "0.001", "0.005", id="bybit-btc"),
+        # OKX DOGE: contracts of 1,000 DOGE in lots of 0.01, so steps of 10 DOGE
+        pytest.param("okx", DOGE, "0.15", "470", "10", "10", id="okx-doge-contracts"),
+    ],
+)
+def test_three_failed_closes_alert_once_then_chunks_close_exactly(
+    aged_stack, sim, exchange, symbol, price, size, step, minimum
+):
+    # Given a position whose next three closes are refused
+    sim.prices({"exchange": exchange, "symbol": symbol, "price": price})
+    open_position(exchange, symbol, "buy", size)
     sim.faults(
         {
             "rules": [
                 {
-                    "exchange": "bybit",
+                    "exchange": exchange,
                     "operation": "create_order",
-                    "symbol": BTC,
+                    "symbol": symbol,
                     "kind": "insufficient_margin",
                     "count": 3,
                 }
             ]
         }
     )
-    sim.prices({"exchange": "bybit", "symbol": BTC, "price": "66000"})
+    sim.prices({"exchange": exchange, "symbol": symbol, "price": str(Decimal(price) * 2)})
 
     # Then after three failures one critical alert, and the chunk fallback closes it exactly
     row = wait_aged(
-        "bybit",
-        BTC,
+        exchange,
+        symbol,
         lambda r: r.status == "closed",
         60,
         message="chunk fallback did not close the position",
@@ -257,12 +273,13 @@ def test_three_failed_closes_alert_once_then_chunks_close_exactly(aged_stack, si
     failing = alerts("aged_close_failing")
     assert len(failing) == 1 and failing[0].severity == "critical"
     assert row.consecutive_failures == 0 and row.attempts == 4
+    # Each chunk on the market's grid (base units in the ledger, whole lots on OKX)
     chunks = [Decimal(o["amount"]) for o in sim.ledger() if o["reduceOnly"]]
     assert len(chunks) == 3
-    assert all(chunk >= Decimal("0.005") and chunk % Decimal("0.001") == 0 for chunk in chunks)
-    assert sum(chunks) == Decimal("0.017")
+    assert all(chunk >= Decimal(minimum) and chunk % Decimal(step) == 0 for chunk in chunks)
+    assert sum(chunks) == Decimal(size)
     assert event_types(row.id).count("aged_close_failed") == 3
-    assert sim_size(sim, "bybit", BTC) == 0
+    assert sim_size(sim, exchange, symbol) == 0
     assert {o.verification for o in close_orders(row.id) if o.filled > 0} == {"verified"}
 
 

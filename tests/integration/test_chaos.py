@@ -65,7 +65,7 @@ def test_signal_stream_is_seeded_and_mixed() -> None:
     kinds = {spec.kind for spec in first}
     assert kinds == {"open", "close", "invalid"}
     assert len({spec.signal_id for spec in first}) == 500
-    assert {spec.account for spec in first} == {"binance", "bybit"}
+    assert {spec.account for spec in first} == {"binance", "bybit", "okx"}
     assert len({spec.symbol for spec in first}) == 5
     opens = {(s.account, s.symbol, s.amount) for s in first if s.kind == "open"}
     # Every producer close is the reduce-only opposite of an open sent before it.

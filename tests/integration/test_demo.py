@@ -127,8 +127,8 @@ def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
     assert len(ledger) == figures["ledger_orders"]
     assert dict(Counter(row["exchange"] for row in ledger)) == figures["ledger_by_exchange"]
     assert positions == [] and figures["open_positions_exchange"] == 0
-    # Both exchanges were traded on.
-    assert set(figures["ledger_by_exchange"]) == {"binance", "bybit"}
+    # All three exchanges were traded on.
+    assert set(figures["ledger_by_exchange"]) == {"binance", "bybit", "okx"}
 
     # --- Postgres, read here independently ----------------------------------------------
     assert _query("SELECT count(*) FROM orders")[0][0] == figures["orders"]

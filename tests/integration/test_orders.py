@@ -68,7 +68,7 @@ def order_row(client_order_id: str):
     return load_order(client_order_id)
 
 
-@pytest.mark.parametrize(("exchange", "symbol"), [("binance", BTC), ("bybit", ETH)])
+@pytest.mark.parametrize(("exchange", "symbol"), [("binance", BTC), ("bybit", ETH), ("okx", ETH)])
 def test_first_try_success_fills_once_and_records_each_step(worker, sim, exchange, symbol):
     # When a producer sends one market order
     summary = run_order(exchange=exchange, symbol=symbol, side="buy", amount="0.01")
@@ -132,13 +132,14 @@ def test_a_stale_reference_price_is_used_and_refreshed_after_the_create(worker, 
     assert get_redis().pttl(key) > (PRICE_CACHE_TTL_S - PRICE_FRESH_S) * 1000
 
 
-def test_a_binance_open_whose_create_failed_ambiguously_is_unknown_and_never_resent(worker, sim):
-    # Given the exchange answers the next Binance create with a 503 (it may have acted)
+@pytest.mark.parametrize("exchange", ["binance", "okx"])
+def test_an_open_whose_create_failed_ambiguously_is_unknown_and_never_resent(worker, sim, exchange):
+    # Given the exchange answers the next create with a 503 (it may have acted)
     sim.faults(
         {
             "rules": [
                 {
-                    "exchange": "binance",
+                    "exchange": exchange,
                     "operation": "create_order",
                     "kind": "server_error",
                     "count": 1,
@@ -148,12 +149,12 @@ def test_a_binance_open_whose_create_failed_ambiguously_is_unknown_and_never_res
     )
 
     # When an order is sent
-    summary = run_order(exchange="binance", symbol=BTC, side="buy", amount="0.01")
+    summary = run_order(exchange=exchange, symbol=BTC, side="buy", amount="0.01")
 
     # Then it was looked up over the visibility window, never seen, and not resent:
-    # Binance would accept the same client id again and could fill it twice
+    # Binance and OKX accept a finished order's client id again and could fill it twice
     assert summary["status"] == "unknown"
-    assert sim.calls("binance", "create_order") == 1
+    assert sim.calls(exchange, "create_order") == 1
     assert attempt_classes(summary["client_order_id"]) == ["ambiguous"]
     # and a person is told, once
     assert [a.kind for a in alerts_for(summary["client_order_id"])] == ["order_unknown"]
@@ -196,7 +197,7 @@ def test_insufficient_margin_is_rejected_after_one_call(worker, sim):
     assert "order_rejected" in [e.type for e in events_for(summary["client_order_id"])]
 
 
-@pytest.mark.parametrize("exchange", ["binance", "bybit"])
+@pytest.mark.parametrize("exchange", ["binance", "bybit", "okx"])
 def test_timeout_after_accept_leaves_exactly_one_order_reported_filled(worker, sim, exchange):
     # Given the exchange accepts and fills the next create but the response never arrives
     sim.faults(
@@ -214,11 +215,11 @@ def test_timeout_after_accept_leaves_exactly_one_order_reported_filled(worker, s
 
     summary = run_order(exchange=exchange, symbol=ETH, side="sell", amount="0.2")
 
-    # Then one order exists, reported filled: Binance's was found by a lookup; Bybit's
-    # copy was sent again at once and refused as a duplicate, which proved it exists
+    # Then one order exists, reported filled: Binance's and OKX's were found by a lookup;
+    # Bybit's copy was sent again at once and refused as a duplicate, which proved it exists
     assert summary["status"] == "filled"
     assert len(sim.orders_for(summary["client_order_id"])) == 1
-    creates = {"binance": 1, "bybit": 2}[exchange]
+    creates = {"binance": 1, "bybit": 2, "okx": 1}[exchange]
     assert sim.calls(exchange, "create_order") == creates
     assert attempt_classes(summary["client_order_id"]) == ["ambiguous", "permanent"][:creates]
 
@@ -444,11 +445,12 @@ def test_worker_killed_mid_create_leaves_exactly_one_order_after_recovery(
     )
 
 
-def test_limit_order_rests_then_fills_when_the_price_crosses(worker, sim):
+@pytest.mark.parametrize("exchange", ["binance", "bybit", "okx"])
+def test_limit_order_rests_then_fills_when_the_price_crosses(worker, sim, exchange):
     from workers.producer import submit_limit_order
 
-    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
-    result = submit_limit_order(new_signal(), "binance", ETH, "buy", "0.1", "3400")
+    sim.prices({"exchange": exchange, "symbol": ETH, "price": "3500"})
+    result = submit_limit_order(new_signal(), exchange, ETH, "buy", "0.1", "3400")
     wait_for(
         lambda: any(row["status"] == "open" for row in sim.ledger()),
         30,
@@ -460,7 +462,7 @@ def test_limit_order_rests_then_fills_when_the_price_crosses(worker, sim):
     assert accepted["status"] == "open" and accepted["order_id"]
 
     # When the price crosses and the tracker follows the order
-    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3390"})
+    sim.prices({"exchange": exchange, "symbol": ETH, "price": "3390"})
     from workers.app import app
 
     def final() -> dict | None:

@@ -251,7 +251,7 @@ LIQUIDATION_WORKER_ENV = {
 }
 
 
-def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(
+def test_liquidation_of_thirty_positions_under_errors_leaves_everything_flat(
     workers, db, redis_clean, sim
 ):
     from workers.app import app
@@ -259,7 +259,8 @@ def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(
 
     workers.start(concurrency=8, env=LIQUIDATION_WORKER_ENV)
 
-    # Given 20 positions over two exchanges (opened by hand, then adopted into the book)
+    # Given 30 positions over three exchanges (opened by hand, then adopted into the book;
+    # every amount a whole number of OKX lots)
     amounts = {
         "BTC": "0.01",
         "ETH": "0.1",
@@ -272,7 +273,7 @@ def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(
         "LTC": "0.1",
         "BNB": "0.1",
     }
-    for exchange in ("binance", "bybit"):
+    for exchange in ("binance", "bybit", "okx"):
         for base in SYMBOLS:
             sign = "-" if base in ("ETH", "XRP", "LINK") else ""
             sim.set_position(exchange, f"{base}/USDT:USDT", sign + amounts[base])
@@ -285,18 +286,18 @@ def test_liquidation_of_twenty_positions_under_errors_leaves_everything_flat(
             timeout=300
         )
 
-        assert summary["total"] == 20
+        assert summary["total"] == 30
         failed = [
             (p["symbol"], p["status"], p["error"]) for p in summary["positions"] if not p["closed"]
         ]
-        assert summary["closed"] == 20 and summary["failed"] == 0, failed
+        assert summary["closed"] == 30 and summary["failed"] == 0, failed
         assert sim.positions() == []
         assert kill_switch_state().on
         sim.faults({})
         # Reduce-only everywhere, and every position had its close
         closes = sim.ledger()
         assert all(order["reduceOnly"] for order in closes)
-        assert len({(o["exchange"], o["symbol"]) for o in closes}) == 20
+        assert len({(o["exchange"], o["symbol"]) for o in closes}) == 30
         assert count_events("liquidation_summary") == 1
     finally:
         set_kill_switch(False)

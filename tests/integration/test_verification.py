@@ -178,12 +178,12 @@ def test_close_that_leaves_a_residual_raises_a_critical_alert(worker, sim):
     assert Decimal(found.payload["residual"]) == Decimal("0.2")
 
 
-def test_ten_positions_opened_concurrently_are_ten_verified(worker, sim):
+def test_fifteen_positions_opened_concurrently_are_fifteen_verified(worker, sim):
     from workers.producer import submit_market_order
 
     legs = [
         (exchange, symbol)
-        for exchange in ("binance", "bybit")
+        for exchange in ("binance", "bybit", "okx")
         for symbol in (BTC, ETH, SOL, "XRP/USDT:USDT", "DOGE/USDT:USDT")
     ]
     amounts = {BTC: "0.01", ETH: "0.1", SOL: "1", "XRP/USDT:USDT": "10", "DOGE/USDT:USDT": "100"}
@@ -194,6 +194,6 @@ def test_ten_positions_opened_concurrently_are_ten_verified(worker, sim):
     summaries = [result.get(timeout=90) for result in results]
 
     verdicts = [verdict_of(s["client_order_id"]).type for s in summaries]
-    assert verdicts == ["verification_verified"] * 10
+    assert verdicts == ["verification_verified"] * 15
     for exchange, symbol in legs:
         assert booked(exchange, symbol).size == Decimal(amounts[symbol])

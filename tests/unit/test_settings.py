@@ -114,7 +114,7 @@ def test_the_metrics_endpoint_listens_on_loopback_unless_told(env):
 def test_an_empty_variable_means_the_default(env):
     # compose passes ${EXECQ_ACCOUNTS:-} as an empty string when the operator set nothing
     env("EXECQ_ACCOUNTS", "")
-    assert [account.name for account in load_settings().accounts] == ["binance", "bybit"]
+    assert [account.name for account in load_settings().accounts] == ["binance", "bybit", "okx"]
 
 
 def test_a_variable_that_is_not_json_is_named_in_one_line(env):

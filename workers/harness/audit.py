@@ -33,13 +33,13 @@ from typing import Any
 from sqlalchemy import case, exists, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
+from workers.exchange.venues import VENUES
 from workers.execution.order_state import EVENT_FOR_STATUS, IN_FLIGHT, TERMINAL
 from workers.harness.sim_client import SimulatorClient
 from workers.settings import Settings
 from workers.store.db import session_scope
 from workers.store.models import AgedPosition, Alert, Event, Order, Position
 
-SIM_EXCHANGE_OF_CLASS = {"binanceusdm": "binance", "bybit": "bybit"}
 # What booking a fill records (workers/store/positions.py, ``book_fill``).
 BOOKING_EVENTS = ("position_opened", "position_increased", "position_reduced", "position_closed")
 
@@ -190,7 +190,7 @@ def audit(
     report.details["stuck_aged"] = list(stuck_aged)[:50]
 
     account_of_exchange = {
-        SIM_EXCHANGE_OF_CLASS[account.ccxt_class]: account.name for account in settings.accounts
+        VENUES[account.ccxt_class].exchange: account.name for account in settings.accounts
     }
     on_exchange = {
         (account_of_exchange.get(row["exchange"], row["exchange"]), row["symbol"]): Decimal(

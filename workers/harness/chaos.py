@@ -11,7 +11,7 @@ it):
    after accept, 429, 5xx, visibility lag, some of it past the lookup window,
    positions lag, partial fills) and
    random-walks every price so aged positions reach their targets;
-3. sends ``signals`` signals at ``rate`` per second across both accounts
+3. sends ``signals`` signals at ``rate`` per second across the three accounts
    and all symbols: opens, producer closes (reduce-only closes of earlier
    opens), a few signals that validation must refuse, and some signals sent
    twice (a producer retrying); meanwhile, at seeded random moments, it

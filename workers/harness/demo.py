@@ -13,7 +13,7 @@ What it does, in order (docs/demo.md has the narrative):
    with compressed durations: aged after a few seconds, progressive loss steps
    every 2 s, sweeps every 1 s / 5 s. The simulator's and Flower's ports are free
    ones unless ``--sim-port`` / ``--flower-port`` fix them.
-3. **Scenario.** Opens on both exchanges under injected timeouts, rate limits,
+3. **Scenario.** Opens on all three exchanges under injected timeouts, rate limits,
    5xx and visibility lag; a redelivered signal; a refused bad signal; aged
    closes in grace and progressive phases driven by price moves; a close that
    needs the chunk fallback; a worker SIGKILLed with an order in flight and
@@ -65,7 +65,7 @@ from workers.harness.services import (
     ensure_services,
     libpq_url,
 )
-from workers.harness.sim_client import SimulatorClient, SimulatorError
+from workers.harness.sim_client import SimulatorClient, SimulatorError, exchange_client_id
 from workers.harness.stack import Stack, StackError
 from workers.settings import redact_url
 
@@ -122,22 +122,26 @@ BTC, ETH, SOL, XRP, DOGE = (f"{base}/USDT:USDT" for base in ("BTC", "ETH", "SOL"
 _CORE_LEGS = (
     # 0.015 BTC closes in three chunks of 0.005 (the minimum, step 0.001).
     Leg("bn-btc", "binance", BTC, "buy", "0.015", "chunk"),
-    Leg("bn-eth", "binance", ETH, "buy", "0.5", "grace"),
+    # OKX counts contracts: 0.5 ETH is 5 contracts of 0.1 ETH, and so is its close.
+    Leg("ok-eth", "okx", ETH, "buy", "0.5", "grace"),
     Leg("bn-xrp", "binance", XRP, "buy", "100", "hold"),
     Leg("by-sol", "bybit", SOL, "sell", "12", "progressive"),
     Leg("by-doge", "bybit", DOGE, "buy", "500", "hold"),
+    Leg("ok-doge", "okx", DOGE, "sell", "400", "hold"),
 )
 _MORE_LEGS = (
     Leg("bn-sol", "binance", SOL, "sell", "10", "hold"),
+    Leg("bn-eth", "binance", ETH, "buy", "0.5", "hold"),
     Leg("by-btc", "bybit", BTC, "sell", "0.01", "hold"),
     Leg("by-eth", "bybit", ETH, "buy", "0.3", "hold"),
+    Leg("ok-btc", "okx", BTC, "sell", "0.012", "hold"),
 )
 
 PROFILES = {
     # Grace outlasts the opens (up to ~10 s under the injected faults), so the
     # grace-phase close happens in grace whichever open settled first.
     "full": Profile("full", _CORE_LEGS + _MORE_LEGS, 4.0, 12.0, 2.0, "by-eth"),
-    "short": Profile("short", _CORE_LEGS, 3.0, 10.0, 2.0, "by-doge"),
+    "short": Profile("short", _CORE_LEGS, 3.0, 10.0, 2.0, "ok-doge"),
 }
 
 # The in-flight order a worker dies with, the open the kill switch refuses, and
@@ -158,6 +162,7 @@ def demo_env(profile: Profile, redis_url: str, database_url: str) -> dict[str, s
             [
                 {"name": "binance", "ccxt_class": "binanceusdm", "mode": "sim"},
                 {"name": "bybit", "ccxt_class": "bybit", "mode": "sim"},
+                {"name": "okx", "ccxt_class": "okx", "mode": "sim"},
             ]
         ),
         "EXECQ_AGED__MAX_AGE_S": str(profile.max_age_s),
@@ -230,14 +235,19 @@ def opens_fault_plan() -> dict[str, Any]:
             {"kind": "latency", "latency_ms": 10, "jitter_ms": 20},
             {"kind": "visibility_lag", "exchange": "binance", "lag_ms": 1500, "count": 2},
             {"kind": "visibility_lag", "exchange": "bybit", "lag_ms": 1000, "count": 1},
-            # Binance drops the connection after accepting; Bybit hangs past the
-            # client's 4 s timeout: both are ambiguous, resolved by lookup.
+            {"kind": "visibility_lag", "exchange": "okx", "lag_ms": 1000, "count": 1},
+            # Binance and OKX drop the connection after accepting; Bybit hangs past the
+            # client's 4 s timeout: all ambiguous, resolved by lookup (never resent
+            # where a finished order's client id can be used again: Binance, OKX).
             {"kind": "timeout_after_accept", "exchange": "binance", "hang_ms": 1200, "count": 1}
             | create,
             {"kind": "timeout_after_accept", "exchange": "bybit", "hang_ms": 4500, "count": 1}
             | create,
+            {"kind": "timeout_after_accept", "exchange": "okx", "hang_ms": 1200, "count": 1}
+            | create,
             {"kind": "rate_limit", "exchange": "binance", "retry_after_s": 1, "count": 2} | create,
             {"kind": "rate_limit", "exchange": "bybit", "retry_after_s": 1, "count": 1} | create,
+            {"kind": "rate_limit", "exchange": "okx", "retry_after_s": 1, "count": 1} | create,
             {"kind": "server_error", "exchange": "bybit", "status": 503, "count": 1} | create,
         ],
     }
@@ -710,7 +720,7 @@ class Demo:
     def opens(self) -> None:
         legs = self.profile.legs
         self.progress.phase(
-            f"opens: {len(legs)} signals on binance and bybit, with timeouts, 429s, "
+            f"opens: {len(legs)} signals on binance, bybit and okx, with timeouts, 429s, "
             "a 503 and visibility lag injected"
         )
         self.sim.faults(opens_fault_plan())
@@ -946,7 +956,7 @@ class Demo:
         order = order_row(cid)
         if order is None or order["status"] != "submitting":
             return False
-        return any(row["clientOrderId"] == cid for row in self.sim.ledger())
+        return bool(self.sim.orders_for(cid))
 
     def _node_running(self, task_id: str) -> str:
         from workers.app import app
@@ -1196,7 +1206,12 @@ def _tally(values: Iterator[str] | Sequence[str]) -> dict[str, int]:
 
 
 def _ledger_count(ledger: Sequence[dict[str, Any]], cid: str | None) -> int:
-    return sum(1 for row in ledger if cid and row["clientOrderId"] == cid)
+    """Orders the exchanges accepted under execq's ``cid`` (in each exchange's form)."""
+    return sum(
+        1
+        for row in ledger
+        if cid and row["clientOrderId"] == exchange_client_id(row["exchange"], cid)
+    )
 
 
 def _scenario_figures(facts: dict[str, Any], ledger: Sequence[dict[str, Any]]) -> dict[str, Any]:

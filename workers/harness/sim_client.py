@@ -12,6 +12,17 @@ from typing import Any
 
 import requests
 
+from workers.exchange.venues import VENUES
+
+_VENUE_OF_EXCHANGE = {venue.exchange: venue for venue in VENUES.values()}
+
+
+def exchange_client_id(exchange: str, client_order_id: str) -> str:
+    """The client id the simulated ``exchange`` knows execq's order by (the ledger's
+    ``clientOrderId``): the venue's ``client_id_for``, e.g. OKX's 32-character form."""
+    venue = _VENUE_OF_EXCHANGE.get(exchange)
+    return client_order_id if venue is None else venue.client_id_for(client_order_id)
+
 
 class SimulatorError(RuntimeError):
     """The simulator answered an admin request with an error; the message has its body."""
@@ -100,7 +111,12 @@ class SimulatorClient:
         return body["orders"] if isinstance(body, dict) else body
 
     def orders_for(self, client_order_id: str) -> list[dict[str, Any]]:
-        return [row for row in self.ledger() if row["clientOrderId"] == client_order_id]
+        """The ledger's orders of execq's ``client_order_id``, on whichever exchange."""
+        return [
+            row
+            for row in self.ledger()
+            if row["clientOrderId"] == exchange_client_id(row["exchange"], client_order_id)
+        ]
 
     def positions(self) -> list[dict[str, Any]]:
         """The exchanges' open positions."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 from workers.exchange.venues.base import Venue
 from workers.exchange.venues.binance import BinanceUsdm
 from workers.exchange.venues.bybit import Bybit
+from workers.exchange.venues.okx import Okx
 
-VENUES: dict[str, type[Venue]] = {venue.ccxt_class: venue for venue in (BinanceUsdm, Bybit)}
+VENUES: dict[str, type[Venue]] = {venue.ccxt_class: venue for venue in (BinanceUsdm, Bybit, Okx)}
 
 __all__ = ["VENUES", "Venue"]
