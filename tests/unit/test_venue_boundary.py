@@ -29,12 +29,8 @@ WORKERS = ROOT / "workers"
 VENUE_PACKAGE = WORKERS / "exchange" / "venues"
 EXCHANGE_NAMES = frozenset(VENUES) | {venue.exchange for venue in VENUES.values()}
 
-# Known places that still ask which exchange it is, each with why it is not a venue hook yet.
-KNOWN_EXCEPTIONS = {
-    # The gateway refuses Binance's retired futures testnet when it builds a client; which
-    # account modes an exchange supports is not part of the Venue protocol yet.
-    ("workers/exchange/gateway.py", "binanceusdm"),
-}
+# Places that may still ask which exchange it is, each with why (none today).
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _conditions(tree: ast.AST) -> Iterator[ast.AST]:

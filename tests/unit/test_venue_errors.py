@@ -383,10 +383,22 @@ def test_an_exchange_code_says_more_than_cxxts_class(kind, answer, ccxt_class, e
 
 def test_a_duplicate_client_id_is_never_a_plain_rejection():
     # A resend refused as a duplicate proves the order exists: never "rejected".
-    error = translated(
-        ccxt.InvalidOrder("dup"), kind=Bybit, answer={"retCode": 110072, "retMsg": "dup"}
-    )
+    answer = {"retCode": 110072, "retMsg": "OrderLinkedID is duplicate"}
+    error = translated(ccxt.InvalidOrder(f"bybit {answer}"), kind=Bybit, answer=answer)
     assert not isinstance(error, Refused)
+
+
+def test_an_earlier_answer_never_lends_its_code_to_an_error_raised_before_sending():
+    # Given a client whose last answer was a duplicate-id refusal, and then an error ccxt
+    # raises on its own, before any request (its message carries no answer)
+    earlier = {"retCode": 110072, "retMsg": "OrderLinkedID is duplicate"}
+    error = translated(
+        ccxt.InvalidOrder("bybit amount must be greater than minimum"),
+        kind=Bybit,
+        answer=earlier,
+    )
+    # Then it is what ccxt says, not a duplicate
+    assert type(error) is Refused and error.code is None
 
 
 def test_a_rate_limit_carries_the_exchanges_retry_after():

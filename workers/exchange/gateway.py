@@ -116,15 +116,10 @@ def build_client(account: ExchangeAccount) -> ccxt.Exchange:
     )
     # The venue reads the exchange's own error code from the answer that failed.
     client.enableLastJsonResponse = True
-    if account.mode == "demo":
-        # Binance's futures testnet is gone; demo trading is its replacement.
-        client.enable_demo_trading(True)
-    elif account.mode == "testnet":
-        if account.ccxt_class == "binanceusdm":
-            raise GatewayError(
-                f"account {account.name!r}: Binance USDⓈ-M has no testnet any more; use mode 'demo'"
-            )
-        client.set_sandbox_mode(True)
+    try:
+        VENUES[account.ccxt_class].apply_mode(client, account.mode)
+    except ValueError as exc:
+        raise GatewayError(f"account {account.name!r}: {exc}") from None
     session = ExchangeSession()
     session.trust_env = client.session.trust_env
     client.session = session

@@ -335,12 +335,19 @@ class Venue:
         return kind(message, **context)
 
     def error_code(self, exc: ccxt_errors.BaseError) -> str | None:
-        """The exchange's error code in the answer that raised ``exc`` (None when it had none)."""
+        """The exchange's error code in the answer that raised ``exc`` (None when it had none).
+
+        Only an answer the exception carries counts (ccxt puts the exchange's body in its
+        message): an exception ccxt raised before sending must not take the code of an
+        earlier answer the client still holds.
+        """
         body = getattr(self.client, "last_json_response", None)
-        if isinstance(body, Mapping):
-            for key in ("code", "retCode", "sCode"):
-                if body.get(key) not in (None, "", 0, "0"):
-                    return str(body[key])
+        if not isinstance(body, Mapping):
+            return None
+        for key in ("code", "retCode", "sCode"):
+            if body.get(key) not in (None, "", 0, "0"):
+                code = str(body[key])
+                return code if code in str(exc) else None
         return None
 
     def retry_after_s(self) -> float | None:
@@ -358,6 +365,16 @@ class Venue:
     def client_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """The ccxt constructor config for this exchange (the gateway's common one, adjusted)."""
         return config
+
+    @classmethod
+    def apply_mode(cls, client: ccxt.Exchange, mode: str) -> None:
+        """Point a new client at the account's environment: ``demo`` (the exchange's demo
+        trading), ``testnet`` (its sandbox); ``live`` and ``sim`` change nothing here.
+        Raises ``ValueError`` for a mode the exchange does not offer."""
+        if mode == "demo":
+            client.enable_demo_trading(True)
+        elif mode == "testnet":
+            client.set_sandbox_mode(True)
 
     @classmethod
     def client_id_for(cls, client_order_id: str) -> str:

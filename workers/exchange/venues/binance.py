@@ -68,6 +68,13 @@ class BinanceUsdm(Venue):
         "-2013": OrderNotFound,
     }
 
+    @classmethod
+    def apply_mode(cls, client: ccxt.Exchange, mode: str) -> None:
+        if mode == "testnet":
+            # Binance's futures testnet is gone; demo trading replaced it.
+            raise ValueError("Binance USDⓈ-M has no testnet any more; use mode 'demo'")
+        super().apply_mode(client, mode)
+
     def load_account_facts(self, client: ccxt.Exchange) -> None:
         client.load_leverage_brackets()
 

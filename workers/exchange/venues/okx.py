@@ -174,6 +174,12 @@ class Okx(Venue):
         self._converted: tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]] | None = None
 
     @classmethod
+    def apply_mode(cls, client: ccxt.Exchange, mode: str) -> None:
+        # OKX's demo trading is its sandbox (ccxt sends x-simulated-trading).
+        if mode in ("demo", "testnet"):
+            client.set_sandbox_mode(True)
+
+    @classmethod
     def client_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         options = dict(config.get("options") or {})
         # ccxt.okx lists spot, futures and options too by default; execq trades swaps.
