@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -201,6 +202,49 @@ def test_a_login_form_from_elsewhere_is_refused(browser, console_url):
         answer = other.post("/console/login", data={"login_token": token, "api_key": OPERATOR_KEY})
     assert answer.status_code == 403
     assert "execq_console=" not in answer.headers.get("set-cookie", "")
+
+
+# --- what the overview shows ----------------------------------------------------------------
+
+
+def test_accounts_show_their_streams_cooldown_and_a_refused_key(browser):
+    from workers import redis_keys
+    from workers.coordination import refuse_account
+    from workers.exchange.ratelimit import set_cooldown
+    from workers.observability.cluster import record_stream_alive
+    from workers.redis_client import get_redis
+
+    # Given a live orders stream and a silent tickers stream on binance, none on bybit,
+    # binance cooling down after a 429 and bybit's key refused by the exchange
+    record_stream_alive("binance", "orders")
+    get_redis().hset(
+        redis_keys.STREAMS_LAST_ALIVE,
+        redis_keys.stream_field("binance", "tickers"),
+        time.time() - 600,
+    )
+    set_cooldown("binance", 30)
+    refuse_account("bybit", "invalid API key")
+    html = logged_in(browser)
+    binance = re.search(r'<tr data-account="binance">(.*?)</tr>', html, re.S).group(1)
+    bybit = re.search(r'<tr data-account="bybit">(.*?)</tr>', html, re.S).group(1)
+    assert re.search(r"orders \d+s</span>", binance)
+    assert re.search(r"tickers 10m 0\ds stale", binance)
+    assert re.search(r'class="bad">(29\.\d|30\.0) s<', binance)
+    assert "no stream" in bybit
+    assert "refused: invalid API key" in bybit
+    assert "usable" in binance
+
+
+def test_alerts_show_critical_ones_first(browser):
+    from workers.store.db import session_scope
+    from workers.store.events import raise_alert
+
+    with session_scope() as session:
+        raise_alert(session, "order_unknown", "the older, critical one", severity="critical")
+    with session_scope() as session:
+        raise_alert(session, "stream_stale", "the newer warning", severity="warning")
+    html = logged_in(browser)
+    assert html.index("the older, critical one") < html.index("the newer warning")
 
 
 # --- CSRF, scopes, fields ---------------------------------------------------------------------

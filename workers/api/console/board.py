@@ -153,8 +153,8 @@ def accounts(settings: Settings) -> list[AccountView]:
 
 
 def positions() -> list[dict[str, Any]]:
-    """Open positions with their mark (the cached price) and unrealised PnL there."""
-    rows = reports.open_positions()
+    """Open positions, by account, with their mark (the cached price) and unrealised PnL."""
+    rows = sorted(reports.open_positions(), key=lambda row: (row["account"], row["symbol"]))
     marks = cached_prices({(row["account"], row["symbol"]) for row in rows})
     for row in rows:
         mark = marks.get((row["account"], row["symbol"]))

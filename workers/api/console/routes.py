@@ -197,7 +197,8 @@ def _clear_cookie(request: Request, response: Response, name: str) -> None:
 @router.get("/login")
 async def login_form(request: Request) -> Response:
     console = console_of(request)
-    if await run_in_threadpool(console.sessions.resume, request.cookies.get(SESSION_COOKIE)):
+    session = await run_in_threadpool(console.sessions.resume, request.cookies.get(SESSION_COOKIE))
+    if session is not None and session.key.allows(READ):
         return secured(RedirectResponse("/console", status_code=303))
     return await _login_page(request)
 
