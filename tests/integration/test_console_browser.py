@@ -317,6 +317,10 @@ def test_the_kill_switch_toggled_from_the_page_refuses_the_next_open(
     wait_for(lambda: (text_of(page, "#kill-switch") or "").startswith("Kill switch off"), 10)
     reopened = send_signal(console_url)
     wait_for(lambda: order_status(reopened["client_order_id"]) == "filled", 30)
+    if SCREENSHOTS:
+        page.get(f"{console_url}/console/events?kind=signal&id={reopened['signal_id']}")
+        wait_for(lambda: text_of(page, "#events td.payload"), 10)
+        screenshot(page, "console-events", (1180, 700), full=False)
 
 
 def test_an_action_without_the_operate_scope_is_refused_with_a_403_page(page, console_url, db):
@@ -361,4 +365,3 @@ def test_html_from_an_exchange_or_a_producer_renders_as_text(page, console_url):
     assert HOSTILE in text_of(page, "#events td.payload")
     assert page.find_elements(By.CSS_SELECTOR, "main img") == []
     assert page.execute_script("return window.pwned") is None
-    screenshot(page, "console-events", (1100, 600), full=False)
