@@ -61,7 +61,7 @@ def console_url(database: str, redis_server: str, process_stack) -> Iterator[str
 
 
 @pytest.fixture
-def browser(console_url: str, db, redis_clean) -> Iterator[httpx.Client]:
+def http(console_url: str, db, redis_clean) -> Iterator[httpx.Client]:
     """An HTTP client that keeps cookies like a browser, on clean state."""
     with httpx.Client(base_url=console_url, timeout=15, follow_redirects=False) as client:
         yield client
@@ -124,16 +124,16 @@ def kill_switch_on() -> bool:
 # --- sessions -------------------------------------------------------------------------------
 
 
-def test_without_a_session_the_console_sends_a_browser_to_the_login_form(browser):
-    answer = browser.get("/console")
+def test_without_a_session_the_console_sends_a_browser_to_the_login_form(http):
+    answer = http.get("/console")
     assert answer.status_code == 303
     assert answer.headers["location"] == "/console/login"
     # A page's own refresh is told to log in again instead
-    assert browser.get("/console", headers={"X-Console-Live": "1"}).status_code == 401
+    assert http.get("/console", headers={"X-Console-Live": "1"}).status_code == 401
 
 
-def test_a_login_sets_a_signed_httponly_strict_cookie_that_holds_no_key(browser):
-    answer = log_in(browser, OPERATOR_KEY)
+def test_a_login_sets_a_signed_httponly_strict_cookie_that_holds_no_key(http):
+    answer = log_in(http, OPERATOR_KEY)
     assert answer.status_code == 303
     cookie = next(
         header
@@ -144,7 +144,7 @@ def test_a_login_sets_a_signed_httponly_strict_cookie_that_holds_no_key(browser)
     assert {"httponly", "samesite=strict", "path=/console"} <= attributes
     value = cookie.split(";")[0].removeprefix("execq_console=")
     assert OPERATOR_KEY not in value and "operator" not in value
-    page = browser.get("/console")
+    page = http.get("/console")
     assert page.status_code == 200
     assert "operator" in page.text
     # The pages are not framed, run only the console's own script and are not cached
@@ -153,26 +153,51 @@ def test_a_login_sets_a_signed_httponly_strict_cookie_that_holds_no_key(browser)
     assert page.headers["cache-control"] == "no-store"
 
 
-def test_no_secret_appears_on_any_page(browser):
-    pages = [logged_in(browser)]
-    pages.append(browser.get("/console/events").text)
-    pages.append(propose(browser, "kill_switch", state="on", reason="look").text)
+def test_no_secret_appears_on_any_page(http):
+    pages = [logged_in(http)]
+    pages.append(http.get("/console/events").text)
+    pages.append(propose(http, "kill_switch", state="on", reason="look").text)
     for html in pages:
         for secret in (OPERATOR_KEY, VIEWER_KEY, BOT_KEY, ACCOUNT_SECRET):
             assert secret not in html
 
 
-def test_a_cookie_with_a_forged_signature_is_no_session(browser):
-    logged_in(browser)
-    session_id = browser.cookies["execq_console"].split(".")[0]
-    browser.cookies.set("execq_console", f"{session_id}.forged", path="/console")
-    assert browser.get("/console").status_code == 303
+def test_a_cookie_with_a_forged_signature_is_no_session(http, console_url):
+    logged_in(http)
+    session_id, signature = http.cookies["execq_console"].split(".")
+    forged = ("B" if signature[0] == "A" else "A") + signature[1:]
+    for cookie, status in ((f"{session_id}.{signature}", 200), (f"{session_id}.{forged}", 303)):
+        with httpx.Client(base_url=console_url, cookies={"execq_console": cookie}) as other:
+            assert other.get("/console", follow_redirects=False).status_code == status
 
 
-def test_logout_ends_the_session_on_the_server(browser, console_url):
-    html = logged_in(browser)
-    copied = browser.cookies["execq_console"]
-    answer = browser.post("/console/logout", data={"csrf_token": hidden(html, "csrf_token")})
+def test_a_new_login_ends_the_browsers_previous_session(http, console_url):
+    # Given a browser logged in as the viewer, and a login form open in another tab
+    logged_in(http, VIEWER_KEY)
+    viewer_cookie = http.cookies["execq_console"]
+    with httpx.Client(base_url=console_url) as tab:
+        token = hidden(tab.get("/console/login").text, "login_token")
+        login_cookie = tab.cookies["execq_console_login"]
+    # When it logs in there as the operator
+    with httpx.Client(
+        base_url=console_url,
+        cookies={"execq_console": viewer_cookie, "execq_console_login": login_cookie},
+    ) as same_browser:
+        answer = same_browser.post(
+            "/console/login", data={"login_token": token, "api_key": OPERATOR_KEY}
+        )
+        assert answer.status_code == 303
+    # Then the viewer's session is over
+    with httpx.Client(base_url=console_url, cookies={"execq_console": viewer_cookie}) as old:
+        assert old.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_logout_ends_the_session_on_the_server(http, console_url):
+    html = logged_in(http)
+    copied = http.cookies["execq_console"]
+    with httpx.Client(base_url=console_url, cookies={"execq_console": copied}) as thief:
+        assert thief.get("/console", follow_redirects=False).status_code == 200
+    answer = http.post("/console/logout", data={"csrf_token": hidden(html, "csrf_token")})
     assert answer.status_code == 303
     assert answer.headers["location"] == "/console/login"
     # A copy of the cookie taken before the logout opens nothing
@@ -187,17 +212,17 @@ def test_logout_ends_the_session_on_the_server(browser, console_url):
         (BOT_KEY, 403, "lacks the &#39;read&#39; scope"),
     ],
 )
-def test_a_key_that_is_unknown_or_cannot_read_starts_no_session(browser, key, status, says):
-    answer = log_in(browser, key)
+def test_a_key_that_is_unknown_or_cannot_read_starts_no_session(http, key, status, says):
+    answer = log_in(http, key)
     assert answer.status_code == status
     assert says in answer.text
-    assert "execq_console" not in browser.cookies
+    assert "execq_console" not in http.cookies
     assert key not in answer.text
 
 
-def test_a_login_form_from_elsewhere_is_refused(browser, console_url):
+def test_a_login_form_from_elsewhere_is_refused(http, console_url):
     # Given a login posted without the form's own cookie (another site's form)
-    token = hidden(browser.get("/console/login").text, "login_token")
+    token = hidden(http.get("/console/login").text, "login_token")
     with httpx.Client(base_url=console_url) as other:
         answer = other.post("/console/login", data={"login_token": token, "api_key": OPERATOR_KEY})
     assert answer.status_code == 403
@@ -207,7 +232,7 @@ def test_a_login_form_from_elsewhere_is_refused(browser, console_url):
 # --- what the overview shows ----------------------------------------------------------------
 
 
-def test_accounts_show_their_streams_cooldown_and_a_refused_key(browser):
+def test_accounts_show_their_streams_cooldown_and_a_refused_key(http):
     from workers import redis_keys
     from workers.coordination import refuse_account
     from workers.exchange.ratelimit import set_cooldown
@@ -224,7 +249,7 @@ def test_accounts_show_their_streams_cooldown_and_a_refused_key(browser):
     )
     set_cooldown("binance", 30)
     refuse_account("bybit", "invalid API key")
-    html = logged_in(browser)
+    html = logged_in(http)
     binance = re.search(r'<tr data-account="binance">(.*?)</tr>', html, re.S).group(1)
     bybit = re.search(r'<tr data-account="bybit">(.*?)</tr>', html, re.S).group(1)
     assert re.search(r"orders \d+s</span>", binance)
@@ -235,7 +260,7 @@ def test_accounts_show_their_streams_cooldown_and_a_refused_key(browser):
     assert "usable" in binance
 
 
-def test_alerts_show_critical_ones_first(browser):
+def test_alerts_show_critical_ones_first(http):
     from workers.store.db import session_scope
     from workers.store.events import raise_alert
 
@@ -243,7 +268,7 @@ def test_alerts_show_critical_ones_first(browser):
         raise_alert(session, "order_unknown", "the older, critical one", severity="critical")
     with session_scope() as session:
         raise_alert(session, "stream_stale", "the newer warning", severity="warning")
-    html = logged_in(browser)
+    html = logged_in(http)
     assert html.index("the older, critical one") < html.index("the newer warning")
 
 
@@ -251,29 +276,29 @@ def test_alerts_show_critical_ones_first(browser):
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong-token"])
-def test_an_action_without_the_sessions_csrf_token_does_nothing(browser, token):
-    logged_in(browser)
+def test_an_action_without_the_sessions_csrf_token_does_nothing(http, token):
+    logged_in(http)
     fields = {"state": "on", "reason": "csrf"}
     if token is not None:
         fields["csrf_token"] = token
-    answer = browser.post("/console/actions/kill_switch", data=fields)
+    answer = http.post("/console/actions/kill_switch", data=fields)
     assert answer.status_code == 403
     assert "token does not match" in answer.text
     assert 'name="confirmation"' not in answer.text
 
 
-def test_a_key_without_operate_is_refused_every_action(browser):
-    html = logged_in(browser, VIEWER_KEY)
+def test_a_key_without_operate_is_refused_every_action(http):
+    html = logged_in(http, VIEWER_KEY)
     csrf = hidden(html, "csrf_token")
     for kind, fields in (
         ("kill_switch", {"state": "on", "reason": "viewer"}),
         ("liquidate", {"reason": "viewer"}),
         ("cancel", {"client_order_id": "xqopen-anything"}),
     ):
-        answer = browser.post(f"/console/actions/{kind}", data={"csrf_token": csrf, **fields})
+        answer = http.post(f"/console/actions/{kind}", data={"csrf_token": csrf, **fields})
         assert answer.status_code == 403, kind
         assert "lacks the &#39;operate&#39; scope" in answer.text
-    answer = browser.post("/console/confirm", data={"csrf_token": csrf, "confirmation": "x"})
+    answer = http.post("/console/confirm", data={"csrf_token": csrf, "confirmation": "x"})
     assert answer.status_code == 403
     assert not kill_switch_on()
     assert events_of("kill_switch_on", "liquidation_requested", "cancel_requested") == []
@@ -293,29 +318,29 @@ def test_a_key_without_operate_is_refused_every_action(browser):
         ("reboot", {}, "No such action"),
     ],
 )
-def test_every_form_field_is_checked_on_the_server(browser, kind, fields, says):
-    logged_in(browser)
-    answer = propose(browser, kind, **fields)
+def test_every_form_field_is_checked_on_the_server(http, kind, fields, says):
+    logged_in(http)
+    answer = propose(http, kind, **fields)
     assert answer.status_code in (404, 422), answer.text
     assert says in answer.text
     assert 'name="confirmation"' not in answer.text
     assert not kill_switch_on()
 
 
-def test_a_finished_order_cannot_be_cancelled(browser):
+def test_a_finished_order_cannot_be_cancelled(http):
     from workers.store.db import session_scope
 
     with session_scope() as session:
         session.add(stored_order("xqopen-finished", "filled", booked="0.01"))
-    logged_in(browser)
-    answer = propose(browser, "cancel", client_order_id="xqopen-finished")
+    logged_in(http)
+    answer = propose(http, "cancel", client_order_id="xqopen-finished")
     assert answer.status_code == 422
     assert "already filled" in answer.text
 
 
-def test_the_event_filter_is_checked(browser):
-    logged_in(browser)
-    answer = browser.get("/console/events", params={"kind": "position", "id": "12 OR 1=1"})
+def test_the_event_filter_is_checked(http):
+    logged_in(http)
+    answer = http.get("/console/events", params={"kind": "position", "id": "12 OR 1=1"})
     assert answer.status_code == 422
     assert "a position id is a number" in answer.text
 
@@ -323,16 +348,16 @@ def test_the_event_filter_is_checked(browser):
 # --- confirmations ------------------------------------------------------------------------------
 
 
-def test_the_kill_switch_needs_a_confirmation_used_once_and_names_the_key(browser):
+def test_the_kill_switch_needs_a_confirmation_used_once_and_names_the_key(http):
     # Given an operator who asked for the kill switch
-    logged_in(browser)
-    proposed = propose(browser, "kill_switch", state="on", reason="exchange incident")
+    logged_in(http)
+    proposed = propose(http, "kill_switch", state="on", reason="exchange incident")
     assert proposed.status_code == 200
     assert "exchange incident" in proposed.text
     # Then nothing happened before the confirmation
     assert not kill_switch_on()
     # When it is confirmed
-    done = confirm(browser, proposed)
+    done = confirm(http, proposed)
     assert done.status_code == 303
     # Then the switch is on, its event names the key, and the next page says so once
     from workers.coordination import kill_switch_state
@@ -343,18 +368,18 @@ def test_the_kill_switch_needs_a_confirmation_used_once_and_names_the_key(browse
     [event] = events_of("kill_switch_on")
     assert event.payload["api_key"] == "operator"
     assert event.payload["source"] == "console"
-    page = browser.get("/console").text
+    page = http.get("/console").text
     assert "Kill switch ON: exchange incident" in page
-    assert "Kill switch ON: exchange incident" not in browser.get("/console").text
+    assert "Kill switch ON: exchange incident" not in http.get("/console").text
     # And the same confirmation again does nothing
-    again = confirm(browser, proposed)
+    again = confirm(http, proposed)
     assert again.status_code == 409
     assert len(events_of("kill_switch_on")) == 1
 
 
-def test_a_confirmation_issued_to_another_session_does_nothing(browser, console_url):
-    logged_in(browser)
-    proposed = propose(browser, "kill_switch", state="on", reason="mine")
+def test_a_confirmation_issued_to_another_session_does_nothing(http, console_url):
+    logged_in(http)
+    proposed = propose(http, "kill_switch", state="on", reason="mine")
     with httpx.Client(base_url=console_url, follow_redirects=False) as other:
         logged_in(other)
         answer = other.post(
@@ -371,9 +396,7 @@ def test_a_confirmation_issued_to_another_session_does_nothing(browser, console_
 # --- cancel and liquidate, with a worker -------------------------------------------------------
 
 
-def test_an_order_cancelled_from_the_console_ends_canceled_with_the_keys_event(
-    browser, worker, sim
-):
+def test_an_order_cancelled_from_the_console_ends_canceled_with_the_keys_event(http, worker, sim):
     from workers.producer import submit_limit_order
     from workers.store.orders import load_order
 
@@ -384,12 +407,12 @@ def test_an_order_cancelled_from_the_console_ends_canceled_with_the_keys_event(
     ).get(timeout=30)
     assert resting["status"] == "open"
     client_order_id = resting["client_order_id"]
-    html = logged_in(browser)
+    html = logged_in(http)
     assert client_order_id in html
     # When the operator cancels it and confirms
-    proposed = propose(browser, "cancel", client_order_id=client_order_id)
+    proposed = propose(http, "cancel", client_order_id=client_order_id)
     assert proposed.status_code == 200
-    assert confirm(browser, proposed).status_code == 303
+    assert confirm(http, proposed).status_code == 303
     # Then the order ends canceled, and the request is an event naming the key
     wait_for(
         lambda: load_order(client_order_id).status == "canceled",
@@ -401,17 +424,17 @@ def test_an_order_cancelled_from_the_console_ends_canceled_with_the_keys_event(
     assert requested.payload["api_key"] == "operator"
 
 
-def test_liquidate_all_from_the_console_closes_everything_and_names_the_key(browser, worker, sim):
+def test_liquidate_all_from_the_console_closes_everything_and_names_the_key(http, worker, sim):
     from workers.producer import submit_market_order
 
     filled = submit_market_order(
         f"console-{uuid.uuid4().hex[:10]}", "binance", ETH, "buy", "0.1"
     ).get(timeout=30)
     assert filled["status"] == "filled"
-    logged_in(browser)
-    proposed = propose(browser, "liquidate", reason="drill")
+    logged_in(http)
+    proposed = propose(http, "liquidate", reason="drill")
     assert "Liquidate everything" in proposed.text
-    assert confirm(browser, proposed).status_code == 303
+    assert confirm(http, proposed).status_code == 303
 
     wait_for(lambda: events_of("liquidation_summary"), 60, message="no liquidation summary")
     assert not [p for p in sim.positions() if Decimal(p["size"])]
@@ -425,7 +448,7 @@ def test_liquidate_all_from_the_console_closes_everything_and_names_the_key(brow
 # --- escaping -------------------------------------------------------------------------------
 
 
-def test_values_from_an_exchange_or_a_producer_are_escaped(browser):
+def test_values_from_an_exchange_or_a_producer_are_escaped(http):
     from workers.store.db import session_scope
     from workers.store.events import record_event
 
@@ -439,8 +462,8 @@ def test_values_from_an_exchange_or_a_producer_are_escaped(browser):
             symbol=HOSTILE[:64],
             payload={"metadata": {"note": HOSTILE}},
         )
-    overview = logged_in(browser)
-    events = browser.get("/console/events", params={"kind": "order", "id": "xqopen-hostile"}).text
+    overview = logged_in(http)
+    events = http.get("/console/events", params={"kind": "order", "id": "xqopen-hostile"}).text
     for html in (overview, events):
         assert HOSTILE not in html
         assert "&lt;img src=x onerror=" in html

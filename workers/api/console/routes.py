@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
+from workers import redis_keys
 from workers.api.auth import OPERATE, READ
 from workers.api.bodies import BodyTooLarge, read_body
 from workers.api.console import board
@@ -57,6 +58,7 @@ from workers.api.console.sessions import (
 from workers.api.problems import UNAVAILABLE_ERRORS
 from workers.exchange.ratelimit import RateLimit, take_from_bucket
 from workers.execution.order_state import IN_FLIGHT
+from workers.redis_client import get_redis
 from workers.settings import Settings
 
 logger = logging.getLogger("execq.console")
@@ -134,13 +136,14 @@ router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schem
 # --- sessions -------------------------------------------------------------------------------
 
 
-async def _session(request: Request, scope: str = READ) -> ConsoleSession:
+async def _session(request: Request, scope: str | None = READ) -> ConsoleSession:
+    """The request's session, whose key holds ``scope`` (None: any key may, as to log out)."""
     console = console_of(request)
     session = await run_in_threadpool(console.sessions.resume, request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise LoginRequired
     request.state.api_key = session.key.name
-    if not session.key.allows(scope):
+    if scope is not None and not session.key.allows(scope):
         raise ConsoleRefusal(
             403,
             "Not allowed with this key",
@@ -246,6 +249,9 @@ async def login(request: Request) -> Response:
         return await _login_page(
             request, 403, f"The key '{key.name}' lacks the 'read' scope the console needs."
         )
+    previous = await run_in_threadpool(console.sessions.resume, request.cookies.get(SESSION_COOKIE))
+    if previous is not None:
+        await run_in_threadpool(console.sessions.end, previous)
     cookie = await run_in_threadpool(console.sessions.start, key)
     logger.info("console login: key %s from %s", key.name, address)
     request.state.api_key = key.name
@@ -256,9 +262,6 @@ async def login(request: Request) -> Response:
 
 
 def _login_wait_s(address: str) -> float:
-    from workers import redis_keys
-    from workers.redis_client import get_redis
-
     return take_from_bucket(
         get_redis(),
         redis_keys.console_login_budget(address),
@@ -269,7 +272,7 @@ def _login_wait_s(address: str) -> float:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    session = await _session(request)
+    session = await _session(request, scope=None)
     await _form(request, session)
     await run_in_threadpool(console_of(request).sessions.end, session)
     logger.info("console logout: key %s", session.key.name)

@@ -5,6 +5,26 @@
 (function () {
   "use strict";
   var body = document.body;
+
+  // A second click on a submit button sends nothing more (the first one is on its way).
+  // Disabled after the submission has taken the clicked button's name and value.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    window.setTimeout(function () {
+      form.querySelectorAll("button[type=submit]").forEach(function (button) {
+        button.disabled = true;
+      });
+    }, 0);
+  });
+  // A page brought back by the browser's Back button is usable again.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) {
+      document.querySelectorAll("button[type=submit]").forEach(function (button) {
+        button.disabled = false;
+      });
+    }
+  });
+
   if (!body.hasAttribute("data-live-page")) {
     return;
   }
