@@ -90,3 +90,35 @@ def api_rate_limit_cooldown(key_name: str) -> str:
 
 def api_recording(client_order_id: str) -> str:
     return f"{PREFIX}api:recording:{client_order_id}"
+
+
+# The operator's console (/console in ``execq api``): the key that signs its cookies
+# (made once, shared by every API process), each browser session and pending
+# confirmation under the SHA-256 of its random id (a copy of Redis holds no cookie),
+# the one-time notice a session sees after an action, and the prices it sampled
+# for each aged episode's chart.
+CONSOLE_SIGNING_KEY = PREFIX + "console:signing-key"
+
+
+def console_session(session_hash: str) -> str:
+    return f"{PREFIX}console:session:{session_hash}"
+
+
+def console_confirmation(token_hash: str) -> str:
+    return f"{PREFIX}console:confirmation:{token_hash}"
+
+
+def console_notice(session_hash: str) -> str:
+    return f"{PREFIX}console:notice:{session_hash}"
+
+
+def console_aged_prices(aged_id: int) -> str:
+    return f"{PREFIX}console:aged-prices:{aged_id}"
+
+
+def console_login_budget(address: str) -> str:
+    return f"{PREFIX}console:login-budget:{address}"
+
+
+def console_login_cooldown(address: str) -> str:
+    return f"{PREFIX}console:login-budget:{address}:cooldown"

@@ -353,6 +353,13 @@ class Settings(BaseSettings):
     # A Standard Webhooks ``webhook-timestamp`` further than this from now is refused
     # (the scheme's recommended five minutes), which bounds a replay of a signed request.
     api_signature_tolerance_s: float = Field(default=300.0, gt=0)
+    # The operator's console (/console): a login lasts this long from the moment it was
+    # made; its pages refresh every ``console_refresh_s``. Its cookie is marked Secure
+    # when the request came over HTTPS, and always with ``console_secure_cookie`` (set it
+    # behind a TLS proxy, which hands the API plain HTTP).
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    console_refresh_s: float = Field(default=5.0, ge=0.5, le=300)
+    console_secure_cookie: bool = False
     # Register the benchmark's reference tasks (``execq bench`` sets it for its own
     # workers); a production worker does not know them.
     harness_tasks: bool = False

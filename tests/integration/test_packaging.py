@@ -1,4 +1,5 @@
-"""The wheel works outside a checkout: ``execq migrate``, ``execq sim``, a Celery worker.
+"""The wheel works outside a checkout: ``execq migrate``, ``execq sim``, a Celery worker,
+the console's pages.
 
 The wheel is built from a copy of the source tree, installed with ``--no-deps``
 into a fresh virtual environment, and run from a temporary directory. The
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +111,10 @@ def test_the_wheel_carries_the_migrations_and_no_tests(installed: dict[str, Path
     assert shipped and {f"workers/migrations/versions/{name}" for name in shipped} <= names
     assert {"workers/migrations/env.py", "workers/migrations/script.py.mako"} <= names
     assert {"beat_schedule.py", "tasks/__init__.py", "exchange_sim/__init__.py"} <= names
+    console = ROOT / "workers" / "api" / "console"
+    shipped_files = [*console.glob("templates/*.html"), *console.glob("static/*")]
+    assert shipped_files
+    assert {f"{path.relative_to(ROOT)}" for path in shipped_files} <= names
     assert not [name for name in names if name.startswith(("tests/", "migrations/"))]
 
 
@@ -160,3 +166,31 @@ def test_a_celery_worker_from_the_wheel_answers_a_ping(installed: dict[str, Path
         worker = stack.start_worker("wheel-probe", concurrency=1)
         assert stack.ping("wheel-probe")
         assert "wheel-probe@localhost ready" in worker.log_tail(200)
+
+
+def test_the_console_from_the_wheel_serves_its_pages_and_files(installed: dict[str, Path]) -> None:
+    import httpx
+
+    # A Redis database of its own, as the worker's probe above.
+    redis_url = TEST_REDIS_URL.rsplit("/", 1)[0] + "/7"
+    keys = json.dumps([{"name": "probe", "key": "p" * 32, "scopes": ["read"]}])
+    with Stack(
+        env={
+            "REDIS_URL": redis_url,
+            "EXECQ_API_KEYS": keys,
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONPATH": "",
+        },
+        workdir=installed["run_dir"] / "logs",
+        python=str(installed["venv"] / "bin" / "python"),
+        cwd=installed["run_dir"],
+    ) as stack:
+        url = stack.start_api(name="wheel-console")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            login = client.get("/console/login")
+            assert login.status_code == 200, login.text
+            assert 'name="api_key"' in login.text
+            assets = re.findall(r'(?:href|src)="(/console/static/[^"]+)"', login.text)
+            assert len(assets) == 2, assets  # the stylesheet and the script
+            for asset in assets:
+                assert client.get(asset).status_code == 200, asset

@@ -6,11 +6,13 @@ database), the problem-details handlers and the access log. Routers:
 
     workers.api.signals    POST /v1/signals, GET /v1/signals/{signal_id}
     workers.api.webhooks   POST /v1/webhooks/tradingview
+    workers.api.console    /console: the operator's pages (a browser session per key)
 
-Another surface (the operator's console under ``/console``) is one more router:
-it authenticates with ``workers.api.auth.require("read")`` (``"operate"`` for
-its actions), reads through ``workers.store.reports``, and answers refusals with
-``workers.api.problems.Problem``; ``request.app.state.context`` holds what it needs.
+Another surface is one more router: it authenticates with
+``workers.api.auth.require(scope)``, reads through ``workers.store.reports``, and
+answers refusals with ``workers.api.problems.Problem``; ``request.app.state.context``
+holds what it needs. The console answers with HTML pages instead (a browser shows
+them) and keeps its own state on ``request.app.state.console``.
 
 Nothing here is imported by a worker, beat or producer (``workers.app`` stays
 free of FastAPI); ``execq api`` imports it when it starts.
@@ -23,29 +25,24 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-import redis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import TypeAdapter
-from sqlalchemy.exc import OperationalError as SqlOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.api import problems, signals, webhooks
+from workers.api import console, problems, signals, webhooks
 from workers.api.auth import KeyRing
 from workers.api.bodies import BodyTooLarge, InvalidBody
 from workers.api.ingress import Ingress
-from workers.api.problems import Problem
+from workers.api.problems import UNAVAILABLE_ERRORS, Problem
 from workers.api.ratelimit import KeyRateLimiter
 from workers.api.tradingview import TradingViewAlert
 from workers.execution.signal import OrderArguments, SignalLimits
 from workers.settings import Settings, get_settings
-from workers.store.db import DatabaseUnavailable
 
 logger = logging.getLogger("execq.api")
 access_logger = logging.getLogger("execq.api.access")
@@ -58,15 +55,6 @@ Authenticate with `Authorization: Bearer <key>` (keys from `EXECQ_API_KEYS`), or
 Standard Webhooks signature, or (TradingView) the key in the body's `secret`.
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
-
-# Failures of a service the API depends on: the request may succeed later (503).
-UNAVAILABLE_ERRORS = (
-    SqlOperationalError,
-    psycopg.OperationalError,
-    DatabaseUnavailable,
-    redis.RedisError,
-    KombuOperationalError,
-)
 
 
 @dataclass(frozen=True)
@@ -110,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AccessLog)
     app.include_router(signals.router)
     app.include_router(webhooks.router)
+    console.install(app, settings)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

@@ -102,6 +102,10 @@ class KeyRing:
                 found = key
         return found
 
+    def by_name(self, name: str) -> ApiKey | None:
+        """The configured key called ``name`` (a console session names its key so)."""
+        return self._by_name.get(name)
+
     def by_signature(
         self, headers: Mapping[str, str], body: bytes, *, now_s: float, tolerance_s: float
     ) -> ApiKey:

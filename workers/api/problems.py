@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import OperationalError as SqlOperationalError
 from starlette.responses import JSONResponse
+
+from workers.store.db import DatabaseUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:execq:problem:"
@@ -50,6 +56,15 @@ RATE_LIMITED = ProblemType("rate-limited", 429, "Too many requests for this API 
 INTERNAL = ProblemType("internal-error", 500, "The server failed to answer")
 UNAVAILABLE = ProblemType(
     "service-unavailable", 503, "A service execq depends on (PostgreSQL, Redis) is unreachable"
+)
+
+# Failures of a service the API depends on: the request may succeed later (503).
+UNAVAILABLE_ERRORS = (
+    SqlOperationalError,
+    psycopg.OperationalError,
+    DatabaseUnavailable,
+    redis.RedisError,
+    KombuOperationalError,
 )
 
 CATALOGUE = (

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from workers.execution.aged_state import TRACKED, AgedStatus
 from workers.execution.order_state import IN_FLIGHT
@@ -64,6 +64,10 @@ def active_aged() -> list[dict[str, Any]]:
                 + aged.extra_tolerance_percent,
                 "attempts": aged.attempts,
                 "consecutive_failures": aged.consecutive_failures,
+                "detected_at": aged.detected_at,
+                "phase_changed_at": aged.phase_changed_at,
+                "target_reached_at": aged.target_reached_at,
+                "last_error": aged.last_error,
             }
             for aged, position in rows
         ]
@@ -91,6 +95,13 @@ def orders_in_flight(limit: int = 20) -> tuple[dict[str, int], list[dict[str, An
                 "amount": row.amount,
                 "status": row.status,
                 "updated_at": row.updated_at,
+                "id": row.id,
+                "signal_id": row.signal_id,
+                "order_type": row.order_type,
+                "price": row.price,
+                "filled": row.filled,
+                "reduce_only": row.reduce_only,
+                "created_at": row.created_at,
             }
             for row in rows
         ]
@@ -102,9 +113,13 @@ def recent_events(
     symbol: str | None = None,
     order: str | None = None,
     aged_id: int | None = None,
+    signal_id: str | None = None,
+    position_id: int | None = None,
     after_id: int = 0,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
+    """The latest ``limit`` events matching every filter given (oldest first); with
+    ``after_id``, the first ``limit`` after it."""
     query = select(Event)
     if types:
         query = query.where(Event.type.in_(types))
@@ -117,6 +132,10 @@ def recent_events(
             query = query.where(Event.client_order_id == order)
     if aged_id is not None:
         query = query.where(Event.aged_id == aged_id)
+    if signal_id is not None:
+        query = query.where(Event.signal_id == signal_id)
+    if position_id is not None:
+        query = query.where(Event.position_id == position_id)
     if after_id:
         query = query.where(Event.id > after_id).order_by(Event.id).limit(limit)
     else:
@@ -131,6 +150,7 @@ def recent_events(
                 "account": row.account,
                 "symbol": row.symbol,
                 "client_order_id": row.client_order_id,
+                "signal_id": row.signal_id,
                 "order_id": row.order_id,
                 "position_id": row.position_id,
                 "aged_id": row.aged_id,
@@ -141,6 +161,67 @@ def recent_events(
             for row in rows
         ]
     return sorted(events, key=lambda event: event["id"])
+
+
+# Alerts ranked for a person: critical before warnings, then the newest first.
+_SEVERITY_RANK = case((Alert.severity == "critical", 0), (Alert.severity == "warning", 1), else_=2)
+
+
+def recent_alerts(*, since: datetime, limit: int = 30) -> list[dict[str, Any]]:
+    """Alerts raised since ``since``: critical first, then the newest first."""
+    with session_scope() as session:
+        rows = session.scalars(
+            select(Alert)
+            .where(Alert.occurred_at >= since)
+            .order_by(_SEVERITY_RANK, Alert.occurred_at.desc(), Alert.id.desc())
+            .limit(limit)
+        ).all()
+        return [
+            {
+                "id": row.id,
+                "severity": row.severity,
+                "kind": row.kind,
+                "message": row.message,
+                "occurred_at": row.occurred_at,
+                "account": row.account,
+                "symbol": row.symbol,
+                "order_id": row.order_id,
+                "position_id": row.position_id,
+                "aged_id": row.aged_id,
+                "acknowledged_at": row.acknowledged_at,
+            }
+            for row in rows
+        ]
+
+
+def aged_episode(aged_id: int) -> dict[str, Any] | None:
+    """One aged episode (any status) with its position's terms, or None."""
+    with session_scope() as session:
+        row = session.execute(
+            select(AgedPosition, Position)
+            .join(Position, Position.id == AgedPosition.position_id)
+            .where(AgedPosition.id == aged_id)
+        ).one_or_none()
+        if row is None:
+            return None
+        aged, position = row
+        return {
+            "id": aged.id,
+            "position_id": position.id,
+            "account": position.account,
+            "symbol": position.symbol,
+            "side": position.side,
+            "size": position.size,
+            "entry_price": position.entry_price,
+            "status": aged.status,
+            "phase": aged.phase,
+            "target_price": aged.target_price,
+            "detected_at": aged.detected_at,
+            "phase_changed_at": aged.phase_changed_at,
+            "close_price": aged.close_price,
+            "close_reason": aged.close_reason,
+            "closed_at": aged.closed_at,
+        }
 
 
 def aged_statistics(days: float) -> dict[str, Any]:

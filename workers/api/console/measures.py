@@ -1,0 +1,97 @@
+"""What the console computes from stored values, with no I/O: rate-limit headroom,
+distance to an aged target, stream health, a position's unrealised PnL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from workers.exchange.ratelimit import RateLimit
+from workers.execution.aged import target_reached
+from workers.execution.positions import PositionState, roi_percent, unrealized_pnl
+
+HUNDRED = Decimal(100)
+# Seconds without a message or heartbeat after which a stream counts as stale: the
+# threshold of the ``stream_stale`` alert (deploy/prometheus, docs/operations.md).
+STREAM_STALE_AFTER_S = 120.0
+
+
+def rate_limit_headroom(tat_ms: float | None, now_ms: float, limit: RateLimit) -> float:
+    """Weight units the shared limiter would grant at once now (0 to ``limit.burst``).
+
+    The limiter (``workers.exchange.ratelimit``, GCRA) stores a theoretical arrival
+    time ``tat_ms``; a request of weight ``w`` goes when ``tat + w * interval - burst
+    <= now``, so ``(now + burst - tat) / interval`` units are free. No stored time
+    (expired, or never used) is a full bucket.
+    """
+    if tat_ms is None or tat_ms <= now_ms:
+        return float(limit.burst)
+    free = (now_ms + limit.burst_ms - tat_ms) / limit.interval_ms
+    return max(0.0, min(float(limit.burst), free))
+
+
+@dataclass(frozen=True)
+class Distance:
+    """How far the price is from an aged episode's close target.
+
+    ``move`` is ``target - price``: positive when the price must rise to reach it,
+    negative when it must fall; ``percent`` is that move over the price. ``reached``
+    follows the close rule (a long at ``price >= target``, a short at ``<=``).
+    """
+
+    move: Decimal
+    percent: Decimal
+    reached: bool
+
+
+def distance_to_target(side: str, price: Decimal | None, target: Decimal | None) -> Distance | None:
+    """None when the price or the target is not known (or the price is not positive)."""
+    if price is None or target is None or price <= 0:
+        return None
+    move = target - price
+    return Distance(
+        move=move,
+        percent=(move / price * HUNDRED).quantize(Decimal("0.001")),
+        reached=target_reached(side, price, target),  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    stream: str
+    age_s: float
+    stale: bool
+
+
+def stream_health(last_alive: dict[str, str], account: str, now_s: float) -> list[StreamHealth]:
+    """The account's streams from the ``record_stream_alive`` hash (field
+    ``<account>:<stream>``, value epoch seconds), by name; empty when it has none."""
+    streams = []
+    for field, alive_at in last_alive.items():
+        owner, _, stream = field.partition(":")
+        if owner != account or not stream:
+            continue
+        try:
+            age_s = max(0.0, now_s - float(alive_at))
+        except ValueError:
+            continue
+        streams.append(StreamHealth(stream, age_s, age_s > STREAM_STALE_AFTER_S))
+    return sorted(streams, key=lambda health: health.stream)
+
+
+@dataclass(frozen=True)
+class Unrealised:
+    pnl: Decimal
+    roi_percent: Decimal
+
+
+def unrealised(side: str, size: Decimal, entry: Decimal, mark: Decimal | None) -> Unrealised | None:
+    """PnL at ``mark`` of a book position (``size`` as stored: not signed, ``side``
+    long or short), with the book's own math; None without a mark."""
+    if mark is None:
+        return None
+    state = PositionState(size=size if side == "long" else -size, entry_price=entry)
+    return Unrealised(
+        pnl=unrealized_pnl(state, mark),
+        roi_percent=roi_percent(state, mark).quantize(Decimal("0.01")),
+    )
