@@ -36,7 +36,7 @@ from workers.execution.order_state import OrderStatus
 from workers.flows.cancel import Canceled, cancel_open_orders
 from workers.flows.submission import Requeue, Submission
 from workers.flows.verification import check_flat, verify_and_book
-from workers.retrying import pause
+from workers.retrying import pause, read_retry_if
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
@@ -126,7 +126,20 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
     try:
         for leg_number in range(1, MAX_CLOSE_LEGS + 1):
             if leg_number > 1:
-                size = _exchange_size(position.account, position.symbol)
+                try:
+                    size = _exchange_size(position.account, position.symbol)
+                except VenueError as exc:
+                    if not read_retry_if(exc):
+                        raise
+                    # A read that may pass costs this leg, not the position's liquidation.
+                    logger.warning(
+                        "liquidation %s: size of %s %s: %s",
+                        liquidation_id,
+                        position.account,
+                        position.symbol,
+                        exc.describe(),
+                    )
+                    continue
                 if size == 0:
                     break
             order = _submit_close(
@@ -151,23 +164,16 @@ def _close_one(liquidation_id: str, position: ExchangePosition, settings: Settin
             status=str(order.status) if order else "flat",
             error=None if flat.flat or order is None else order.last_error,
         )
-    except VenueError as exc:
+    except (VenueError, Requeue) as exc:
         return CloseResult(
             position.account,
             position.symbol,
             position.size,
             closed=False,
             status="error",
-            error=exc.describe(),
-        )
-    except Requeue as requeue:
-        return CloseResult(
-            position.account,
-            position.symbol,
-            position.size,
-            closed=False,
-            status="error",
-            error=f"gave up waiting: {requeue.reason}",
+            error=exc.describe()
+            if isinstance(exc, VenueError)
+            else f"gave up waiting: {exc.reason}",
         )
 
 

@@ -201,13 +201,26 @@ def _as_sqlalchemy_error(
     )
 
 
+TRUNCATE_ATTEMPTS = 3
+
+
 def truncate_all() -> None:
     """Empty every execq table (the schema stays): for scratch databases, never a user's."""
     from workers.store.models import Base
 
     names = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    with get_engine().begin() as connection:
-        connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    # TRUNCATE locks its tables one by one: a worker still writing to two of them can
+    # deadlock it, and Postgres then cancels one side. Ours is safe to run again.
+    for attempt in range(1, TRUNCATE_ATTEMPTS + 1):
+        try:
+            with get_engine().begin() as connection:
+                connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError as exc:
+            if attempt == TRUNCATE_ATTEMPTS or not isinstance(
+                exc.orig, psycopg.errors.DeadlockDetected
+            ):
+                raise
 
 
 def check_database() -> None:

@@ -40,6 +40,21 @@ def open_positions() -> list[dict[str, Any]]:
         ]
 
 
+def _aged_terms(aged: AgedPosition, position: Position) -> dict[str, Any]:
+    return {
+        "id": aged.id,
+        "position_id": position.id,
+        "account": position.account,
+        "symbol": position.symbol,
+        "side": position.side,
+        "size": position.size,
+        "entry_price": position.entry_price,
+        "status": aged.status,
+        "phase": aged.phase,
+        "target_price": aged.target_price,
+    }
+
+
 def active_aged() -> list[dict[str, Any]]:
     with session_scope() as session:
         rows = session.execute(
@@ -50,16 +65,7 @@ def active_aged() -> list[dict[str, Any]]:
         ).all()
         return [
             {
-                "id": aged.id,
-                "position_id": position.id,
-                "account": position.account,
-                "symbol": position.symbol,
-                "side": position.side,
-                "size": position.size,
-                "entry_price": position.entry_price,
-                "status": aged.status,
-                "phase": aged.phase,
-                "target_price": aged.target_price,
+                **_aged_terms(aged, position),
                 "loss_tolerance_percent": aged.loss_tolerance_percent
                 + aged.extra_tolerance_percent,
                 "attempts": aged.attempts,
@@ -206,16 +212,7 @@ def aged_episode(aged_id: int) -> dict[str, Any] | None:
             return None
         aged, position = row
         return {
-            "id": aged.id,
-            "position_id": position.id,
-            "account": position.account,
-            "symbol": position.symbol,
-            "side": position.side,
-            "size": position.size,
-            "entry_price": position.entry_price,
-            "status": aged.status,
-            "phase": aged.phase,
-            "target_price": aged.target_price,
+            **_aged_terms(aged, position),
             "detected_at": aged.detected_at,
             "phase_changed_at": aged.phase_changed_at,
             "close_price": aged.close_price,
@@ -225,7 +222,7 @@ def aged_episode(aged_id: int) -> dict[str, Any] | None:
 
 
 def aged_statistics(days: float) -> dict[str, Any]:
-    """Seed 001's weekly statistics over aged positions detected in the window."""
+    """Weekly statistics over aged positions detected in the window."""
     since = datetime.now(UTC) - timedelta(days=days)
     with session_scope() as session:
         rows = session.scalars(select(AgedPosition).where(AgedPosition.detected_at >= since)).all()

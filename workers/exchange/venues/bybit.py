@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import ccxt
@@ -29,6 +29,7 @@ from workers.exchange.venues.base import (
     Traits,
     Venue,
     overridden_nonce,
+    raw_decimal,
 )
 
 
@@ -84,13 +85,8 @@ class Bybit(Venue):
         info = market.get("info")
         lot_size = info.get("lotSizeFilter") if isinstance(info, Mapping) else None
         raw = lot_size.get("maxMktOrderQty") if isinstance(lot_size, Mapping) else None
-        if raw is None:
-            return None
-        try:
-            value = Decimal(str(raw))
-        except (InvalidOperation, ValueError):
-            return None
-        return value if value.is_finite() and value > 0 else None
+        value = raw_decimal(raw)
+        return value if value is not None and value > 0 else None
 
     def fetch_order_params(self) -> dict[str, Any]:
         # Without it ccxt refuses fetch_order (it can only see recent orders).

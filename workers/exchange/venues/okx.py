@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import ccxt
@@ -54,6 +54,7 @@ from workers.exchange.venues.base import (
     Traits,
     Venue,
     overridden_nonce,
+    raw_decimal,
 )
 
 #: OKX's client order id: 1-32 letters and digits.
@@ -68,26 +69,16 @@ POSITIONS_PER_REQUEST = 10
 SWAPS = {"instType": "SWAP"}
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() else None
-
-
 def contract_size_of(market: Mapping[str, Any]) -> Decimal | None:
     """Base units per contract of a ccxt OKX market (OKX's ``ctVal``); None when it has none."""
     info = market.get("info")
     raw = info.get("ctVal") if isinstance(info, Mapping) else None
-    size = _decimal(raw) or _decimal(market.get("contractSize"))
+    size = raw_decimal(raw) or raw_decimal(market.get("contractSize"))
     return size if size is not None and size > 0 else None
 
 
 def _scaled(value: Any, size: Decimal) -> float | None:
-    number = _decimal(value)
+    number = raw_decimal(value)
     # ccxt's markets hold floats; the product of two short decimals survives the trip.
     return None if number is None else float(number * size)
 
@@ -237,7 +228,7 @@ class Okx(Venue):
     def market_order_maximum(self, market: Mapping[str, Any]) -> Decimal | None:
         # ccxt leaves OKX's market-order maximum (contracts) in the raw instrument.
         info = market.get("info")
-        contracts = _decimal(info.get("maxMktSz")) if isinstance(info, Mapping) else None
+        contracts = raw_decimal(info.get("maxMktSz")) if isinstance(info, Mapping) else None
         size = contract_size_of(market)
         if contracts is None or contracts <= 0 or size is None:
             return None
