@@ -63,6 +63,23 @@ def stream_field(account: str, stream: str) -> str:
     return f"{account}:{stream}"
 
 
+# Each stream's state as its holder last wrote it, field ``<account>:<stream>``, value
+# JSON ``{"state", "since", "detail", "holder"}``: what ``execq status`` shows.
+STREAMS_STATE = PREFIX + "streams:state"
+# Reconnects per stream since the cluster started, field ``<account>:<stream>``.
+STREAMS_RECONNECTS = PREFIX + "streams:reconnects"
+
+
+def stream_lease(account: str) -> str:
+    """The lease of the one process holding ``account``'s streams."""
+    return f"{PREFIX}lock:streams:{account}"
+
+
+def stream_order_updates(client_order_id: str) -> str:
+    """Order updates a stream saw while a run held the order's lease, for that run."""
+    return f"{PREFIX}streams:order-updates:{client_order_id}"
+
+
 # kombu's Redis transport keeps a Celery queue in one list per priority step: the
 # queue's name for the lowest step, ``<name>\x06\x16<step>`` for the others.
 CELERY_PRIORITY_SEPARATOR = "\x06\x16"

@@ -248,6 +248,28 @@ class AgedSettings(BaseModel):
         return self
 
 
+class StreamSettings(BaseModel):
+    """The WebSocket streams (``execq streams``) and how the rest of execq leans on them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # A stream with no message for this long is stale: consumers poll again and
+    # the holder raises a warning alert, until it delivers again.
+    stale_after_s: float = Field(default=10.0, gt=0)
+    # How long an order run waits for the stream's word on a create whose answer
+    # carries no fill (Bybit) before it asks the exchange by REST.
+    fill_wait_s: float = Field(default=1.0, ge=0, le=30)
+    # Reconnects wait base * 2^(n-1), at most the cap, with jitter.
+    reconnect_base_s: float = Field(default=0.5, gt=0)
+    reconnect_cap_s: float = Field(default=30.0, gt=0)
+    # One holder per account across the cluster: a Redis lease renewed every third
+    # of this; a standby takes over this long after the holder dies.
+    lease_ttl_s: float = Field(default=10.0, ge=2, le=600)
+    # How often the holder re-reads which symbols to watch prices for and the
+    # aged targets they are compared with.
+    targets_refresh_s: float = Field(default=1.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXECQ_",
@@ -279,6 +301,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "EXECQ_DATABASE_URL"),
     )
     sim_url: str = "http://127.0.0.1:8765"
+    # The simulator's WebSocket port (``exchange_sim --ws-port``), for sim-mode streams.
+    sim_ws_url: str = "ws://127.0.0.1:8766"
     accounts: list[ExchangeAccount] = Field(default_factory=_default_accounts)
 
     # Task time limits and the broker visibility timeout belong together: the
@@ -292,6 +316,7 @@ class Settings(BaseSettings):
 
     aged: AgedSettings = AgedSettings()
     retry: RetrySettings = RetrySettings()
+    streams: StreamSettings = StreamSettings()
 
     aged_sweep_interval_s: float = Field(default=2.0, gt=0)
     # Beat holds a Redis lock renewed every second; a standby beat takes over
