@@ -54,6 +54,7 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from workers.harness.bench import ACCOUNTS, BENCH_AMOUNTS, Scratch, client_app, scratch
+from workers.harness.compressed import FAST_RETRY_ENV
 from workers.harness.services import free_port
 from workers.harness.sim_client import SimulatorClient
 from workers.harness.stack import Stack, StackError
@@ -234,12 +235,7 @@ CHAOS_WORKER_ENV = {
     # outlasts the plan's 2 s visibility lag and fits one run's budget (0.6 x soft
     # limit = 9 s); a window longer than the budget requeues the order forever.
     "EXECQ_RETRY__LOOKUP_BASE_S": "0.25",
-    "EXECQ_RETRY__RATE_LIMITED__BASE_S": "0.5",
-    "EXECQ_RETRY__RATE_LIMITED__CAP_S": "2",
-    "EXECQ_RETRY__TRANSIENT__BASE_S": "0.2",
-    "EXECQ_RETRY__TRANSIENT__CAP_S": "1",
-    "EXECQ_RETRY__UNKNOWN__BASE_S": "0.2",
-    "EXECQ_RETRY__UNKNOWN__CAP_S": "1",
+    **FAST_RETRY_ENV,
 }
 
 

@@ -58,6 +58,7 @@ from psycopg import sql
 
 from workers.execution.client_ids import client_order_id
 from workers.harness.bench import RedisNotEmpty, require_empty
+from workers.harness.compressed import FAST_RETRY_ENV
 from workers.harness.polling import wait_for
 from workers.harness.services import (
     Services,
@@ -193,12 +194,7 @@ def demo_env(profile: Profile, redis_url: str, database_url: str) -> dict[str, s
         # the order is requeued before the window ever completes.
         "EXECQ_RETRY__LOOKUP_BASE_S": "0.25",
         "EXECQ_RETRY__LOOKUP_ATTEMPTS": "5",
-        "EXECQ_RETRY__RATE_LIMITED__BASE_S": "0.5",
-        "EXECQ_RETRY__RATE_LIMITED__CAP_S": "2",
-        "EXECQ_RETRY__TRANSIENT__BASE_S": "0.2",
-        "EXECQ_RETRY__TRANSIENT__CAP_S": "1",
-        "EXECQ_RETRY__UNKNOWN__BASE_S": "0.2",
-        "EXECQ_RETRY__UNKNOWN__CAP_S": "1",
+        **FAST_RETRY_ENV,
         "EXECQ_VERIFY_BUDGET_S": "8",
         "EXECQ_FLAT_CHECK_BUDGET_S": "4",
         "EXECQ_WORKER_CONCURRENCY": "4",
