@@ -14,7 +14,7 @@ The rules it holds (each is a unit test in ``tests/unit/test_lifecycle.py``):
 | | submitting / unknown (a create may have left) | look it up |
 | | resting market order | look it up (its fill is due) |
 | | resting limit order, or terminal | done (a tracker follows a resting order) |
-| create answered | | adopt its status; no status in the answer (Bybit): fetch once |
+| create answered | | adopt its status; no status in the answer (Bybit): fetch once (or take the orders stream's word, see :func:`settles_create`) |
 | create failed, did not execute, retries spent | never possibly sent | reject with the class |
 | | a create may have left before | look it up |
 | create may have executed (timeout, reset, 5xx) | | mark unknown and look it up |
@@ -275,6 +275,17 @@ def status_from_exchange(seen: Sighting, amount: Decimal) -> OrderStatus | None:
         case "rejected":
             return OrderStatus.REJECTED
     return None
+
+
+def settles_create(order_type: str, seen: Sighting, amount: Decimal) -> bool:
+    """Whether a pushed update settles a create whose answer carried no status, so the
+    run stops waiting for the stream: a terminal status, or any status of a limit order
+    (it may rest for long; the tracker and the stream follow it). A market order's
+    ``open`` is not the end of it: its fill follows at once."""
+    status = status_from_exchange(seen, amount)
+    if status is None:
+        return False
+    return status in TERMINAL or order_type != "market"
 
 
 def window_passed(order: OrderFacts, now: datetime, timing: Timing) -> bool:

@@ -10,6 +10,15 @@ widen the accepted loss, claim the close (``active -> closing``; the caller
 sends ``close_aged_position``), or give up. Every write is a guarded one
 (``workers.store.aged.write_episode``): an episode another writer changed
 meanwhile is left for the next sweep.
+
+With a prices stream, the holder asks :func:`close_on_pushed_price` as each
+price of a watched symbol (:func:`aged_targets`) arrives: the same policy
+(``_apply_policy``) for the episodes whose target that price reached, so a
+close is claimed without waiting for the sweep. The sweep stays the safety
+net and still reads the tickers every interval; when both see a crossing at
+once, the guarded claim (``active -> closing``) lets exactly one of them
+through. The crossing's and the claim's events say which saw it
+(``"trigger": "stream"`` or ``"sweep"``).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Any
 from sqlalchemy import and_, literal, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from workers.app import app
 from workers.exchange import gateway
 from workers.exchange.errors import VenueError
 from workers.exchange.prices import cache_prices, find_market
@@ -31,6 +41,7 @@ from workers.execution.aged import (
     AgedAssessment,
     AgedPhase,
     AgedPolicy,
+    PositionSide,
     assess,
     target_reached,
 )
@@ -229,6 +240,7 @@ def sweep_aged(settings: Settings, now: datetime | None = None) -> SweepReport:
             settings,
             now,
             report,
+            trigger="sweep",
         )
         report.actions[action] = report.actions.get(action, 0) + 1
     return report
@@ -413,8 +425,13 @@ def _apply_policy(
     settings: Settings,
     now: datetime,
     report: SweepReport,
+    *,
+    trigger: str,
 ) -> str:
-    """Record the crossing, ask the policy, apply its decision; returns the action taken."""
+    """Record the crossing, ask the policy, apply its decision; returns the action taken.
+
+    ``trigger``: what brought the price (``"sweep"``, ``"stream"``), recorded with the
+    crossing and the claim."""
     episode = watched.view
     price = seen.price if seen else None
     decision = next_action(
@@ -443,6 +460,7 @@ def _apply_policy(
                     "price": str(seen.price),
                     "target_price": str(episode.target_price),
                     "observed_at": seen.observed_at.isoformat(),
+                    "trigger": trigger,
                 },
                 target_reached_at=seen.observed_at,
             ):
@@ -474,6 +492,7 @@ def _apply_policy(
                     "price": str(price),
                     "target_price": str(episode.target_price),
                     "consecutive_failures": episode.consecutive_failures,
+                    "trigger": trigger,
                 },
                 close_enqueued_at=now,
             ):
@@ -551,3 +570,84 @@ def _widen(
         loss_tolerance_percent=wider.loss_tolerance_percent,
         target_price=wider.target_price,
     )
+
+
+# --- prices pushed by a stream ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgedTarget:
+    """An active episode's target, for a price stream to compare its prices with."""
+
+    aged_id: int
+    side: PositionSide
+    target_price: Decimal
+
+
+def _active_episodes(account: str | None = None, symbol: str | None = None) -> list[AgedView]:
+    """Active episodes that have a target, of positions still held (of one account and
+    symbol, when given)."""
+    query = (
+        select(AgedPosition, Position)
+        .join(Position, Position.id == AgedPosition.position_id)
+        .where(
+            AgedPosition.status == AgedStatus.ACTIVE.value,
+            AgedPosition.target_price.is_not(None),
+            Position.status.in_(status_values(HELD)),
+        )
+    )
+    if account is not None:
+        query = query.where(Position.account == account)
+    if symbol is not None:
+        query = query.where(Position.symbol == symbol)
+    with session_scope() as session:
+        return [view_of(aged, position) for aged, position in session.execute(query).all()]
+
+
+def aged_targets() -> dict[tuple[str, str], list[AgedTarget]]:
+    """The targets of every active episode, by (account, symbol)."""
+    targets: dict[tuple[str, str], list[AgedTarget]] = {}
+    for view in _active_episodes():
+        assert view.target_price is not None
+        targets.setdefault((view.account, view.symbol), []).append(
+            AgedTarget(view.id, view.side, view.target_price)
+        )
+    return targets
+
+
+def close_on_pushed_price(
+    account: str, symbol: str, price: Decimal, observed_at: datetime, settings: Settings
+) -> list[int]:
+    """Apply the sweep's close policy to ``symbol``'s active episodes on ``account`` whose
+    target ``price`` reached (pushed by a stream, seen at ``observed_at``), and send
+    ``close_aged_position`` for each close claimed; returns the claimed episodes' ids.
+
+    Episodes the price did not reach are the sweep's (a price leaving the target,
+    widening and giving up are decided on its interval), so a stream's burst of prices
+    writes nothing until one reaches a target. Raises the store's errors.
+    """
+    now = datetime.now(UTC)
+    reached = [
+        view
+        for view in _active_episodes(account, symbol)
+        if target_reached(view.side, price, view.target_price)
+    ]
+    if not reached:
+        return []
+    policy = AgedPolicy.from_settings(settings.aged)
+    rules = CloseRules.from_settings(settings.aged)
+    markets = _Markets(settings)
+    report = SweepReport()
+    seen = _Seen(price, observed_at)
+    for view in reached:
+        tick = markets.price_tick(account, symbol)
+        grid = markets.grid(account, symbol)
+        if tick is None or grid is None:
+            logger.warning("pushed price %s %s: no market metadata", account, symbol)
+            continue
+        base = assess(policy, view.side, view.entry_price, view.opened_at, now)
+        watched = _Watched(view, base.loss_tolerance_percent, tick)
+        _apply_policy(watched, seen, grid, policy, rules, settings, now, report, trigger="stream")
+    for aged_id in report.closes_enqueued:
+        app.send_task("close_aged_position", kwargs={"aged_id": aged_id})
+    return report.closes_enqueued

@@ -70,6 +70,7 @@ from workers.retrying import Requeue, call_with_retries, poll
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.orders import OrderSnapshot
+from workers.streams.health import ORDERS, stream_healthy
 
 __all__ = [
     "LeaseLost",
@@ -136,6 +137,17 @@ def order_lease(client_order_id: str, settings: Settings, deadline: float) -> It
         yield lease
     finally:
         lease.release()
+        _record_late_stream_updates(client_order_id, settings)
+
+
+def _record_late_stream_updates(client_order_id: str, settings: Settings) -> None:
+    """Updates a stream handed over as the run let go of the order: nobody else reads
+    them (the stream found the lease still held), so record them now."""
+    # stream_updates builds on this module: imported when first needed.
+    from workers.flows import stream_updates
+
+    if stream_updates.has_order_updates(client_order_id):
+        stream_updates.record_handed_updates(client_order_id, settings)
 
 
 @dataclass
@@ -192,7 +204,8 @@ class Submission:
 
     def _drive_or_requeue(self) -> OrderSnapshot:
         try:
-            return self._drive()
+            self._drive()
+            return self._record_stream_updates()
         except Requeue:
             if self.order.status == OrderStatus.SUBMITTING and not self.possibly_sent:
                 # Nothing of it left: the next run sends it without a lookup.
@@ -415,6 +428,10 @@ class Submission:
         return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, "lookup")
 
     def _fetch_once(self) -> lifecycle.Observation:
+        if stream_healthy(self.order.account, ORDERS, self.settings):
+            pushed = self._wait_for_stream()
+            if pushed is not None:
+                return lifecycle.Seen(pushed, "stream")
         exchange_id = self.accepted.id if self.accepted else self.order.exchange_order_id
         try:
             seen = self.venue.fetch_order(
@@ -424,6 +441,42 @@ class Submission:
             logger.info("fetch %s after its create: %s", self.cid, exc.describe())
             seen = None
         return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, "create+follow")
+
+    def _wait_for_stream(self) -> ExchangeOrder | None:
+        """The orders stream's word on the order, waiting up to ``streams.fill_wait_s`` (and
+        never past the run's budget) for one that settles the create's outcome; the latest
+        word that does not, or None, when none does in time."""
+        from workers.flows.stream_updates import wait_for_order_update
+
+        until = min(self.deadline, time.monotonic() + self.settings.streams.fill_wait_s)
+        latest: ExchangeOrder | None = None
+        while (left_s := until - time.monotonic()) > 0:
+            seen = wait_for_order_update(self.cid, left_s)
+            if seen is None:
+                break
+            if lifecycle.status_from_exchange(seen, self.order.amount) is None:
+                continue
+            latest = seen
+            if lifecycle.settles_create(self.order.order_type, seen, self.order.amount):
+                break
+        return latest
+
+    def _record_stream_updates(self) -> OrderSnapshot:
+        """Record what a stream handed over while this run held the lease (a fill of a
+        resting order, say) before the run lets go: nobody else reads it."""
+        from workers.flows.stream_updates import take_order_updates
+
+        for seen in take_order_updates(self.cid):
+            step = lifecycle.decide(
+                self.facts(),
+                lifecycle.Seen(seen, "stream"),
+                self.venue.traits,
+                datetime.now(UTC),
+                self.timing,
+            )
+            if isinstance(step, lifecycle.Adopt):
+                self.adopt(step.status, step.seen, source="stream")
+        return self.order
 
     # --- record the outcome ----------------------------------------------------------
 
