@@ -56,6 +56,25 @@ def test_fault_plan_shares_are_the_documented_ones() -> None:
     assert [(rule["probability"], rule.get("symbol")) for rule in partial] == [(0.10, None)]
 
 
+def test_default_plan_adds_the_stream_faults_to_the_create_faults() -> None:
+    from workers.harness.chaos import default_plan, fault_plan, stream_disconnect_rules
+
+    plan = default_plan(3)
+    create_rules = fault_plan(3)["rules"]
+    assert plan["rules"][: len(create_rules)] == create_rules
+    stream_rules = plan["rules"][len(create_rules) :]
+    # 10 % of the pushed messages lost, on every stream
+    assert {"kind": "stream_drop", "probability": 0.10} in stream_rules
+    assert {rule["kind"] for rule in stream_rules} <= {"stream_drop", "stream_delay"}
+    assert default_plan(3, streams=False) == fault_plan(3)
+    # Every 30 s a connection of each streaming exchange is cut, private and public in turn
+    cuts = [stream_disconnect_rules(tick) for tick in range(2)]
+    for rules in cuts:
+        assert {rule["exchange"] for rule in rules} == {"binance", "bybit"}
+        assert all(rule["kind"] == "stream_disconnect" and rule["count"] == 1 for rule in rules)
+    assert [rules[0]["operation"] for rules in cuts] == ["private_stream", "public_stream"]
+
+
 def test_signal_stream_is_seeded_and_mixed() -> None:
     from workers.harness.chaos import plan_signals
 
@@ -125,6 +144,11 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
     assert any("Redis restart skipped" in note for note in result["notes"]), result["notes"]
     assert_accounted_for(result)
+    # The stream holder ran under its faults: messages were lost, and still fills
+    # arrived by stream, every one booked once (the audit above)
+    assert result["stream_messages"].get("stream_drop", 0) > 0, result["stream_messages"]
+    assert result["fills"]["stream"] > 0, result["fills_by_source"]
+    assert sum(result["fills"].values()) == sum(result["fills_by_source"].values())
     # The given database is left empty.
     client = redis.Redis.from_url(given_redis)
     assert client.dbsize() == 0
@@ -165,7 +189,8 @@ def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
         seed=seed,
     )
     assert result["signals"] == 120
-    restarts = {"workers": 0, "redis": 0, "postgres": 0, "beat": 0} | {server: 1}
+    # The stream holder outlives the restart (it is never started again)
+    restarts = {"workers": 0, "redis": 0, "postgres": 0, "beat": 0, "streams": 0} | {server: 1}
     assert result["restart_details"] == restarts, result["notes"]
     assert_accounted_for(result)
 
@@ -200,3 +225,38 @@ def test_audit_finds_order_states_without_their_events(db: None) -> None:
             ("c-unbooked", "order_filled"),
             ("c-unbooked", "position booking"),
         ]
+
+
+@pytest.mark.services
+def test_audit_counts_fills_by_how_they_reached_execq(db: None) -> None:
+    from workers.harness.audit import fills_by_channel, fills_by_source
+    from workers.store.db import session_scope
+    from workers.store.models import Event
+
+    # Given filled orders whose final event names its source, and one without a fill
+    sources = {
+        "c-stream-1": "stream",
+        "c-stream-2": "stream",
+        "c-create": "create",
+        "c-follow": "create+follow",
+        "c-tracking": "tracking",
+    }
+    with session_scope() as session:
+        orders = {cid: stored_order(cid, "filled", "0.01") for cid in sources}
+        orders["c-rejected"] = stored_order("c-rejected", "rejected")
+        session.add_all(orders.values())
+        session.flush()
+        for cid, source in sources.items():
+            session.add_all(
+                [
+                    Event(type="order_submitting", order_id=orders[cid].id, payload={}),
+                    Event(type="order_filled", order_id=orders[cid].id, payload={"source": source}),
+                ]
+            )
+        session.add(Event(type="order_rejected", order_id=orders["c-rejected"].id, payload={}))
+    # When the audit counts them
+    with session_scope() as session:
+        by_source = fills_by_source(session)
+    # Then each fill counts once, under its source, and the sources fold into three channels
+    assert by_source == {"stream": 2, "create": 1, "create+follow": 1, "tracking": 1}
+    assert fills_by_channel(by_source) == {"stream": 2, "create": 1, "poll": 2}

@@ -325,6 +325,14 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     show_default=True,
     help="Apply the default fault plan.",
 )
+@click.option(
+    "--streams/--no-streams",
+    "with_streams",
+    default=True,
+    show_default=True,
+    help="Run the stream holder (execq streams); with --faults its streams lose 10 % of "
+    "their messages and each exchange's connection is cut every 30 s.",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option(
@@ -344,6 +352,7 @@ def chaos(
     private_postgres: bool,
     rate: float,
     with_faults: bool,
+    with_streams: bool,
     seed: int,
     redis_url: str | None,
     workdir: Path | None,
@@ -372,6 +381,7 @@ def chaos(
             private_postgres=private_postgres,
             rate=rate,
             faults=with_faults,
+            streams=with_streams,
             seed=seed,
             redis_url=redis_url,
             workdir=workdir,
@@ -386,6 +396,9 @@ def chaos(
         f"missing events {result['missing_events']}",
         f"kills {result['kills']}, pauses {result['pauses']}, restarts {result['restarts']}, "
         f"{result['seconds']} s",
+        "fills by stream {stream}, by the create's answer {create}, by poll {poll}".format(
+            **result["fills"]
+        ),
         *[f"note: {note}" for note in result.get("notes", [])],
         "audit: clean" if result["clean"] else "audit: FAILED",
     ]

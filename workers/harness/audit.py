@@ -13,6 +13,10 @@ counted in memory during a run: every figure is read back after it.
   different size), plus open book positions the exchange does not have;
 - ``stuck``: orders still in flight, and aged positions whose close was due
   but did not happen;
+- ``fills_by_source`` (a detail, not a defect): how each filled order's fill reached
+  execq, from the ``source`` of the event of its final status: ``stream`` (pushed
+  by an exchange stream), ``create`` (the create's own answer), or a poll
+  (``create+follow``, ``lookup``, ``tracking``, ``verification``, ``cancel``);
 - ``missing_events``: committed state without its event. An order's status
   and its event are written in one transaction, so every order has its
   ``order_intent`` event and the event of its current status
@@ -105,6 +109,34 @@ def missing_events(session: Session) -> list[tuple[str, str]]:
     return sorted((str(client_id), str(kind)) for client_id, kind in rows)
 
 
+# The ``source`` of a fill that reached execq by neither a stream nor the create's answer.
+STREAM_SOURCE = "stream"
+CREATE_SOURCE = "create"
+
+
+def fills_by_source(session: Session) -> dict[str, int]:
+    """Orders with a fill, by the ``source`` of the event of their current status
+    (``none`` when that event names none)."""
+    status_event = case(
+        {status.value: event for status, event in EVENT_FOR_STATUS.items()}, value=Order.status
+    )
+    source = func.coalesce(Event.payload["source"].astext, "none")
+    rows = session.execute(
+        select(source, func.count(func.distinct(Order.id)))
+        .join(Event, Event.order_id == Order.id)
+        .where(Order.filled > 0, Event.type == status_event)
+        .group_by(source)
+    ).all()
+    return {str(name): int(count) for name, count in rows}
+
+
+def fills_by_channel(by_source: dict[str, int]) -> dict[str, int]:
+    """``fills_by_source`` as stream, create answer and poll (every other source)."""
+    stream = by_source.get(STREAM_SOURCE, 0)
+    create = by_source.get(CREATE_SOURCE, 0)
+    return {"stream": stream, "create": create, "poll": sum(by_source.values()) - stream - create}
+
+
 def audit(
     settings: Settings,
     sim_url: str,
@@ -168,6 +200,7 @@ def audit(
         ).all()
         report.details["alerts"] = session.scalar(select(func.count()).select_from(Alert)) or 0
         unrecorded = missing_events(session)
+        report.details["fills_by_source"] = fills_by_source(session)
     report.missing_events = len(unrecorded)
     report.details["missing_events"] = [f"{cid}: {kind}" for cid, kind in unrecorded[:50]]
 

@@ -9,8 +9,10 @@ it):
    time compressed to seconds and the sweeps frequent (``chaos_stack``);
 2. installs the fault plan on the simulator's creates (timeouts before and
    after accept, 429, 5xx, visibility lag, some of it past the lookup window,
-   positions lag, partial fills) and
-   random-walks every price so aged positions reach their targets;
+   positions lag, partial fills) and on its streams (``stream_fault_rules``:
+   messages lost and delayed, a connection of each exchange cut every
+   ``STREAM_DISCONNECT_EVERY_S``), with the stream holder (``execq streams``)
+   running, and random-walks every price so aged positions reach their targets;
 3. sends ``signals`` signals at ``rate`` per second across the three accounts
    and all symbols: opens, producer closes (reduce-only closes of earlier
    opens), a few signals that validation must refuse, and some signals sent
@@ -24,7 +26,8 @@ it):
    signal the producer recorded in the outbox arrived, nothing in flight in
    Postgres, no aged close claimed, the broker queue and its unacked
    set empty, and a recovery sweep finished after the faults were lifted;
-5. audits with ``workers.harness.audit.audit``.
+5. audits with ``workers.harness.audit.audit``, and counts how the fills
+   reached execq: by stream, by the create's answer or by a poll.
 
 Steps 2-5 are ``ChaosRun.phase``; ``run_chaos`` is one phase on a fresh
 stack, and ``chaos_stack`` runs several phases on one (the tests run each
@@ -51,12 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
 from sqlalchemy.exc import SQLAlchemyError
 
 from workers.harness.bench import ACCOUNTS, BENCH_AMOUNTS, Scratch, client_app, scratch
 from workers.harness.compressed import FAST_RETRY_ENV
 from workers.harness.services import free_port
-from workers.harness.sim_client import SimulatorClient
+from workers.harness.sim_client import SimulatorClient, SimulatorError
 from workers.harness.stack import Stack, StackError
 from workers.producer import BROKER_ERRORS, NotEnqueued, Producer, order_kwargs
 from workers.store.outbox import OutboxMessage, undelivered_count
@@ -203,6 +207,46 @@ def single_fault_plans(seed: int, probability: float = 0.4) -> dict[str, dict[st
     return plans
 
 
+# The exchanges the simulator serves streams for (OKX accounts are polled).
+STREAM_EXCHANGES = ("binance", "bybit")
+# Seconds between two cut connections of each streaming exchange.
+STREAM_DISCONNECT_EVERY_S = 30.0
+
+
+def stream_fault_rules() -> list[dict[str, Any]]:
+    """The default plan's stream faults: 10 % of the pushed messages lost, 5 % of them
+    (and every one behind them) 200 ms late. The cut connections are not a rule with a
+    rate: ``ChaosRun`` arms ``stream_disconnect_rules`` every ``STREAM_DISCONNECT_EVERY_S``."""
+    return [
+        {"kind": "stream_drop", "probability": 0.10},
+        {"kind": "stream_delay", "delay_ms": 200, "probability": 0.05},
+    ]
+
+
+def stream_disconnect_rules(tick: int) -> list[dict[str, Any]]:
+    """One cut connection per streaming exchange, at its next pushed message; the private
+    stream (orders, fills, positions) and the public one (prices) take turns."""
+    stream = ("private_stream", "public_stream")[tick % 2]
+    return [
+        {"exchange": exchange, "kind": "stream_disconnect", "operation": stream, "count": 1}
+        for exchange in STREAM_EXCHANGES
+    ]
+
+
+STREAM_FAULT_KINDS = frozenset(
+    {"stream_drop", "stream_delay", "stream_stall", "stream_disconnect", "listen_key_expired"}
+)
+
+
+def default_plan(seed: int, *, streams: bool = True) -> dict[str, Any]:
+    """What ``execq chaos`` installs: ``fault_plan``'s create faults, and with ``streams``
+    the stream faults (``stream_fault_rules``)."""
+    plan = fault_plan(seed)
+    if streams:
+        plan["rules"] += stream_fault_rules()
+    return plan
+
+
 # Seconds a paused worker stays stopped: past its lease on an order (the run budget, 60 %
 # of the soft limit below, plus one exchange timeout, 10 s, plus 5 s: 24 s).
 PAUSE_PAST_LEASE_S = 30.0
@@ -274,6 +318,9 @@ class ChaosOptions:
     price_volatility: float = 0.0005
     # False: positions never age (``NO_AGED_ENV``), so no aged close runs.
     aged: bool = True
+    # Run the stream holder (``execq streams``); with ``faults``, its streams get the
+    # stream faults (``stream_fault_rules``, a cut connection every 30 s).
+    streams: bool = True
 
 
 @dataclass
@@ -286,6 +333,7 @@ class Disruptions:
     redis_restarts: int = 0
     postgres_restarts: int = 0
     beat_restarts: int = 0
+    streams_restarts: int = 0
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -299,6 +347,7 @@ class Disruptions:
             "redis": self.redis_restarts,
             "postgres": self.postgres_restarts,
             "beat": self.beat_restarts,
+            "streams": self.streams_restarts,
         }
 
 
@@ -318,6 +367,9 @@ class ChaosRun:
         # (seconds into the quiet wait, what was still busy) at every change.
         self.quiet_trace: list[tuple[float, list[str]]] = []
         self.nodes: list[str] = []
+        # The plan of the phase, and what its rules fired before it was last re-posted.
+        self._plan: dict[str, Any] = {}
+        self._fired_before: dict[str, int] = {}
         self.sim_url = ""
         self._sim: SimulatorClient | None = None
         # Every signal id of this stack starts with it; a phase adds its name.
@@ -354,6 +406,8 @@ class ChaosRun:
             )
             self.nodes.append(name)
         self.stack.start_beat(loglevel=self.options.loglevel)
+        if self.options.streams:
+            self.stack.start_streams()
 
     def walk_prices(self) -> None:
         changes = [
@@ -592,6 +646,13 @@ class ChaosRun:
             self.stack.start_beat(loglevel=self.options.loglevel)
             self.disruptions.beat_restarts += 1
             self.disruptions.notes.append("beat exited during the run and was started again")
+        streams = self.stack.processes.get("streams")
+        if streams is not None and not streams.alive:
+            self.stack.start_streams()
+            self.disruptions.streams_restarts += 1
+            self.disruptions.notes.append(
+                f"the stream holder exited ({streams.returncode}) and was started again"
+            )
 
     def wait_quiet(self, sweep_after: float) -> tuple[bool, dict[str, Any]]:
         """Poll until quiet holds for QUIET_HOLD_S and a recovery sweep ran after ``sweep_after``
@@ -780,11 +841,61 @@ class ChaosRun:
     def trigger_recovery(self) -> None:
         self.app.send_task("recovery_sweep")
 
+    def install_faults(self, plan: dict[str, Any] | None) -> None:
+        self._plan = plan or {}
+        self._fired_before = {}
+        self.simulator.faults(self._plan)
+
+    def cut_streams(self, sim: SimulatorClient, tick: int) -> None:
+        """Re-post the phase's plan with one more cut connection per streaming exchange.
+
+        The simulator's plans have no schedule; posting replaces the plan and its
+        counts, so what the rules fired so far is kept here (``lift_faults`` adds it).
+        """
+        fired = _fired(sim.fault_rules())
+        for kind, count in fired.items():
+            self._fired_before[kind] = self._fired_before.get(kind, 0) + count
+        sim.faults(
+            {
+                # A new seed: the same one would draw the same faults again.
+                "seed": int(self._plan.get("seed", self.options.seed)) * 1000 + tick,
+                "rules": [*self._plan.get("rules", []), *stream_disconnect_rules(tick)],
+            }
+        )
+
+    def cut_streams_every(self, every_s: float, stop: threading.Event) -> None:
+        # A client of this thread's own: a requests session is not shared between threads.
+        sim = SimulatorClient(self.sim_url, timeout_s=60)
+        tick = 0
+        try:
+            while not stop.wait(every_s):
+                try:
+                    self.cut_streams(sim, tick)
+                except (SimulatorError, requests.RequestException) as exc:
+                    self.disruptions.errors.append(f"stream disconnect: {exc}"[:500])
+                tick += 1
+        finally:
+            sim.close()
+
     def lift_faults(self) -> dict[str, Any]:
-        """Clear the fault plan; returns it as it was, with each rule's ``fired`` count."""
+        """Clear the fault plan; returns it as it was, with each rule's ``fired`` count
+        (``fired_before``: what earlier postings of the phase's plan fired)."""
         rules = self.simulator.fault_rules()
         self.simulator.faults({})
-        return {"rules": rules}
+        self._plan = {}
+        return {"rules": rules, "fired_before": dict(self._fired_before)}
+
+    def stream_messages(self) -> dict[str, int]:
+        """Pushed stream messages since the simulator's reset, by what the faults did to them
+        (``sent``, ``stream_drop``, ``stream_delay``, ``stream_disconnect``, ...), summed
+        over exchanges and streams."""
+        counts: dict[str, int] = {}
+        streams = self.simulator._get("/_sim/streams")  # noqa: SLF001 - no wrapper for it yet
+        for by_stream in streams.get("messages", {}).values():
+            for by_fate in by_stream.values():
+                for fate, count in by_fate.items():
+                    counts[fate] = counts.get(fate, 0) + int(count)
+        return counts
 
     # --- one phase: a stream under a fault plan, quiet, audit ---
 
@@ -811,12 +922,15 @@ class ChaosRun:
         events are audited over everything the stack did, ``lost`` over this
         phase's signals; ``kills``/``restarts`` count since the stack started.
         """
-        from workers.harness.audit import audit
+        from workers.harness.audit import audit, fills_by_channel
         from workers.settings import get_settings
 
         started = time.monotonic()
         self.quiet_trace = []
-        self.simulator.faults(plan or {})
+        self.install_faults(plan)
+        streaming = self.options.streams and any(
+            rule["kind"] in STREAM_FAULT_KINDS for rule in (plan or {}).get("rules", [])
+        )
         if self.options.price_volatility:
             self.walk_prices()
         prefix = f"{self.prefix}-{name}"
@@ -827,12 +941,19 @@ class ChaosRun:
             target=self.disrupt, args=(schedule, prefix + "-", len(stream), stop), daemon=True
         )
         disruptor.start()
+        cutter = threading.Thread(
+            target=self.cut_streams_every, args=(STREAM_DISCONNECT_EVERY_S, stop), daemon=True
+        )
+        if streaming:
+            cutter.start()
         send_seconds = self.send_stream(stream)
         # Faults stay on until every signal has reached the pipeline (its intent
         # row or its refusal), so the whole stream runs under them.
         processed = self.wait_processed_until(prefix + "-", len(stream), stop)
         disruptor.join(timeout=self.options.quiet_timeout_s)
         stop.set()
+        if streaming:
+            cutter.join(timeout=60)
         fault_stats = {} if faults_until_quiet else self.lift_faults()
         if self.options.price_volatility:
             self.hold_prices()
@@ -852,6 +973,7 @@ class ChaosRun:
             fault_stats = self.lift_faults()
         report = audit(get_settings(), self.sim_url, [spec.signal_id for spec in stream])
         details = report.details
+        by_source = details.get("fills_by_source") or {}
         return {
             "signals": report.signals,
             "terminal": report.terminal,
@@ -879,7 +1001,11 @@ class ChaosRun:
             "redelivered_signals": details.get("redelivered_signals"),
             "alerts": details.get("alerts"),
             "mix": _mix(stream),
-            "faults": _fired(fault_stats.get("rules", [])),
+            "faults": _fired(fault_stats.get("rules", []), fault_stats.get("fired_before")),
+            # Filled orders by how their fill reached execq (over everything the stack did).
+            "fills": fills_by_channel(by_source),
+            "fills_by_source": by_source,
+            "stream_messages": self.stream_messages() if self.options.streams else {},
             "final_state": state,
             "quiet_trace": self.quiet_trace[-20:],
             "final_recovery": final_recovery,
@@ -950,7 +1076,7 @@ def run_chaos(**overrides: Any) -> dict[str, Any]:
     started = time.monotonic()
     with chaos_stack(**overrides) as chaos:
         options = chaos.options
-        plan = fault_plan(options.seed) if options.faults else None
+        plan = default_plan(options.seed, streams=options.streams) if options.faults else None
         result = chaos.phase("run", plan, options.signals, disrupt=True)
         result["seconds"] = round(time.monotonic() - started, 1)
         result["workdir"] = str(options.workdir) if options.workdir else None
@@ -958,9 +1084,10 @@ def run_chaos(**overrides: Any) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
-def _fired(rules: list[dict[str, Any]]) -> dict[str, int]:
-    """How often each fault kind fired (per-symbol rules of one kind added up)."""
-    fired: dict[str, int] = {}
+def _fired(rules: list[dict[str, Any]], before: dict[str, int] | None = None) -> dict[str, int]:
+    """How often each fault kind fired (per-symbol rules of one kind added up), plus
+    ``before``."""
+    fired: dict[str, int] = dict(before or {})
     for rule in rules:
         fired[rule["kind"]] = fired.get(rule["kind"], 0) + int(rule.get("fired", 0))
     return fired
@@ -977,6 +1104,7 @@ def _mix(stream: list[SignalSpec]) -> dict[str, int]:
 __all__ = [
     "ChaosOptions",
     "chaos_stack",
+    "default_plan",
     "fault_plan",
     "plan_signals",
     "run_chaos",
