@@ -7,6 +7,15 @@ filled is a definite "no"; (2) the Redis position cache (a miss is not a
 verdict comes from ``workers.execution.verification.decide``; every source
 asked is an event. ``unknown`` never rolls anything back: it raises an alert
 and leaves the order to the recovery sweep.
+
+With a healthy orders stream (``workers.streams.health``) the stored order is
+as current as the exchange's word: an acknowledged order that does not decide
+yet waits up to ``streams.fill_wait_s`` for the stream to record its fill
+instead of the REST lookups (an order whose create is in doubt is still looked
+up: the stream cannot speak for an order the exchange may not have). With a
+healthy positions stream the position cache (which the stream writes) stands
+in for the REST positions reads while it has an entry. A stale stream: as
+without streams.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from workers.store.events import raise_alert, record_event
 from workers.store.models import Position
 from workers.store.orders import OrderSnapshot
 from workers.store.positions import Booking, book_fill
+from workers.streams.health import ORDERS, POSITIONS, stream_healthy
 
 logger = logging.getLogger("execq.verifier")
 
@@ -56,6 +66,9 @@ logger = logging.getLogger("execq.verifier")
 ORDER_LOOKUP_TRIES = 5
 ORDER_LOOKUP_BASE_S = 0.5
 ORDER_LOOKUP_FACTOR = 1.5
+# The stored order is read again after 25 ms x 2^n (at most 0.2 s) while the orders
+# stream may still record its fill.
+STREAM_WAIT_BASE_S = 0.025
 # REST positions are asked again after 0.5 s x 1.5^n while the budget lasts.
 POSITIONS_BASE_S = 0.5
 POSITIONS_FACTOR = 1.5
@@ -112,6 +125,27 @@ def _refresh_order(order: OrderSnapshot, deadline: float, settings: Settings) ->
     return record_sighting(order, seen, "verification", settings)
 
 
+def _await_stream(order: OrderSnapshot, deadline: float, settings: Settings) -> OrderSnapshot:
+    """The order once the orders stream recorded a decisive state of it, or as stored when
+    ``streams.fill_wait_s`` passes first (the stream said nothing new: nothing happened)."""
+    until = min(deadline, time.monotonic() + settings.streams.fill_wait_s)
+    latest = order
+
+    def decisive() -> OrderSnapshot | None:
+        nonlocal latest
+        latest = order_store.load_order(order.client_order_id) or latest
+        return latest if decisive_order(latest) else None
+
+    poll(
+        decisive,
+        delays_s=lambda attempt: min(STREAM_WAIT_BASE_S * 2 ** (attempt - 1), 0.2),
+        until=lambda: False,
+        deadline=until,
+        requeue_past_deadline=False,
+    )
+    return latest
+
+
 @dataclass(frozen=True)
 class Verification:
     """A verdict and the answers it came from (each becomes a ``verification_source`` event)."""
@@ -146,7 +180,10 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
 
     observation = _observation(order)
     if observation is None or observation.status == "open":
-        order = _refresh_order(order, deadline, settings)
+        if observation is not None and stream_healthy(order.account, ORDERS, settings):
+            order = _await_stream(order, deadline, settings)
+        else:
+            order = _refresh_order(order, deadline, settings)
         observation = _observation(order)
     asked.append(
         (
@@ -165,6 +202,12 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
         return Verification(result, tuple(asked))
 
     def positions_say() -> VerificationResult | None:
+        if stream_healthy(order.account, POSITIONS, settings):
+            cached = cached_position_size(order.account, order.symbol)
+            if cached is not None:
+                asked.append((SourceName.CACHE, position_outcome(abs(cached))))
+                result = judge()
+                return result if _decided(result) else None
         try:
             positions = fetch_positions(order.account, [order.symbol])
         except VenueError as exc:

@@ -1,0 +1,425 @@
+"""What the streams hand to the order lifecycle and the aged closes, through real workers,
+Redis, Postgres and the simulator: a pushed fill is recorded and booked once, whoever saw
+it first; an update for an order a run holds reaches that run, or is recorded as it lets
+go; a reconnect catches up by REST; a pushed price claims an aged close exactly once.
+
+Where a test needs a stream's word it takes it from the simulator's ledger (the
+exchange's own record of the order, which costs no request the counts below see).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from tests.conftest import wait_for
+
+BTC = "BTC/USDT:USDT"
+ETH = "ETH/USDT:USDT"
+
+
+def new_signal() -> str:
+    return f"su-{uuid.uuid4().hex[:12]}"
+
+
+def cid_of(signal_id: str, leg: str = "open") -> str:
+    from workers.execution.client_ids import client_order_id
+
+    return client_order_id(signal_id, leg)
+
+
+def order_of(client_order_id: str):
+    from workers.store.orders import load_order
+
+    return load_order(client_order_id)
+
+
+def events_of(client_order_id: str | None = None, aged_id: int | None = None) -> list:
+    from workers.store.db import session_scope
+    from workers.store.models import Event
+
+    with session_scope() as session:
+        query = select(Event).order_by(Event.id)
+        if client_order_id is not None:
+            query = query.where(Event.client_order_id == client_order_id)
+        if aged_id is not None:
+            query = query.where(Event.aged_id == aged_id)
+        return list(session.scalars(query))
+
+
+def book_size(account: str, symbol: str) -> Decimal:
+    from workers.store.db import session_scope
+    from workers.store.models import Position
+
+    with session_scope() as session:
+        row = session.scalars(
+            select(Position).where(
+                Position.account == account, Position.symbol == symbol, Position.status == "open"
+            )
+        ).one_or_none()
+        return Decimal(0) if row is None else row.size
+
+
+def settings():
+    from workers.settings import get_settings
+
+    return get_settings()
+
+
+def limit(signal_id: str, exchange: str, symbol: str, side: str, amount: str, price: str):
+    from workers.producer import submit_limit_order
+
+    return submit_limit_order(signal_id, exchange, symbol, side, amount, price)
+
+
+def market(signal_id: str, exchange: str, symbol: str, side: str, amount: str):
+    from workers.producer import submit_market_order
+
+    return submit_market_order(signal_id, exchange, symbol, side, amount)
+
+
+def exchange_word(sim, client_order_id: str):
+    """The order as the exchange has it now: what its stream pushes."""
+    from workers.exchange.venues.base import ExchangeOrder
+
+    rows = sim.orders_for(client_order_id)
+    if not rows:
+        return None
+    row = rows[-1]
+    return ExchangeOrder(
+        id=str(row["orderId"]),
+        client_order_id=client_order_id,
+        symbol=row["symbol"],
+        status=row["status"],
+        amount=Decimal(row["amount"]),
+        filled=Decimal(row["filled"]),
+        average=None if row["average"] is None else Decimal(row["average"]),
+        reduce_only=row["reduceOnly"],
+        side=row["side"],
+    )
+
+
+def resting_order_filled_on_the_exchange(sim, exchange: str = "binance") -> str:
+    """A GTC buy of 0.1 ETH that rested, then filled on the exchange while nobody looked."""
+    sim.prices({"exchange": exchange, "symbol": ETH, "price": "3500"})
+    signal_id = new_signal()
+    assert limit(signal_id, exchange, ETH, "buy", "0.1", "3400").get(timeout=60)["status"] == "open"
+    sim.prices({"exchange": exchange, "symbol": ETH, "price": "3390"})
+    cid = cid_of(signal_id)
+    wait_for(
+        lambda: [row["status"] for row in sim.orders_for(cid)] == ["closed"],
+        30,
+        message="the order never filled on the exchange",
+    )
+    assert order_of(cid).status == "open"
+    return cid
+
+
+def fill_sources(client_order_id: str) -> list[str | None]:
+    return [
+        (event.payload or {}).get("source")
+        for event in events_of(client_order_id)
+        if event.type == "order_filled"
+    ]
+
+
+# --- order updates ---------------------------------------------------------------------------
+
+
+def test_a_pushed_fill_is_recorded_from_the_stream_and_booked_once_when_a_poll_saw_it_too(
+    worker, sim
+):
+    from workers.app import app
+    from workers.flows.stream_updates import apply_order_update
+    from workers.flows.submission import record_sighting
+    from workers.flows.tracking import finish
+
+    # Given a resting order that filled on the exchange, and a poll that read it as open
+    cid = resting_order_filled_on_the_exchange(sim)
+    read_by_the_poll = order_of(cid)
+    seen = exchange_word(sim, cid)
+
+    # When the stream pushes the fill
+    outcome = apply_order_update("binance", seen, settings())
+
+    # Then it is recorded at once, from the stream
+    assert outcome == "recorded"
+    assert order_of(cid).status == "filled"
+    assert fill_sources(cid) == ["stream"]
+
+    # When the poll records the same fill from its earlier read, and its finish asks for
+    # verification again, and the stream pushes it once more
+    record_sighting(read_by_the_poll, seen, "tracking", settings())
+    finish(order_of(cid))
+    app.send_task("verify_position", kwargs={"client_order_id": cid}).get(timeout=60)
+    assert apply_order_update("binance", seen, settings()) == "unchanged"
+    app.send_task("verify_position", kwargs={"client_order_id": cid}).get(timeout=60)
+
+    # Then the order was filled once, and the book holds its fill once
+    assert fill_sources(cid) == ["stream"]
+    wait_for(lambda: order_of(cid).booked_filled == Decimal("0.1"), 30, message="not booked")
+    assert book_size("binance", ETH) == Decimal("0.1")
+
+
+def test_an_update_for_an_order_execq_does_not_have_is_left_to_recovery(worker, sim):
+    from workers.exchange.venues.base import ExchangeOrder
+    from workers.flows.stream_updates import apply_order_update
+
+    # Given an update for a client id execq never used, and one of an order on another account
+    stranger = ExchangeOrder(
+        id="1",
+        client_order_id="not-ours-1",
+        symbol=ETH,
+        status="closed",
+        amount=Decimal("0.1"),
+        filled=Decimal("0.1"),
+        average=Decimal("3500"),
+        reduce_only=False,
+    )
+    cid = resting_order_filled_on_the_exchange(sim)
+    ours_elsewhere = exchange_word(sim, cid)
+
+    # Then neither changes anything
+    assert apply_order_update("binance", stranger, settings()) == "unknown_order"
+    assert apply_order_update("bybit", ours_elsewhere, settings()) == "unknown_order"
+    assert order_of(cid).status == "open"
+
+
+def test_an_update_for_an_order_a_run_holds_goes_to_that_run_and_is_never_lost(worker, sim):
+    from workers.flows.stream_updates import apply_order_update, wait_for_order_update
+    from workers.flows.submission import Submission, order_lease
+
+    cid = resting_order_filled_on_the_exchange(sim)
+    seen = exchange_word(sim, cid)
+
+    # Given a run holding the order's lease
+    with order_lease(cid, settings(), time.monotonic() + 10):
+        # When the stream pushes the fill, the run receives it
+        assert apply_order_update("binance", seen, settings()) == "handed_to_run"
+        assert wait_for_order_update(cid, 5) == seen
+        assert order_of(cid).status == "open"
+
+    # Given a run that reads nothing the stream hands over while it works
+    with order_lease(cid, settings(), time.monotonic() + 10) as lease:
+        assert apply_order_update("binance", seen, settings()) == "handed_to_run"
+        # When it ends (a resting limit order: nothing for it to do)
+        ended = Submission(
+            order=order_of(cid), settings=settings(), deadline=time.monotonic() + 10, lease=lease
+        ).run()
+        # Then it recorded the fill before letting go
+        assert ended.status == "filled"
+    assert fill_sources(cid) == ["stream"]
+
+
+def test_an_update_handed_over_as_a_run_lets_go_is_recorded_when_it_does(worker, sim):
+    from workers.flows.stream_updates import apply_order_update
+    from workers.flows.submission import order_lease
+
+    cid = resting_order_filled_on_the_exchange(sim)
+
+    # Given a run (a cancel, say) holding the lease that never looks at the stream's list
+    with order_lease(cid, settings(), time.monotonic() + 10):
+        assert apply_order_update("binance", exchange_word(sim, cid), settings()) == "handed_to_run"
+        assert order_of(cid).status == "open"
+
+    # Then the fill is recorded as it lets go, not at the next tracking sweep, and booked
+    assert order_of(cid).status == "filled"
+    assert fill_sources(cid) == ["stream"]
+    wait_for(lambda: book_size("binance", ETH) == Decimal("0.1"), 30, message="not booked")
+
+
+def test_a_reconnect_catches_up_with_a_fill_that_happened_while_no_stream_ran(worker, sim):
+    from workers.exchange.positions import cached_position_size
+    from workers.flows.stream_updates import reconcile_account
+
+    # Given a resting order that filled while no stream listened
+    cid = resting_order_filled_on_the_exchange(sim, "bybit")
+
+    # When the stream reconnects and reconciles the account
+    counts = reconcile_account("bybit", settings())
+
+    # Then the fill is recorded (by REST), booked, and the position cache is fresh
+    assert counts.get("orders_adopted") == 1
+    assert counts.get("positions_read") == 1
+    assert order_of(cid).status == "filled"
+    assert fill_sources(cid) == ["tracking"]
+    assert cached_position_size("bybit", ETH) == Decimal("0.1")
+    wait_for(lambda: book_size("bybit", ETH) == Decimal("0.1"), 30, message="not booked")
+
+
+def test_a_bybit_market_order_takes_its_fill_from_a_healthy_stream_without_a_fetch(worker, sim):
+    from workers import redis_keys
+    from workers.flows.stream_updates import apply_order_update
+    from workers.redis_client import get_redis
+    from workers.streams.health import ORDERS
+
+    # Given Bybit's orders stream is healthy: it delivers, and pushes each order's word
+    signal_id = new_signal()
+    cid = cid_of(signal_id)
+    stop = threading.Event()
+    handed: list[str] = []
+
+    def stream() -> None:
+        while not stop.is_set():
+            get_redis().hset(
+                redis_keys.STREAMS_LAST_ALIVE,
+                redis_keys.stream_field("bybit", ORDERS),
+                time.time(),
+            )
+            seen = exchange_word(sim, cid)
+            if seen is not None and not handed:
+                handed.append(apply_order_update("bybit", seen, settings()))
+            stop.wait(0.02)
+
+    feeder = threading.Thread(target=stream, daemon=True)
+    feeder.start()
+    try:
+        fetches_before = sim.calls("bybit", "fetch_order")
+        wait_for(
+            lambda: get_redis().hexists(
+                redis_keys.STREAMS_LAST_ALIVE, redis_keys.stream_field("bybit", ORDERS)
+            ),
+            10,
+            message="the stream never delivered",
+        )
+
+        # When a market order is sent (Bybit's create answers with ids only)
+        summary = market(signal_id, "bybit", BTC, "buy", "0.01").get(timeout=60)
+    finally:
+        stop.set()
+        feeder.join(timeout=5)
+
+    # Then its fill came from the stream: no fetch after the create, booked once
+    assert summary["status"] == "filled"
+    assert handed == ["handed_to_run"]
+    assert sim.calls("bybit", "fetch_order") == fetches_before
+    assert fill_sources(cid) == ["stream"]
+    wait_for(lambda: book_size("bybit", BTC) == Decimal("0.01"), 30, message="not booked")
+
+
+def test_a_bybit_market_order_with_a_stale_stream_fetches_its_fill_as_without_streams(worker, sim):
+    # Given no stream ever delivered for Bybit
+    signal_id = new_signal()
+    fetches_before = sim.calls("bybit", "fetch_order")
+
+    # When a market order is sent
+    summary = market(signal_id, "bybit", BTC, "buy", "0.01").get(timeout=60)
+
+    # Then one fetch after the create told its fill
+    assert summary["status"] == "filled"
+    assert sim.calls("bybit", "fetch_order") == fetches_before + 1
+    assert fill_sources(cid_of(signal_id)) == ["create+follow"]
+
+
+# --- aged closes on pushed prices ------------------------------------------------------------
+
+
+def aged_settings():
+    """Positions age at once and stay in grace: the target is the breakeven price."""
+    base = settings()
+    aged = base.aged.model_copy(update={"max_age_s": 0.001, "grace_period_s": 3600})
+    return base.model_copy(update={"aged": aged})
+
+
+def aged_long(sim) -> tuple[int, Decimal]:
+    """A 0.1 ETH long on Binance at 3500, aged, its price below the target; (episode, target)."""
+    from workers.flows.aged_sweep import aged_targets, sweep_aged
+
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
+    assert market(new_signal(), "binance", ETH, "buy", "0.1").get(timeout=60)["status"] == (
+        "filled"
+    )
+    wait_for(lambda: book_size("binance", ETH) == Decimal("0.1"), 30, message="not booked")
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3400"})
+    report = sweep_aged(aged_settings())
+    assert report.detected == 1 and report.closes_enqueued == []
+    (target,) = aged_targets()[("binance", ETH)]
+    assert target.side == "long" and target.target_price > Decimal("3500")
+    return target.aged_id, target.target_price
+
+
+def episode(aged_id: int):
+    from workers.store.aged import load_aged
+
+    return load_aged(aged_id)
+
+
+def payloads(aged_id: int, event_type: str) -> list[dict]:
+    return [e.payload for e in events_of(aged_id=aged_id) if e.type == event_type]
+
+
+def test_a_pushed_price_past_the_target_claims_the_close_and_the_close_reaches_the_exchange(
+    worker, sim
+):
+    from workers.flows.aged_sweep import close_on_pushed_price
+
+    # Given an aged long whose target is above the market
+    aged_id, target = aged_long(sim)
+
+    # When a stream pushes a price short of the target, nothing happens
+    assert (
+        close_on_pushed_price("binance", ETH, target - 1, datetime.now(UTC), aged_settings()) == []
+    )
+    assert payloads(aged_id, "aged_close_claimed") == []
+
+    # When it pushes one at the target
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": str(target + 1)})
+    pushed_at = datetime.now(UTC)
+    claimed = close_on_pushed_price("binance", ETH, target + 1, pushed_at, aged_settings())
+
+    # Then the close is claimed, recorded as the stream's, and the position closes
+    assert claimed == [aged_id]
+    (reached,) = payloads(aged_id, "aged_target_reached")
+    assert reached["trigger"] == "stream"
+    assert reached["observed_at"] == pushed_at.isoformat()
+    (claim,) = payloads(aged_id, "aged_close_claimed")
+    assert claim["trigger"] == "stream"
+    wait_for(lambda: episode(aged_id).status == "closed", 60, message="the close never landed")
+    closes = [row for row in sim.ledger() if row["symbol"] == ETH and row["side"] == "sell"]
+    assert [row["status"] for row in closes] == ["closed"]
+
+
+def test_a_sweep_and_a_pushed_price_racing_for_one_close_claim_it_once(worker, sim):
+    from workers.app import app
+    from workers.flows.aged_sweep import close_on_pushed_price, sweep_aged
+
+    # Given an aged long, and the market moves past its target
+    aged_id, target = aged_long(sim)
+    price = target + 1
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": str(price)})
+
+    # When the sweep and a pushed price see it at the same moment
+    start = threading.Barrier(2)
+    claims: dict[str, list[int]] = {}
+
+    def sweep() -> None:
+        start.wait()
+        claims["sweep"] = sweep_aged(aged_settings()).closes_enqueued
+
+    def pushed() -> None:
+        start.wait()
+        claims["stream"] = close_on_pushed_price(
+            "binance", ETH, price, datetime.now(UTC), aged_settings()
+        )
+
+    racers = [threading.Thread(target=sweep), threading.Thread(target=pushed)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=60)
+
+    # Then exactly one of them claimed the close, and the exchange got one close order
+    assert sorted(claims["sweep"] + claims["stream"]) == [aged_id]
+    (claim,) = payloads(aged_id, "aged_close_claimed")
+    winner = "sweep" if claims["sweep"] else "stream"
+    assert claim["trigger"] == winner
+    for aged in claims["sweep"]:
+        app.send_task("close_aged_position", kwargs={"aged_id": aged})
+    wait_for(lambda: episode(aged_id).status == "closed", 60, message="the close never landed")
+    closes = [row for row in sim.ledger() if row["symbol"] == ETH and row["side"] == "sell"]
+    assert len(closes) == 1
