@@ -33,6 +33,7 @@ from workers.execution.lifecycle import (
     Traits,
     decide,
     decide_cancel,
+    settles_create,
     signing_window_ms,
 )
 from workers.execution.order_state import OrderStatus
@@ -250,6 +251,36 @@ def test_nothing_that_may_exist_is_ever_resent_on_binance(
 
 
 # --- cancel --------------------------------------------------------------------------------
+
+
+def test_a_market_orders_create_is_settled_by_the_streams_terminal_word_only():
+    # A market order's "open" is followed at once by its fill: keep waiting for it
+    assert not settles_create("market", Sighting("open"), Decimal("0.3"))
+    assert not settles_create("market", Sighting("open", filled=Decimal("0.1")), Decimal("0.3"))
+    assert settles_create("market", Sighting("closed", filled=Decimal("0.3")), Decimal("0.3"))
+    # an IOC remainder canceled after a partial fill ends it too
+    assert settles_create("market", Sighting("closed", filled=Decimal("0.1")), Decimal("0.3"))
+    # a word without a status settles nothing
+    assert not settles_create("market", Sighting(None), Decimal("0.3"))
+
+
+@given(
+    order_type=st.sampled_from(["market", "limit"]),
+    status=st.sampled_from([None, "open", "closed", "canceled", "expired", "rejected"]),
+    filled=st.decimals(min_value=0, max_value=Decimal("0.3"), places=2),
+)
+def test_the_streams_word_settles_a_create_when_it_ends_the_order_or_the_order_may_rest(
+    order_type, status, filled
+):
+    seen = Sighting(status, filled=filled)
+    settled = settles_create(order_type, seen, Decimal("0.3"))
+    if status is None:
+        assert not settled
+    elif status != "open":
+        assert settled
+    else:
+        # a limit order may rest for long: its first word ends the wait
+        assert settled == (order_type == "limit")
 
 
 def test_a_cancel_of_an_order_never_sent_cancels_it_at_once():
