@@ -65,7 +65,11 @@ def test_default_plan_adds_the_stream_faults_to_the_create_faults() -> None:
     stream_rules = plan["rules"][len(create_rules) :]
     # 10 % of the pushed messages lost, on every stream
     assert {"kind": "stream_drop", "probability": 0.10} in stream_rules
-    assert {rule["kind"] for rule in stream_rules} <= {"stream_drop", "stream_delay"}
+    assert {rule["kind"] for rule in stream_rules} <= {
+        "stream_drop",
+        "stream_stall",
+        "stream_delay",
+    }
     assert default_plan(3, streams=False) == fault_plan(3)
     # Every 30 s a connection of each streaming exchange is cut, private and public in turn
     cuts = [stream_disconnect_rules(tick) for tick in range(2)]

@@ -215,10 +215,13 @@ STREAM_DISCONNECT_EVERY_S = 30.0
 
 def stream_fault_rules() -> list[dict[str, Any]]:
     """The default plan's stream faults: 10 % of the pushed messages lost, 5 % of them
-    (and every one behind them) 200 ms late. The cut connections are not a rule with a
-    rate: ``ChaosRun`` arms ``stream_disconnect_rules`` every ``STREAM_DISCONNECT_EVERY_S``."""
+    (and every one behind them) 200 ms late, and one in 2,000 stalls its connection (it
+    stays open and sends nothing: the holder must see it go stale and reconnect). The
+    cut connections are not a rule with a rate: ``ChaosRun`` arms
+    ``stream_disconnect_rules`` every ``STREAM_DISCONNECT_EVERY_S``."""
     return [
         {"kind": "stream_drop", "probability": 0.10},
+        {"kind": "stream_stall", "probability": 0.0005},
         {"kind": "stream_delay", "delay_ms": 200, "probability": 0.05},
     ]
 
