@@ -423,3 +423,106 @@ def test_a_sweep_and_a_pushed_price_racing_for_one_close_claim_it_once(worker, s
     wait_for(lambda: episode(aged_id).status == "closed", 60, message="the close never landed")
     closes = [row for row in sim.ledger() if row["symbol"] == ETH and row["side"] == "sell"]
     assert len(closes) == 1
+
+
+# --- verification ----------------------------------------------------------------------------
+
+
+def stream_delivers(account: str, stream: str) -> None:
+    """``stream`` of ``account`` just delivered (what its holder writes on every message)."""
+    from workers import redis_keys
+    from workers.redis_client import get_redis
+
+    get_redis().hset(
+        redis_keys.STREAMS_LAST_ALIVE, redis_keys.stream_field(account, stream), time.time()
+    )
+
+
+def test_verification_takes_a_fill_the_healthy_orders_stream_recorded_without_a_lookup(worker, sim):
+    from workers.execution.verification import SourceName, Verdict
+    from workers.flows.stream_updates import apply_order_update
+    from workers.flows.verification import verify_order
+    from workers.streams.health import ORDERS
+
+    # Given a verification that read the order while it was open, and a healthy orders
+    # stream that has recorded its fill since
+    cid = resting_order_filled_on_the_exchange(sim)
+    read_as_open = order_of(cid)
+    stream_delivers("binance", ORDERS)
+    assert apply_order_update("binance", exchange_word(sim, cid), settings()) == "recorded"
+    lookups = sim.calls("binance", "fetch_order")
+
+    # When it verifies the order
+    verification = verify_order(read_as_open, settings())
+
+    # Then the stream's record decides, and the exchange was not asked
+    assert verification.result.verdict == Verdict.VERIFIED
+    assert verification.result.decided_by == SourceName.ORDER
+    assert verification.result.actual_size == Decimal("0.1")
+    assert sim.calls("binance", "fetch_order") == lookups
+
+
+def test_verification_with_a_stale_orders_stream_looks_the_order_up_as_without_streams(worker, sim):
+    from workers.execution.verification import Verdict
+    from workers.flows.verification import verify_order
+
+    # Given an order that filled on the exchange, recorded open, and no stream
+    cid = resting_order_filled_on_the_exchange(sim)
+    lookups = sim.calls("binance", "fetch_order")
+
+    # When it is verified, the exchange is asked, and says filled
+    verification = verify_order(order_of(cid), settings())
+    assert verification.result.verdict == Verdict.VERIFIED
+    assert sim.calls("binance", "fetch_order") == lookups + 1
+
+
+def test_a_flat_position_cache_from_a_healthy_stream_never_stops_rest_from_verifying(worker, sim):
+    from workers.exchange.positions import ExchangePosition, cache_positions
+    from workers.execution.verification import SourceName, Verdict
+    from workers.flows.verification import verify_order
+    from workers.streams.health import ORDERS, POSITIONS
+
+    # Given an order still working on the exchange, and a position the stream's cache
+    # missed (it shows flat) while the exchange holds 0.1
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
+    signal_id = new_signal()
+    assert limit(signal_id, "binance", ETH, "buy", "0.1", "3000").get(timeout=60)["status"] == (
+        "open"
+    )
+    sim.set_position("binance", ETH, "0.1", "3500")
+    cache_positions([ExchangePosition("binance", ETH, Decimal(0), None, None)])
+    stream_delivers("binance", ORDERS)
+    stream_delivers("binance", POSITIONS)
+
+    # When it is verified
+    verification = verify_order(order_of(cid_of(signal_id)), settings())
+
+    # Then REST positions verified it: the cache's silence is never a "no"
+    assert verification.result.verdict == Verdict.VERIFIED
+    assert verification.result.decided_by == SourceName.REST
+
+
+def test_a_position_the_healthy_stream_cached_verifies_without_a_positions_request(worker, sim):
+    from workers.exchange.positions import ExchangePosition, cache_positions
+    from workers.execution.verification import SourceName, Verdict
+    from workers.flows.verification import verify_order
+    from workers.streams.health import POSITIONS
+
+    # Given an order still working on the exchange, and the positions stream has cached
+    # the position it opened
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
+    signal_id = new_signal()
+    assert limit(signal_id, "binance", ETH, "buy", "0.1", "3000").get(timeout=60)["status"] == (
+        "open"
+    )
+    cache_positions([ExchangePosition("binance", ETH, Decimal("0.1"), Decimal("3500"), None)])
+    stream_delivers("binance", POSITIONS)
+    reads = sim.calls("binance", "positions")
+
+    # When it is verified
+    verification = verify_order(order_of(cid_of(signal_id)), settings())
+
+    # Then the cache verified it, with no positions request
+    assert verification.result.verdict == Verdict.VERIFIED
+    assert verification.result.decided_by == SourceName.CACHE
+    assert sim.calls("binance", "positions") == reads

@@ -8,14 +8,14 @@ verdict comes from ``workers.execution.verification.decide``; every source
 asked is an event. ``unknown`` never rolls anything back: it raises an alert
 and leaves the order to the recovery sweep.
 
-With a healthy orders stream (``workers.streams.health``) the stored order is
-as current as the exchange's word: an acknowledged order that does not decide
-yet waits up to ``streams.fill_wait_s`` for the stream to record its fill
-instead of the REST lookups (an order whose create is in doubt is still looked
-up: the stream cannot speak for an order the exchange may not have). With a
-healthy positions stream the position cache (which the stream writes) stands
-in for the REST positions reads while it has an entry. A stale stream: as
-without streams.
+With a healthy orders stream (``workers.streams.health``) an acknowledged
+order that does not decide yet first waits up to ``streams.fill_wait_s`` for
+the stream to record its fill; only when it records nothing decisive is the
+order looked up by REST (a stream may lose a message; an order whose create is
+in doubt is looked up at once: the stream cannot speak for an order the
+exchange may not have). With a healthy positions stream each positions round
+asks the position cache (which the stream writes) first, and REST only when
+the cache does not decide. A stale stream: as without streams.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ def _refresh_order(order: OrderSnapshot, deadline: float, settings: Settings) ->
 
 
 def _await_stream(order: OrderSnapshot, deadline: float, settings: Settings) -> OrderSnapshot:
-    """The order once the orders stream recorded a decisive state of it, or as stored when
-    ``streams.fill_wait_s`` passes first (the stream said nothing new: nothing happened)."""
+    """The order once the orders stream recorded a decisive state of it, or as last stored
+    when ``streams.fill_wait_s`` passes first."""
     until = min(deadline, time.monotonic() + settings.streams.fill_wait_s)
     latest = order
 
@@ -182,7 +182,7 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
     if observation is None or observation.status == "open":
         if observation is not None and stream_healthy(order.account, ORDERS, settings):
             order = _await_stream(order, deadline, settings)
-        else:
+        if not decisive_order(order):
             order = _refresh_order(order, deadline, settings)
         observation = _observation(order)
     asked.append(
@@ -206,8 +206,8 @@ def verify_order(order: OrderSnapshot, settings: Settings) -> Verification:
             cached = cached_position_size(order.account, order.symbol)
             if cached is not None:
                 asked.append((SourceName.CACHE, position_outcome(abs(cached))))
-                result = judge()
-                return result if _decided(result) else None
+                if _decided(result := judge()):
+                    return result
         try:
             positions = fetch_positions(order.account, [order.symbol])
         except VenueError as exc:
