@@ -253,6 +253,24 @@ def test_nothing_that_may_exist_is_ever_resent_on_binance(
 # --- cancel --------------------------------------------------------------------------------
 
 
+def test_a_word_showing_less_filled_than_recorded_is_older_and_changes_nothing():
+    # Given a partial fill of 0.2 recorded (a stream's word, say)
+    recorded = order(OrderStatus.PARTIALLY_FILLED, filled=Decimal("0.2"), accepted=True)
+    # When a poll that read it earlier reports 0.1, or the stream a late message
+    for source in ("tracking", "stream"):
+        older = Seen(Sighting("open", filled=Decimal("0.1")), source)
+        assert decide(recorded, older, BINANCE, T0, TIMING) == Done()
+    # Then a word with as much or more filled is adopted as ever
+    same = Sighting("open", filled=Decimal("0.2"))
+    assert decide(recorded, Seen(same, "stream"), BINANCE, T0, TIMING) == Adopt(
+        OrderStatus.PARTIALLY_FILLED, same
+    )
+    done = Sighting("closed", filled=Decimal("0.3"))
+    assert decide(recorded, Seen(done, "tracking"), BINANCE, T0, TIMING) == Adopt(
+        OrderStatus.FILLED, done
+    )
+
+
 def test_a_market_orders_create_is_settled_by_the_streams_terminal_word_only():
     # A market order's "open" is followed at once by its fill: keep waiting for it
     assert not settles_create("market", Sighting("open"), Decimal("0.3"))

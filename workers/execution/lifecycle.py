@@ -23,6 +23,7 @@ The rules it holds (each is a unit test in ``tests/unit/test_lifecycle.py``):
 | | a create may have left before | look it up |
 | duplicate client id | | it exists: look it up, never reject |
 | seen (lookup, poll, stream, cancel) | | adopt what was seen |
+| | it shows less filled than recorded (an older word: a stream and a poll crossed) | done, keep the record |
 | not seen, inside the visibility window | | keep looking |
 | not seen, past the window | known to exist (duplicate id) | unknown, critical alert, keep looking |
 | | the venue refuses a reused client id (a copy cannot be a second order) | send again |
@@ -117,6 +118,8 @@ class OrderFacts:
     sends: int = 0
     #: Why no create may be sent now (the kill switch, a refusal, spent retries).
     blocked: str | None = None
+    #: How much of it the exchange's last recorded word said had filled.
+    filled: Decimal = Decimal(0)
 
 
 # --- observations ----------------------------------------------------------------------------
@@ -360,6 +363,9 @@ def decide(
     match observed:
         case Taken():
             return _on_taken(order, observed, now, timing)
+        case Seen(seen=seen) if seen.filled is not None and seen.filled < order.filled:
+            # Fills only grow: this word is older than the one recorded.
+            return Done()
         case Accepted(seen=seen) | Seen(seen=seen):
             status = status_from_exchange(seen, order.amount)
             if status is None:

@@ -128,6 +128,8 @@ def apply_order_update(account: str, seen: ExchangeOrder, settings: Settings) ->
     order = order_store.load_order(cid) if cid else None
     if cid is None or order is None or order.account != account:
         return "unknown_order"
+    if order.terminal:
+        return "unchanged"  # an order never moves on from its end (streams repeat themselves)
     key = redis_keys.order_lock(cid)
     lease = try_lock(key, settings.order_lock_ttl_s)
     if lease is None:

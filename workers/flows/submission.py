@@ -227,6 +227,7 @@ class Submission:
             alerted=order.alerted_at is not None,
             sends=order.attempts,
             blocked=self.blocked,
+            filled=order.filled,
         )
 
     def _drive(self) -> OrderSnapshot:
