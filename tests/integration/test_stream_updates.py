@@ -3,8 +3,9 @@ Redis, Postgres and the simulator: a pushed fill is recorded and booked once, wh
 it first; an update for an order a run holds reaches that run, or is recorded as it lets
 go; a reconnect catches up by REST; a pushed price claims an aged close exactly once.
 
-Where a test needs a stream's word it takes it from the simulator's ledger (the
-exchange's own record of the order, which costs no request the counts below see).
+Most tests hand the flows a stream's word themselves, taken from the simulator's ledger
+(the exchange's own record of the order, which costs no request the counts below see);
+the last ones run the real stream holder (``execq streams``, ``stream_holders``).
 """
 
 from __future__ import annotations
@@ -252,56 +253,6 @@ def test_a_reconnect_catches_up_with_a_fill_that_happened_while_no_stream_ran(wo
     wait_for(lambda: book_size("bybit", ETH) == Decimal("0.1"), 30, message="not booked")
 
 
-def test_a_bybit_market_order_takes_its_fill_from_a_healthy_stream_without_a_fetch(worker, sim):
-    from workers import redis_keys
-    from workers.flows.stream_updates import apply_order_update
-    from workers.redis_client import get_redis
-    from workers.streams.health import ORDERS
-
-    # Given Bybit's orders stream is healthy: it delivers, and pushes each order's word
-    signal_id = new_signal()
-    cid = cid_of(signal_id)
-    stop = threading.Event()
-    handed: list[str] = []
-
-    def stream() -> None:
-        while not stop.is_set():
-            get_redis().hset(
-                redis_keys.STREAMS_LAST_ALIVE,
-                redis_keys.stream_field("bybit", ORDERS),
-                time.time(),
-            )
-            seen = exchange_word(sim, cid)
-            if seen is not None and not handed:
-                handed.append(apply_order_update("bybit", seen, settings()))
-            stop.wait(0.02)
-
-    feeder = threading.Thread(target=stream, daemon=True)
-    feeder.start()
-    try:
-        fetches_before = sim.calls("bybit", "fetch_order")
-        wait_for(
-            lambda: get_redis().hexists(
-                redis_keys.STREAMS_LAST_ALIVE, redis_keys.stream_field("bybit", ORDERS)
-            ),
-            10,
-            message="the stream never delivered",
-        )
-
-        # When a market order is sent (Bybit's create answers with ids only)
-        summary = market(signal_id, "bybit", BTC, "buy", "0.01").get(timeout=60)
-    finally:
-        stop.set()
-        feeder.join(timeout=5)
-
-    # Then its fill came from the stream: no fetch after the create, booked once
-    assert summary["status"] == "filled"
-    assert handed == ["handed_to_run"]
-    assert sim.calls("bybit", "fetch_order") == fetches_before
-    assert fill_sources(cid) == ["stream"]
-    wait_for(lambda: book_size("bybit", BTC) == Decimal("0.01"), 30, message="not booked")
-
-
 def test_a_bybit_market_order_with_a_stale_stream_fetches_its_fill_as_without_streams(worker, sim):
     # Given no stream ever delivered for Bybit
     signal_id = new_signal()
@@ -526,3 +477,50 @@ def test_a_position_the_healthy_stream_cached_verifies_without_a_positions_reque
     assert verification.result.verdict == Verdict.VERIFIED
     assert verification.result.decided_by == SourceName.CACHE
     assert sim.calls("binance", "positions") == reads
+
+
+# --- with the real stream holder -------------------------------------------------------------
+
+
+def test_with_the_holder_a_bybit_market_order_costs_no_request_beyond_its_create(
+    worker, stream_holders, sim
+):
+    # Given the stream holder with Bybit's orders stream live
+    stream_holders.start(accounts=("bybit",))
+    creates, fetches = sim.calls("bybit", "create_order"), sim.calls("bybit", "fetch_order")
+    signal_id = new_signal()
+
+    # When a market order is sent (Bybit's create answers with ids only)
+    summary = market(signal_id, "bybit", BTC, "buy", "0.01").get(timeout=60)
+
+    # Then its fill came from the stream: the create was the only order request
+    assert summary["status"] == "filled"
+    assert sim.calls("bybit", "create_order") == creates + 1
+    assert sim.calls("bybit", "fetch_order") == fetches
+    assert fill_sources(cid_of(signal_id)) == ["stream"]
+    wait_for(lambda: book_size("bybit", BTC) == Decimal("0.01"), 30, message="not booked")
+
+
+def test_with_the_holder_a_pushed_price_at_the_target_closes_an_aged_position(
+    worker, stream_holders, sim
+):
+    from workers.streams.health import PRICES, stream_healthy
+
+    # Given the stream holder, and an aged long whose target is above the market (no
+    # sweep runs: only the price stream can close it)
+    stream_holders.start(accounts=("binance",))
+    aged_id, target = aged_long(sim)
+    wait_for(
+        lambda: stream_healthy("binance", PRICES, settings()),
+        30,
+        message="the price stream never watched the aged symbol",
+    )
+
+    # When the exchange's price reaches the target
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": str(target + 1)})
+
+    # Then the close is claimed on the pushed price and the position closes
+    wait_for(lambda: episode(aged_id).status == "closed", 60, message="the close never landed")
+    (claim,) = payloads(aged_id, "aged_close_claimed")
+    assert claim["trigger"] == "stream"
+    assert [p["trigger"] for p in payloads(aged_id, "aged_target_reached")] == ["stream"]
