@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -59,6 +60,8 @@ logger = logging.getLogger("execq.stream_updates")
 # enough that nothing stale is read by a later run (the tracker fetches anyway).
 HANDED_UPDATE_TTL_S = 60
 SOURCE = "stream"
+# Seconds one blocking read of the list may last: below the Redis client's socket timeout.
+BLOCK_MAX_S = 2.0
 
 
 # --- the handed-over list ------------------------------------------------------------------
@@ -107,10 +110,14 @@ def has_order_updates(client_order_id: str) -> bool:
 def wait_for_order_update(client_order_id: str, timeout_s: float) -> ExchangeOrder | None:
     """The oldest update handed over for the order, waiting up to ``timeout_s`` for one;
     None when none came. Used by the run holding the order's lease."""
-    if timeout_s <= 0:
-        return None
-    answer = get_redis().blpop([redis_keys.stream_order_updates(client_order_id)], timeout_s)
-    return None if answer is None else _decode(answer[1])
+    key = redis_keys.stream_order_updates(client_order_id)
+    until = time.monotonic() + timeout_s
+    while (left_s := until - time.monotonic()) > 0:
+        # Each wait stays inside the Redis client's socket timeout.
+        answer = get_redis().blpop([key], min(left_s, BLOCK_MAX_S))
+        if answer is not None:
+            return _decode(answer[1])
+    return None
 
 
 # --- order updates -------------------------------------------------------------------------

@@ -444,23 +444,19 @@ class Submission:
         return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, "create+follow")
 
     def _wait_for_stream(self) -> ExchangeOrder | None:
-        """The orders stream's word on the order, waiting up to ``streams.fill_wait_s`` (and
-        never past the run's budget) for one that settles the create's outcome; the latest
-        word that does not, or None, when none does in time."""
+        """The orders stream's word that settles the create's outcome
+        (``lifecycle.settles_create``), waiting up to ``streams.fill_wait_s`` and never past
+        the run's budget; None when none came in time (a message may be lost: ask by REST)."""
         from workers.flows.stream_updates import wait_for_order_update
 
         until = min(self.deadline, time.monotonic() + self.settings.streams.fill_wait_s)
-        latest: ExchangeOrder | None = None
         while (left_s := until - time.monotonic()) > 0:
             seen = wait_for_order_update(self.cid, left_s)
             if seen is None:
-                break
-            if lifecycle.status_from_exchange(seen, self.order.amount) is None:
-                continue
-            latest = seen
+                return None
             if lifecycle.settles_create(self.order.order_type, seen, self.order.amount):
-                break
-        return latest
+                return seen
+        return None
 
     def _record_stream_updates(self) -> OrderSnapshot:
         """Record what a stream handed over while this run held the lease (a fill of a
