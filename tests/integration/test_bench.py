@@ -174,3 +174,32 @@ def test_ingress_bench_compares_the_api_with_the_python_producer(database: str, 
             "SELECT datname FROM pg_database WHERE datname LIKE %s",
             (f"execq_ingress_{os.getpid()}_%",),
         ).fetchall()
+
+
+def test_flow_bench_measures_the_streams_beside_the_sweep_alone(database: str, tmp_path) -> None:
+    from workers.harness.bench_flows import run_flow_bench
+
+    # Given the stream phase alone, small
+    result = run_flow_bench(tmp_path, phases=("streams",), stream_positions=4, stream_orders=4)
+    streams = result["streams"]
+
+    # Then each figure was measured without the holder and with it, in the same run
+    closes = streams["price_to_close_ms"]
+    assert closes["sweep_only"]["n"] == closes["streams"]["n"] == 4
+    assert 0 < closes["streams"]["p50_ms"] <= closes["streams"]["p99_ms"]
+    # Without the holder the sweep claims every close; with it the pushed prices do
+    assert closes["sweep_only"]["triggers"] == {"sweep": 4}
+    assert closes["streams"]["triggers"].get("stream", 0) >= 1, closes["streams"]
+    requests = streams["bybit_requests_beyond_create"]
+    assert requests["polls"]["creates"] == requests["streams"]["creates"] == 4
+    # Polling asks the exchange again after each create
+    assert requests["polls"]["beyond_create_per_order"] >= 1, requests["polls"]
+    # and the verdicts follow from the figures
+    targets = streams["targets"]
+    assert targets["price_to_close_p99_ms"]["met"] == (
+        closes["streams"]["p99_ms"] <= targets["price_to_close_p99_ms"]["target"]
+    )
+    assert targets["bybit_requests_beyond_create"]["met"] == (
+        requests["streams"]["beyond_create_per_order"]
+        <= targets["bybit_requests_beyond_create"]["target"]
+    )

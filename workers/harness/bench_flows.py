@@ -16,7 +16,15 @@
 - ``sweep``: one aged sweep over 1,000 open positions on 100 accounts across
   two exchanges (first run detects them all, second is the steady state);
 - ``kill_recovery``: a worker SIGKILLed with orders in doubt -> every order
-  terminal again, with the default 60 s recovery interval.
+  terminal again, with the default 60 s recovery interval;
+- ``streams``: what the stream holder (``execq streams``) changes, each figure
+  measured without it first and then with it, in the same run: the price
+  crossing an aged target -> the close accepted by the exchange, one crossing at a
+  time (target p99 <= 300 ms with healthy streams; the sweep alone is bounded by
+  its 2 s interval), with what claimed each close (``trigger``); and the REST
+  requests a Bybit market order costs beyond its create, from the simulator's
+  per-operation counts (target 0 with healthy streams: the fill and the position
+  arrive pushed).
 
 Runs on a private ``redis-server`` and a scratch PostgreSQL database with its own
 simulator, workers and beat, like ``execq bench``; nothing here is a test (no
@@ -56,6 +64,11 @@ AMOUNTS = {
 # Aged settings for the close-latency phase: aged after 1 s, and a long grace so the
 # breakeven target holds still while the price is moved across it.
 AGED_ENV = {"EXECQ_AGED__MAX_AGE_S": "1", "EXECQ_AGED__GRACE_PERIOD_S": "600"}
+PRICE_TO_CLOSE_P99_TARGET_MS = 300.0
+BYBIT_REQUESTS_BEYOND_CREATE_TARGET = 0.0
+# The exchanges the simulator serves streams for.
+STREAM_EXCHANGES = ("binance", "bybit")
+PHASES = ("verify", "liquidation", "aged_close", "aged_sweep_kill", "kill_recovery", "streams")
 
 
 def _wait(condition, timeout_s: float, what: str, interval_s: float = 0.2):
@@ -395,16 +408,229 @@ def measure_kill_recovery(app, stack: Stack, sim: SimulatorClient, orders: int) 
     }
 
 
+# --- with and without the stream holder -------------------------------------------------------
+
+
+def _streams_live(accounts: tuple[str, ...], since: datetime) -> bool:
+    """Whether the holder shows the orders and positions streams of every one of
+    ``accounts`` live, live since ``since`` (connected and reconciled after it)."""
+    from workers import redis_keys
+    from workers.redis_client import get_redis
+
+    fields = [
+        redis_keys.stream_field(account, stream)
+        for account in accounts
+        for stream in ("orders", "positions")
+    ]
+    for raw in get_redis().hmget(redis_keys.STREAMS_STATE, fields):
+        if raw is None:
+            return False
+        state = json.loads(raw)
+        if state["state"] != "live" or datetime.fromisoformat(state["since"]) < since:
+            return False
+    return True
+
+
+def _fresh_book_streams(sim: SimulatorClient, with_streams: bool) -> None:
+    """``_fresh_book``; the simulator's reset closes every stream connection, so with the
+    holder running, wait until it has reconnected and reconciled since."""
+    reset_at = datetime.now(UTC)
+    _fresh_book(sim)
+    if with_streams:
+        _wait(lambda: _streams_live(STREAM_EXCHANGES, reset_at), 60, "the streams live again")
+
+
+def _price_subscribed(sim: SimulatorClient, exchange: str, base: str) -> bool:
+    """Whether a public stream connection of ``exchange`` watches ``base``'s price."""
+    connections = sim._get("/_sim/streams")["connections"]  # noqa: SLF001 - no wrapper yet
+    return any(
+        connection["exchange"] == exchange
+        and connection["stream"] == "public_stream"
+        and any(f"{base.lower()}usdt" in str(name).lower() for name in connection["subscriptions"])
+        for connection in connections
+    )
+
+
+# Seconds between two price crossings: they land at every point of the sweep's 2 s
+# interval, and a close (tens of milliseconds with streams) is done before the next.
+CROSSING_EVERY_S = 0.35
+
+
+def measure_price_to_close(
+    app, sim: SimulatorClient, positions: int, *, with_streams: bool
+) -> dict[str, Any]:
+    """One aged long per (exchange, symbol); the prices are moved 5 % up, across their
+    breakeven targets, one every ``CROSSING_EVERY_S``: the milliseconds from each move to
+    the exchange accepting that position's close (its ledger timestamp), and what claimed
+    each close (``trigger``: ``stream`` or ``sweep``)."""
+    from workers.settings import get_settings
+
+    _fresh_book_streams(sim, with_streams)
+    chosen = [(STREAM_EXCHANGES[i % 2], SYMBOLS[(i // 2) % len(SYMBOLS)]) for i in range(positions)]
+    prefix = f"flow-cross-{'streams' if with_streams else 'sweep'}-"
+    for index, (exchange, base) in enumerate(chosen):
+        _send_open(app, f"{prefix}{index}", exchange, base)
+    _wait(
+        lambda: (
+            _rows(
+                "SELECT count(*) FROM aged_positions "
+                "WHERE status = 'active' AND target_price IS NOT NULL"
+            )[0][0]
+            >= positions
+        ),
+        120,
+        "aged positions with targets",
+    )
+    if with_streams:
+        for exchange, base in chosen:
+            _wait(
+                lambda exchange=exchange, base=base: _price_subscribed(sim, exchange, base),
+                30,
+                f"{exchange} {base} watched",
+            )
+        # The holder compares prices with the targets it re-reads on this interval.
+        time.sleep(2 * get_settings().streams.targets_refresh_s)
+    moved_at_ms: dict[tuple[str, str], float] = {}
+    started = time.monotonic()
+    for index, (exchange, base) in enumerate(chosen):
+        delay = started + index * CROSSING_EVERY_S - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the crossings
+        symbol = f"{base}/USDT:USDT"
+        price = Decimal(sim.price(exchange, symbol)) * Decimal("1.05")
+        moved_at_ms[(exchange, symbol)] = time.time() * 1000
+        sim.prices({"exchange": exchange, "symbol": symbol, "price": str(price)})
+    _wait(
+        lambda: (
+            _rows("SELECT count(*) FROM aged_positions WHERE status = 'closed'")[0][0] >= positions
+        ),
+        60,
+        "every aged close booked",
+    )
+    accepted: dict[tuple[str, str], float] = {}
+    for order in sim.ledger():
+        key = (order["exchange"], order["symbol"])
+        if order["reduceOnly"] and key in moved_at_ms:
+            accepted[key] = min(accepted.get(key, order["timestamp"]), order["timestamp"])
+    latencies = {key: accepted[key] - moved_at_ms[key] for key in accepted}
+    claimed = _rows(
+        "SELECT p.account, p.symbol, coalesce(e.payload->>'trigger', 'none') FROM events e "
+        "JOIN aged_positions a ON a.id = e.aged_id JOIN positions p ON p.id = a.position_id "
+        "WHERE e.type = 'aged_close_claimed' ORDER BY e.id"
+    )
+    triggers: dict[str, int] = {}
+    trigger_of: dict[tuple[str, str], str] = {}
+    for account, symbol, trigger in claimed:
+        trigger_of.setdefault((account, symbol), trigger)
+        triggers[trigger] = triggers.get(trigger, 0) + 1
+    slowest = max(latencies, key=latencies.__getitem__, default=None)
+    return {
+        **_ms(list(latencies.values())),
+        "triggers": triggers,
+        "slowest": None
+        if slowest is None
+        else {
+            "exchange": slowest[0],
+            "symbol": slowest[1],
+            "ms": round(latencies[slowest], 1),
+            "trigger": trigger_of.get(slowest),
+        },
+    }
+
+
+# What an order's own path may ask an exchange after its create: its state, its position.
+# (Tickers are the aged sweep's, per interval; markets and account checks a client's set-up.)
+ORDER_OPERATIONS = ("fetch_order", "open_orders", "order_history", "positions")
+
+
+def measure_bybit_requests(app, sim: SimulatorClient, orders: int, *, with_streams: bool):
+    """``orders`` Bybit market opens, one after the other, each awaited until verified:
+    the requests of ``ORDER_OPERATIONS`` the simulator counted on Bybit beyond the
+    creates, per order, and every operation counted meanwhile."""
+    _fresh_book_streams(sim, with_streams)
+    prefix = f"flow-bybit-{'streams' if with_streams else 'polls'}-"
+    before = sim.stats().get("bybit", {})
+    for index in range(orders):
+        _send_open(app, f"{prefix}{index}", "bybit", SYMBOLS[index % len(SYMBOLS)])
+        _wait(
+            lambda index=index: _rows(
+                "SELECT count(*) FROM orders WHERE signal_id = :s AND verification IS NOT NULL",
+                s=f"{prefix}{index}",
+            )[0][0],
+            60,
+            f"bybit order {index} verified",
+            interval_s=0.05,
+        )
+    after = sim.stats().get("bybit", {})
+    by_operation = {
+        operation: count - before.get(operation, 0)
+        for operation, count in after.items()
+        if count - before.get(operation, 0) and operation != "create_order"
+    }
+    creates = after.get("create_order", 0) - before.get("create_order", 0)
+    beyond = sum(by_operation.get(operation, 0) for operation in ORDER_OPERATIONS)
+    return {
+        "orders": orders,
+        "creates": creates,
+        "beyond_create_per_order": round(beyond / max(creates, 1), 2),
+        "by_operation": by_operation,
+    }
+
+
+def measure_streams(app, stack: Stack, sim: SimulatorClient, positions: int, orders: int):
+    """Each stream figure without the holder, then with it (started here, stopped after)."""
+    without = {
+        "price_to_close": measure_price_to_close(app, sim, positions, with_streams=False),
+        "bybit_requests": measure_bybit_requests(app, sim, orders, with_streams=False),
+    }
+    holder = stack.start_streams()
+    try:
+        with_streams = {
+            "price_to_close": measure_price_to_close(app, sim, positions, with_streams=True),
+            "bybit_requests": measure_bybit_requests(app, sim, orders, with_streams=True),
+        }
+    finally:
+        holder.stop()
+    p99 = with_streams["price_to_close"]["p99_ms"]
+    beyond = with_streams["bybit_requests"]["beyond_create_per_order"]
+    return {
+        "price_to_close_ms": {
+            "streams": with_streams["price_to_close"],
+            "sweep_only": without["price_to_close"],
+            "sweep_interval_s": 2.0,
+        },
+        "bybit_requests_beyond_create": {
+            "streams": with_streams["bybit_requests"],
+            "polls": without["bybit_requests"],
+        },
+        "targets": {
+            "price_to_close_p99_ms": {
+                "target": PRICE_TO_CLOSE_P99_TARGET_MS,
+                "measured": p99,
+                "met": p99 is not None and p99 <= PRICE_TO_CLOSE_P99_TARGET_MS,
+            },
+            "bybit_requests_beyond_create": {
+                "target": BYBIT_REQUESTS_BEYOND_CREATE_TARGET,
+                "measured": beyond,
+                "met": beyond <= BYBIT_REQUESTS_BEYOND_CREATE_TARGET,
+            },
+        },
+    }
+
+
 def run_flow_bench(
     workdir: Path,
     *,
     orders: int = 100,
     latency_ms: int = 50,
     sweep_positions: int = 1000,
+    stream_positions: int = 20,
+    stream_orders: int = 20,
     redis_url: str | None = None,
+    phases: tuple[str, ...] = (*PHASES, "sweep"),
 ) -> dict[str, Any]:
-    """Every flow figure; on a private ``redis-server`` unless ``redis_url`` (an empty
-    database) is given."""
+    """Every flow figure (or those of ``phases``); on a private ``redis-server`` unless
+    ``redis_url`` (an empty database) is given."""
     started = time.monotonic()
     with (
         scratch("flows", workdir=workdir, redis_url=redis_url) as run,
@@ -414,15 +640,23 @@ def run_flow_bench(
         stack.start_worker("flows1", concurrency=32)
         beat = stack.start_beat()
         app = client_app(run.redis_url)
-        result: dict[str, Any] = {"verify": measure_verify(app, sim, orders)}
-        result["liquidation"] = measure_liquidation(app, sim, latency_ms)
-        result["aged_close"] = measure_aged_close(app, sim, 10)
-        result["aged_sweep_kill"] = measure_aged_sweep_kill(app, stack, sim)
-        result["kill_recovery"] = measure_kill_recovery(app, stack, sim, 5)
-        # The sweep is timed in this process, on a book the workers and beat must not touch.
-        beat.stop()
-        stack.kill_worker("flows1", signal.SIGTERM)
-        sim.reset()
-        result["sweep"] = measure_sweep(sim, run.env(), sweep_positions)
+        measures = {
+            "verify": lambda: measure_verify(app, sim, orders),
+            "liquidation": lambda: measure_liquidation(app, sim, latency_ms),
+            "aged_close": lambda: measure_aged_close(app, sim, 10),
+            "aged_sweep_kill": lambda: measure_aged_sweep_kill(app, stack, sim),
+            "kill_recovery": lambda: measure_kill_recovery(app, stack, sim, 5),
+            "streams": lambda: measure_streams(app, stack, sim, stream_positions, stream_orders),
+        }
+        result: dict[str, Any] = {}
+        for phase in PHASES:
+            if phase in phases:
+                result[phase] = measures[phase]()
+        if "sweep" in phases:
+            # The sweep is timed in this process, on a book the workers and beat must not touch.
+            beat.stop()
+            stack.kill_worker("flows1", signal.SIGTERM)
+            sim.reset()
+            result["sweep"] = measure_sweep(sim, run.env(), sweep_positions)
         result["seconds"] = round(time.monotonic() - started, 1)
         return result
