@@ -175,6 +175,17 @@ def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
         >= 1
     )
 
+    # A pushed price closed an aged position: the stream holder claimed its close, and the
+    # exchange accepted it after the price moved.
+    stream_close = figures["stream_close"]
+    claimed = _query(
+        "SELECT payload->>'trigger' FROM events WHERE type = 'aged_close_claimed' "
+        f"AND aged_id = {int(stream_close['aged_id'])} ORDER BY id LIMIT 1"  # noqa: S608
+    )
+    assert claimed == [("stream",)] and stream_close["trigger"] == "stream"
+    assert stream_close["close_reason"] is not None and stream_close["latency_ms"] > 0
+    assert "trigger stream: price move -> close accepted by the exchange in" in completed.stderr
+
     # The open under the kill switch never reached an exchange.
     refused = figures["refused_order"]
     assert not any(row["clientOrderId"] == refused["client_order_id"] for row in ledger)

@@ -9,14 +9,15 @@ What it does, in order (docs/demo.md has the narrative):
    the stack is kept running); a private PostgreSQL from the binaries on the PATH
    when that server does not answer (``workers.harness.services``). The demo
    never touches the user's data.
-2. **Processes.** Simulator, two workers, beat and Flower (``workers.harness.stack``)
+2. **Processes.** Simulator, two workers, beat, Flower, the HTTP API and the stream
+   holder (``workers.harness.stack``)
    with compressed durations: aged after a few seconds, progressive loss steps
    every 2 s, sweeps every 1 s / 5 s. The simulator's and Flower's ports are free
    ones unless ``--sim-port`` / ``--flower-port`` fix them.
 3. **Scenario.** Opens on all three exchanges under injected timeouts, rate limits,
    5xx and visibility lag; a redelivered signal; a refused bad signal; aged
    closes in grace and progressive phases driven by price moves; a close that
-   needs the chunk fallback; a worker SIGKILLed with an order in flight and
+   needs the chunk fallback; a close triggered by a price the exchange pushed; a worker SIGKILLed with an order in flight and
    the recovery sweep repairing it; the kill switch refusing an open; an
    emergency liquidation leaving everything flat.
 4. **Summary.** Every figure is read back from Postgres and the simulator's
@@ -99,7 +100,7 @@ class Leg:
     symbol: str
     side: str
     amount: str
-    role: str  # grace | chunk | progressive | hold
+    role: str  # grace | chunk | progressive | stream | hold
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ _CORE_LEGS = (
     Leg("bn-btc", "binance", BTC, "buy", "0.015", "chunk"),
     # OKX counts contracts: 0.5 ETH is 5 contracts of 0.1 ETH, and so is its close.
     Leg("ok-eth", "okx", ETH, "buy", "0.5", "grace"),
-    Leg("bn-xrp", "binance", XRP, "buy", "100", "hold"),
+    # Closed by a price the exchange pushes, not by a sweep.
+    Leg("bn-xrp", "binance", XRP, "buy", "100", "stream"),
     Leg("by-sol", "bybit", SOL, "sell", "12", "progressive"),
     Leg("by-doge", "bybit", DOGE, "buy", "500", "hold"),
     Leg("ok-doge", "okx", DOGE, "sell", "400", "hold"),
@@ -399,7 +401,7 @@ def state_file(targets: DemoTargets) -> Path:
 
 # What the demo's processes run; a recorded pid whose command line has none of
 # these was reused by something else and must not be signalled.
-_OUR_COMMANDS = (b"celery", b"exchange_sim", b"redis-server", b"postgres")
+_OUR_COMMANDS = (b"celery", b"exchange_sim", b"workers.cli", b"redis-server", b"postgres")
 
 
 def _alive(pid: int) -> bool:
@@ -1000,7 +1002,78 @@ class Demo:
             return None
         return aged
 
-    # --- 6. the recovery sweep repairs the killed order ------------------------------------------
+    # --- 6. a close on a pushed price ----------------------------------------------------------
+
+    def stream_close(self) -> None:
+        """Move a price across an aged target right after a sweep ran: the stream holder
+        sees the pushed price and claims the close long before the next sweep would."""
+        leg = self.profile.by_role["stream"]
+        position_id = self._position_id(leg)
+        self.progress.phase(
+            f"aged: {leg.key}'s price crosses its target; {leg.account} pushes the price over "
+            "its stream and the stream holder closes it without waiting for the sweep"
+        )
+        aged = wait_until(
+            self.progress,
+            f"{leg.key} aged, with a target",
+            lambda: self._with_target(position_id),
+            timeout_s=60,
+            status=lambda: self._aged_status((leg, position_id)),
+        )
+        self._just_after_a_sweep()
+        # A long closes at or above its target, a short at or below: the target's tick.
+        target = Decimal(aged["target_price"])
+        rounding = ROUND_CEILING if leg.side == "buy" else ROUND_FLOOR
+        change = self._price_change(leg, target, rounding)
+        moved_at_ms = time.time() * 1000
+        self.sim.set_prices([change])
+        self.facts["stream_price_moved_at_ms"] = moved_at_ms
+        self.progress.note(
+            f"{leg.key} price moved to its {aged['phase']} target {_num(target)}, just after an "
+            "aged sweep ran"
+        )
+        closed = wait_until(
+            self.progress,
+            f"{leg.key} closed",
+            lambda: self._closed_aged(position_id),
+            timeout_s=45,
+            status=lambda: self._aged_status((leg, position_id)),
+        )
+        self.facts["aged_stream"] = closed["id"]
+        figures = stream_close_figures(closed["id"], moved_at_ms, self.sim.ledger())
+        self.progress.note(
+            f"{self._describe_close(leg, closed)}; trigger {figures['trigger']}: price move -> "
+            f"close accepted by the exchange in {figures['latency_ms']} ms (sweeps run every "
+            f"{float(os.environ['EXECQ_AGED_SWEEP_INTERVAL_S']):g}s)"
+        )
+
+    @staticmethod
+    def _with_target(position_id: int) -> dict[str, Any] | None:
+        aged = aged_of(position_id)
+        if aged is None or aged["status"] != "active" or aged["target_price"] is None:
+            return None
+        return aged
+
+    def _just_after_a_sweep(self) -> None:
+        """Return as an aged sweep finishes, so the next one is a whole interval away: the
+        close this step shows must come from the stream, not from a sweep in the same instant."""
+        from workers import redis_keys
+        from workers.redis_client import get_redis
+
+        client = get_redis()
+        before = client.get(redis_keys.sweep_last_run("aged"))
+        wait_until(
+            self.progress,
+            "an aged sweep finished",
+            lambda: (
+                client.get(redis_keys.sweep_last_run("aged")) != before
+                and not client.exists(redis_keys.sweep_lock("aged"))
+            ),
+            timeout_s=30,
+            interval_s=0.01,
+        )
+
+    # --- 7. the recovery sweep repairs the killed order ------------------------------------------
 
     def recovery_repair(self) -> None:
         cid = self.facts["killed_cid"]
@@ -1045,7 +1118,7 @@ class Demo:
         sweeps = scalar("SELECT count(*) FROM events WHERE type = 'recovery_sweep'")
         return f"order {order.get('status')}; {lock}; recovery sweeps so far {sweeps}"
 
-    # --- 7. kill switch and liquidation --------------------------------------------------------
+    # --- 8. kill switch and liquidation --------------------------------------------------------
 
     def kill_switch_and_liquidation(self) -> None:
         from workers.app import app
@@ -1101,6 +1174,7 @@ class Demo:
         self.grace_and_chunks()
         self.kill_worker_in_flight()
         self.progressive_close()
+        self.stream_close()
         self.recovery_repair()
         self.kill_switch_and_liquidation()
 
@@ -1210,6 +1284,35 @@ def _ledger_count(ledger: Sequence[dict[str, Any]], cid: str | None) -> int:
     )
 
 
+def stream_close_figures(
+    aged_id: int, moved_at_ms: float, ledger: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """What closed the episode: the trigger of its first claimed close (``stream`` or
+    ``sweep``), its close reason, and the milliseconds from the price move to the
+    exchange accepting its first close order (the ledger's timestamp)."""
+    trigger = scalar(
+        "SELECT payload->>'trigger' FROM events WHERE aged_id = :a "
+        "AND type = 'aged_close_claimed' ORDER BY id LIMIT 1",
+        a=aged_id,
+    )
+    close_ids = {
+        row["client_order_id"]
+        for row in query("SELECT client_order_id FROM orders WHERE aged_id = :a", a=aged_id)
+    }
+    accepted = [
+        row["timestamp"]
+        for row in ledger
+        for cid in close_ids
+        if row["clientOrderId"] == exchange_client_id(row["exchange"], cid)
+    ]
+    return {
+        "aged_id": aged_id,
+        "trigger": trigger,
+        "close_reason": scalar("SELECT close_reason FROM aged_positions WHERE id = :a", a=aged_id),
+        "latency_ms": round(min(accepted) - moved_at_ms, 1) if accepted else None,
+    }
+
+
 def _scenario_figures(facts: dict[str, Any], ledger: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-step outcomes, looked up by the ids the scenario recorded."""
     figures: dict[str, Any] = {}
@@ -1238,6 +1341,12 @@ def _scenario_figures(facts: dict[str, Any], ledger: Sequence[dict[str, Any]]) -
         row = query("SELECT * FROM aged_positions WHERE id = :a", a=aged_id) if aged_id else []
         figures[f"{role}_close_reason"] = row[0]["close_reason"] if row else None
         figures[f"{role}_close_phase"] = row[0]["phase"] if row else None
+    stream_id = facts.get("aged_stream")
+    figures["stream_close"] = (
+        None
+        if stream_id is None
+        else stream_close_figures(stream_id, facts["stream_price_moved_at_ms"], ledger)
+    )
     chunk_id = facts.get("aged_chunk")
     figures["chunk_orders"] = counts(
         "SELECT purpose || ' ' || status AS key, count(*) AS n FROM orders "
@@ -1291,6 +1400,7 @@ def _scenario_figures(facts: dict[str, Any], ledger: Sequence[dict[str, Any]]) -
 
 
 def _rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
+    stream_close = f.get("stream_close") or {}
     killed = f.get("killed_order") or {}
     refused = f.get("refused_order") or {}
     liquidation = f.get("liquidation") or {}
@@ -1322,6 +1432,12 @@ def _rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("aged closes by reason", fmt_counts(f["aged_closes_by_reason"]), "db"),
         ("chunk fallback", fmt_counts(f["chunk_orders"]), "db"),
         (
+            "close on a pushed price",
+            f"trigger {stream_close.get('trigger')}, accepted {stream_close.get('latency_ms')} ms "
+            "after the price move",
+            "db + ledger",
+        ),
+        (
             "killed worker's order",
             f"{killed.get('status')}, {killed.get('verification')}, repaired by the recovery "
             f"sweep: {'yes' if killed.get('repaired_by_recovery') else 'no'}",
@@ -1351,6 +1467,7 @@ def _rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _checks(f: dict[str, Any], facts: dict[str, Any]) -> list[Check]:
+    stream_close = f.get("stream_close") or {}
     killed = f.get("killed_order") or {}
     refused = f.get("refused_order") or {}
     liquidation = f.get("liquidation") or {}
@@ -1399,6 +1516,13 @@ def _checks(f: dict[str, Any], facts: dict[str, Any]) -> list[Check]:
             and f.get("chunk_close_reason") is not None
             and f["chunk_alert"] >= 1,
             f"{fmt_counts(chunks)}; alerts {f['chunk_alert']}",
+        ),
+        Check(
+            "a pushed price closed an aged position",
+            stream_close.get("trigger") == "stream"
+            and stream_close.get("close_reason") is not None
+            and stream_close.get("latency_ms") is not None,
+            json.dumps(stream_close, default=str) if stream_close else "not run",
         ),
         Check(
             "recovery repaired the killed worker's order",
@@ -1487,6 +1611,11 @@ def start_processes(
     api_url = stack.start_api()
     progress.note(f"workers {', '.join(WORKERS)} (4 threads each) answer pings")
     progress.note(f"beat holds the scheduler lock; Flower at {flower_url}; HTTP API at {api_url}")
+    stack.start_streams()
+    progress.note(
+        "the stream holder (execq streams) holds binance's and bybit's order, position and "
+        "price streams; okx has none in the simulator and is polled"
+    )
     return sim_url, flower_url, api_url
 
 
@@ -1530,7 +1659,9 @@ class DemoRun:
 
     def start(self, env: dict[str, str]) -> tuple[str, str]:
         assert self.services is not None
-        self.progress.phase("processes: simulator, 2 workers, beat, Flower, HTTP API")
+        self.progress.phase(
+            "processes: simulator, 2 workers, beat, Flower, HTTP API, stream holder"
+        )
         # Created before anything starts, so a failed start still stops what did start.
         self.stack = Stack(env=env, workdir=self.workdir)
         sim_url, flower_url, api_url = start_processes(
