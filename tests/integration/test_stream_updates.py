@@ -335,6 +335,19 @@ def test_a_pushed_price_past_the_target_claims_the_close_and_the_close_reaches_t
     assert [row["status"] for row in closes] == ["closed"]
 
 
+def test_the_sweep_still_claims_a_close_on_its_own_tickers_and_says_so(worker, sim):
+    from workers.flows.aged_sweep import sweep_aged
+
+    # Given an aged long, and no stream: the market moves past its target
+    aged_id, target = aged_long(sim)
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": str(target + 1)})
+
+    # When the sweep runs, it reads the tickers and claims the close as the safety net
+    assert sweep_aged(aged_settings()).closes_enqueued == [aged_id]
+    assert [p["trigger"] for p in payloads(aged_id, "aged_target_reached")] == ["sweep"]
+    assert [p["trigger"] for p in payloads(aged_id, "aged_close_claimed")] == ["sweep"]
+
+
 def test_a_sweep_and_a_pushed_price_racing_for_one_close_claim_it_once(worker, sim):
     from workers.app import app
     from workers.flows.aged_sweep import close_on_pushed_price, sweep_aged
