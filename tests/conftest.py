@@ -109,12 +109,14 @@ def free_port() -> int:
 
 
 SIM_PORT = free_port()
+SIM_WS_PORT = free_port()
 
 os.environ.update(
     {
         "DATABASE_URL": _database_url(TEST_DATABASE),
         "REDIS_URL": TEST_REDIS_URL,
         "EXECQ_SIM_URL": f"http://127.0.0.1:{SIM_PORT}",
+        "EXECQ_SIM_WS_URL": f"ws://127.0.0.1:{SIM_WS_PORT}",
         # Compressed time and short windows so tests finish in seconds.
         "EXECQ_VISIBILITY_TIMEOUT_S": os.environ.get("EXECQ_VISIBILITY_TIMEOUT_S", "60"),
         "EXECQ_TASK_SOFT_TIME_LIMIT_S": "15",
@@ -297,7 +299,7 @@ def process_stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def simulator_process(process_stack: Stack) -> ManagedProcess:
-    process_stack.start_simulator(port=SIM_PORT)
+    process_stack.start_simulator(port=SIM_PORT, ws_port=SIM_WS_PORT)
     return process_stack.processes["sim"]
 
 
@@ -307,6 +309,61 @@ def sim(simulator_process: ManagedProcess) -> SimulatorClient:
     client = SimulatorClient(os.environ["EXECQ_SIM_URL"], timeout_s=10)
     client.reset()
     return client
+
+
+# --- the stream holder ----------------------------------------------------------------
+
+# Short windows so a stale socket, a reconnect or a takeover shows within seconds.
+STREAMS_TEST_ENV = {
+    "EXECQ_STREAMS__STALE_AFTER_S": "3",
+    "EXECQ_STREAMS__LEASE_TTL_S": "3",
+    "EXECQ_STREAMS__RECONNECT_BASE_S": "0.2",
+    "EXECQ_STREAMS__RECONNECT_CAP_S": "1",
+    "EXECQ_STREAMS__TARGETS_REFRESH_S": "0.5",
+}
+
+
+# Holder names are unique across the run, so is each one's log.
+_HOLDER_NUMBERS = itertools.count(1)
+
+
+class StreamHolders:
+    """``execq streams`` processes on the run's ``Stack``, stopped after the test."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.started: list[ManagedProcess] = []
+
+    def start(
+        self,
+        standby: bool = False,
+        accounts: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        """Start a holder; return once its accounts' streams are live (``standby``: at once)."""
+        process = self.stack.start_streams(
+            name=f"streams-{next(_HOLDER_NUMBERS)}",
+            accounts=accounts,
+            extra_env={**STREAMS_TEST_ENV, **(env or {})},
+            standby=standby,
+        )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        stop_together(self.started, timeout_s=15)
+        self.started.clear()
+
+
+@pytest.fixture
+def stream_holders(
+    sim: SimulatorClient, db: None, redis_clean: None, process_stack: Stack
+) -> Iterator[StreamHolders]:
+    """Start stream holders with ``stream_holders.start()`` (on a reset simulator, clean
+    tables and keys); all are stopped after the test."""
+    holders = StreamHolders(process_stack)
+    yield holders
+    holders.stop_all()
 
 
 # --- Celery workers -------------------------------------------------------------------

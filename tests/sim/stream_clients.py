@@ -5,7 +5,8 @@ simulator's stream port (``urls.api.ws``); its REST calls (markets, orders,
 listen keys, position snapshots) go to the simulator's REST port through
 ``SimRoutedSession``, the asyncio counterpart of the gateway's transport: the
 URL ccxt signs and maps errors for stays the real exchange's, only scheme and
-host change on the way out.
+host change on the way out. Both come from ``workers.streams.clients``, where the
+stream holder builds its clients the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import aiohttp
 import ccxt.pro as ccxtpro
-import yarl
 
 from workers.exchange.gateway import client_options
 from workers.settings import ExchangeAccount
+from workers.streams.clients import SimRoutedSession, ws_urls
 
 T = TypeVar("T")
 
@@ -29,48 +29,6 @@ ETH = "ETH/USDT:USDT"
 # Long enough for any honest answer on a busy 2-core machine; every wait below
 # returns as soon as the awaited message is there.
 WATCH_TIMEOUT_S = 10.0
-
-
-class SimRoutedSession:
-    """An aiohttp session for a ccxt async client whose REST requests go to the simulator.
-
-    ccxt calls ``session.get/post/put/delete(url, ...)``; each becomes a request
-    to ``sim_url`` with the same path and query. WebSocket connections
-    (``ws_connect``) are left alone: their URLs already name the stream port.
-    """
-
-    def __init__(self, sim_url: str) -> None:
-        self._sim = yarl.URL(sim_url)
-        self._session = aiohttp.ClientSession()
-
-    def _routed(self, method: str) -> Callable[..., Any]:
-        def request(url: str | yarl.URL, **kwargs: Any) -> Any:
-            original = url if isinstance(url, yarl.URL) else yarl.URL(url, encoded=True)
-            target = self._sim.with_path(original.raw_path, encoded=True)
-            if original.raw_query_string:
-                target = target.with_query(original.raw_query_string)
-            return self._session.request(method, target, **kwargs)
-
-        return request
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("get", "post", "put", "delete"):
-            return self._routed(name.upper())
-        return getattr(self._session, name)
-
-    async def close(self) -> None:
-        await self._session.close()
-
-
-def ws_urls(exchange: str, ws_url: str) -> dict[str, Any]:
-    """The contract: where a ccxt.pro client finds the simulator's streams."""
-    if exchange == "binance":
-        # ccxt derives /binance/private/ws?listenKey=... and /binance/market/ws/N from this.
-        return {"linear": f"{ws_url}/binance/ws"}
-    return {
-        "public": {"linear": f"{ws_url}/bybit/v5/public/linear"},
-        "private": {"contract": f"{ws_url}/bybit/v5/private"},
-    }
 
 
 async def pro_client(exchange: str, sim_url: str, ws_url: str, **options: Any) -> ccxtpro.Exchange:

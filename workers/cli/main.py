@@ -278,6 +278,7 @@ def status(as_json: bool) -> None:
             else round((row["target_price"] - row["price"]) / row["price"] * 100, 3)
         )
     counts, in_flight = reports.orders_in_flight()
+    stream_rows = _stream_rows(redis, [a.name for a in settings.accounts])
     payload = {
         "accounts": [
             {"name": a.name, "exchange": a.ccxt_class, "mode": a.mode} for a in settings.accounts
@@ -292,6 +293,7 @@ def status(as_json: bool) -> None:
         "open_positions": positions,
         "aged_positions": aged,
         "orders_in_flight": {"by_status": counts, "orders": in_flight},
+        "streams": stream_rows,
     }
     if as_json:
         _json_out(payload)
@@ -357,6 +359,25 @@ def status(as_json: bool) -> None:
             ],
         )
     )
+    click.echo(f"\nstreams ({len(stream_rows)})")
+    click.echo(
+        render(
+            ["account", "stream", "state", "since", "age s", "reconnects", "holder", "detail"],
+            [
+                [
+                    r["account"],
+                    r["stream"],
+                    r["state"],
+                    r["since"],
+                    r["age_s"],
+                    r["reconnects"],
+                    r["holder"],
+                    r["detail"],
+                ]
+                for r in stream_rows
+            ],
+        )
+    )
     click.echo(f"\norders in flight: {counts or 'none'}")
     if in_flight:
         click.echo(
@@ -376,6 +397,42 @@ def status(as_json: bool) -> None:
                 ],
             )
         )
+
+
+def _stream_rows(redis: Any, accounts: list[str]) -> list[dict[str, Any]]:
+    """Each stream's state as its holder wrote it, with its age (seconds since it last
+    showed it was alive; None when never or not reported) and reconnect count."""
+    import json
+    import time
+
+    from workers import redis_keys
+    from workers.streams.health import STREAMS
+
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(redis_keys.STREAMS_STATE)
+        pipe.hgetall(redis_keys.STREAMS_LAST_ALIVE)
+        pipe.hgetall(redis_keys.STREAMS_RECONNECTS)
+        states, alive, reconnects = pipe.execute()
+    now_s = time.time()
+    rows = []
+    for account in accounts:
+        for stream in STREAMS:
+            field = redis_keys.stream_field(account, stream)
+            state = json.loads(states[field]) if field in states else None
+            alive_at = alive.get(field)
+            rows.append(
+                {
+                    "account": account,
+                    "stream": stream,
+                    "state": state["state"] if state else "not held",
+                    "since": state["since"] if state else None,
+                    "detail": state["detail"] if state else "",
+                    "holder": state["holder"] if state else None,
+                    "age_s": None if alive_at is None else round(now_s - float(alive_at), 1),
+                    "reconnects": int(reconnects.get(field, 0)),
+                }
+            )
+    return rows
 
 
 @cli.command()
@@ -584,6 +641,35 @@ def liquidate_all(reason: str, wait_s: float, as_json: bool) -> None:
         )
     if summary["failed"]:
         sys.exit(EXIT_CHECK_FAILED)
+
+
+@cli.command()
+@click.option(
+    "--account",
+    "accounts",
+    multiple=True,
+    help="Hold only this account's streams (repeatable; default: every account).",
+)
+def streams(accounts: tuple[str, ...]) -> None:
+    """Hold the exchanges' WebSocket streams (orders, fills, positions, prices) until SIGTERM.
+
+    One holder per account across the cluster (a Redis lease): start a second process
+    as a standby. Accounts whose exchange has no streams are polled as before.
+    """
+    from workers.api.server import configure_logging
+    from workers.settings import get_settings
+    from workers.streams.holder import run
+
+    settings = get_settings()
+    known = {account.name for account in settings.accounts}
+    unknown = sorted(set(accounts) - known)
+    if unknown:
+        raise UserFacingError(
+            f"no account named {', '.join(unknown)} (configured: {', '.join(sorted(known))})"
+        )
+    require_broker()
+    configure_logging()
+    run(settings, accounts)
 
 
 @cli.command()

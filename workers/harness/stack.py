@@ -11,7 +11,9 @@ log tail.
 
 The children see ``os.environ`` overlaid with the ``env`` given to ``Stack``
 (``DATABASE_URL``, ``REDIS_URL``, ``EXECQ_*``). ``start_simulator`` adds
-``EXECQ_SIM_URL`` to that env so processes started after it use it.
+``EXECQ_SIM_URL`` and ``EXECQ_SIM_WS_URL`` to that env so processes started after it
+use them. ``start_streams`` starts the stream holder (``execq streams``) and calls it
+ready once it shows its accounts' streams live.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,12 +46,27 @@ HTTP_READY_TIMEOUT_S = 30.0
 # RedBeat lock timeout is max(10 s, 5 sweep intervals); a stale lock from a
 # killed beat must expire before a new beat can take over.
 BEAT_READY_TIMEOUT_S = 90.0
+# Seconds. A stream holder loads markets, connects, and reconciles each account first.
+STREAMS_READY_TIMEOUT_S = 60.0
 # Seconds between SIGTERM and SIGKILL. A worker's warm shutdown finishes its
 # running tasks, which are bounded by the soft time limit.
 STOP_TIMEOUT_S = 30.0
 _POLL_S = 0.1
 # What RedBeat uses when ``redbeat_lock_key`` is not configured (workers/app.py does not).
 REDBEAT_LOCK_KEY = REDBEAT_PREFIX + ":lock"
+
+
+SIMULATOR_COMMAND = (
+    "{python}",
+    "-m",
+    "exchange_sim",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--ws-port",
+    "{ws_port}",
+)
 
 
 class StackError(RuntimeError):
@@ -201,6 +219,49 @@ def _http_answers(url: str, accept: Sequence[int] = (200,)) -> bool:
         return False
 
 
+def _port_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _stream_accounts(env: dict[str, str]) -> list[Any]:
+    """The accounts with streams a process with environment ``env`` configures."""
+    from pydantic import TypeAdapter
+
+    from workers.settings import ExchangeAccount, Settings
+    from workers.streams.clients import stream_venue
+
+    raw = env.get("EXECQ_ACCOUNTS")
+    if raw:
+        accounts = TypeAdapter(list[ExchangeAccount]).validate_json(raw)
+    else:
+        accounts = Settings.model_fields["accounts"].get_default(call_default_factory=True)
+    return [account for account in accounts if stream_venue(account) is not None]
+
+
+def _streams_live(client: redis.Redis, accounts: Sequence[str], pid: int | None) -> bool:
+    """Whether the holder with ``pid`` shows every account's private streams live."""
+    import json
+
+    from workers.redis_keys import STREAMS_STATE, stream_field
+
+    fields = [stream_field(a, s) for a in accounts for s in ("orders", "positions")]
+    try:
+        rows = client.hmget(STREAMS_STATE, fields) if fields else []
+    except redis.RedisError:
+        return False
+    for row in rows:
+        if row is None:
+            return False
+        state = json.loads(row)
+        if state["state"] != "live" or not state["holder"].endswith(f":{pid}"):
+            return False
+    return True
+
+
 def _safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
@@ -306,23 +367,74 @@ class Stack:
         command: Sequence[str] | None = None,
         ready_path: str = "/_sim/positions",
         timeout_s: float = HTTP_READY_TIMEOUT_S,
+        ws_port: int = 0,
     ) -> str:
-        """Start the exchange simulator; return its base URL once ``ready_path`` answers 200.
+        """Start the exchange simulator; return its base URL once ``ready_path`` answers 200
+        and its stream port takes connections.
 
-        ``command`` replaces ``python -m exchange_sim --host {host} --port {port}``;
-        ``{host}``, ``{port}`` and ``{python}`` in it are filled in. The URL is
-        also set as ``EXECQ_SIM_URL`` for the processes started afterwards.
+        ``command`` replaces ``python -m exchange_sim --host {host} --port {port}
+        --ws-port {ws_port}``; ``{host}``, ``{port}``, ``{ws_port}`` and ``{python}`` in
+        it are filled in (a command without ``{ws_port}`` serves no streams). The URL is
+        set as ``EXECQ_SIM_URL``, and the stream URL as ``EXECQ_SIM_WS_URL``, for the
+        processes started afterwards.
         """
         port = port or free_port()
-        template = list(
-            command or ["{python}", "-m", "exchange_sim", "--host", "{host}", "--port", "{port}"]
-        )
-        args = [part.format(python=self.python, host=host, port=port) for part in template]
+        ws_port = ws_port or free_port()
+        while ws_port == port:
+            ws_port = free_port()
+        template = list(command or [*SIMULATOR_COMMAND])
+        streams = any("{ws_port}" in part for part in template)
+        args = [
+            part.format(python=self.python, host=host, port=port, ws_port=ws_port)
+            for part in template
+        ]
         process = self._spawn("sim", args)
         url = f"http://{host}:{port}"
         _poll(lambda: _http_answers(url + ready_path), process, timeout_s, "simulator")
         self.env["EXECQ_SIM_URL"] = url
+        if streams:
+            _poll(lambda: _port_open(host, ws_port), process, timeout_s, "simulator streams")
+            self.env["EXECQ_SIM_WS_URL"] = f"ws://{host}:{ws_port}"
         return url
+
+    # --- the stream holder --------------------------------------------------------------
+
+    def start_streams(
+        self,
+        name: str = "streams",
+        accounts: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
+        standby: bool = False,
+        timeout_s: float = STREAMS_READY_TIMEOUT_S,
+    ) -> ManagedProcess:
+        """Start ``execq streams`` (``--account`` for each of ``accounts``; all when empty).
+
+        Returns once the process holds the lease of every account with streams it was
+        given, i.e. ``STREAMS_STATE`` shows their ``orders`` and ``positions`` streams
+        ``live`` under its holder id. ``standby=True``: another holder has the leases;
+        return as soon as the process is started.
+        """
+        args = [self.python, "-m", "workers.cli", "streams"]
+        for account in accounts:
+            args += ["--account", account]
+        process = self._spawn(name, args, extra_env)
+        if standby:
+            return process
+        env = {**os.environ, **process.env}
+        expected = [a.name for a in _stream_accounts(env) if not accounts or a.name in accounts]
+        client = redis.Redis.from_url(
+            _redis_url(process.env), socket_timeout=2, socket_connect_timeout=2
+        )
+        try:
+            _poll(
+                lambda: _streams_live(client, expected, process.pid),
+                process,
+                timeout_s,
+                f"stream holder {name}",
+            )
+        finally:
+            client.close()
+        return process
 
     # --- workers ------------------------------------------------------------------------
 

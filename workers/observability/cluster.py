@@ -16,6 +16,7 @@ execq_aged_positions_unclosable        gauge                       Postgres
 execq_rate_limit_cooldown_seconds      gauge    exchange           Redis
 execq_queue_length                     gauge    queue              Redis (the broker's lists)
 execq_stream_age_seconds               gauge    account, stream    Redis (``record_stream_alive``)
+execq_stream_reconnects_total          counter  account, stream    Redis (the stream holder's count)
 execq_collector_errors_total           counter  source             this collector
 =====================================  =======  =================  ==========================
 
@@ -143,6 +144,7 @@ class RedisState:
     cooldown_s: dict[str, float]
     queue_length: dict[str, int]
     stream_age_s: dict[tuple[str, str], float]
+    stream_reconnects: dict[tuple[str, str], int]
 
 
 class ClusterStateCollector:
@@ -212,6 +214,7 @@ class ClusterStateCollector:
                 for name in lists:
                     pipe.llen(name)
             pipe.hgetall(redis_keys.STREAMS_LAST_ALIVE)
+            pipe.hgetall(redis_keys.STREAMS_RECONNECTS)
             replies = pipe.execute()
         now_s = time.time()
         cooldowns, replies = replies[: len(accounts)], replies[len(accounts) :]
@@ -226,6 +229,11 @@ class ClusterStateCollector:
             # An account no longer configured has no holder: its last entry is history.
             if account in configured and stream:
                 stream_age_s[(account, stream)] = max(0.0, now_s - float(alive_at))
+        stream_reconnects: dict[tuple[str, str], int] = {}
+        for name, count in _decoded(replies[1]).items():
+            account, _, stream = name.partition(":")
+            if account in configured and stream:
+                stream_reconnects[(account, stream)] = int(count)
         return RedisState(
             # PTTL is -2 without the key, -1 without expiry (never written so by execq).
             cooldown_s={
@@ -234,6 +242,7 @@ class ClusterStateCollector:
             },
             queue_length=queue_length,
             stream_age_s=stream_age_s,
+            stream_reconnects=stream_reconnects,
         )
 
     # --- the collector protocol ----------------------------------------------------------
@@ -317,6 +326,15 @@ def _redis_state_metrics(shared: RedisState) -> Iterator[Metric]:
     for (account, stream), seconds in sorted(shared.stream_age_s.items()):
         streams.add_metric([account, stream], seconds)
     yield streams
+    reconnects = CounterMetricFamily(
+        "execq_stream_reconnects",
+        "Reconnects of a WebSocket stream by its holder (a loss, a stale socket, an expired "
+        "listen key), since the cluster's Redis was new.",
+        labels=["account", "stream"],
+    )
+    for (account, stream), count in sorted(shared.stream_reconnects.items()):
+        reconnects.add_metric([account, stream], count)
+    yield reconnects
 
 
 # --- what a stream holder calls ---------------------------------------------------------
