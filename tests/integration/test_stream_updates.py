@@ -217,6 +217,36 @@ def test_an_update_for_an_order_a_run_holds_goes_to_that_run_and_is_never_lost(w
     assert fill_sources(cid) == ["stream"]
 
 
+def test_a_late_word_handed_to_the_run_that_ended_the_order_records_nothing_twice(worker, sim):
+    from workers.flows.stream_updates import hand_to_run
+    from workers.flows.submission import Submission, order_lease
+    from workers.flows.verification import InlineSettlement
+
+    # Given a Binance market order its run filled, verified and booked from the create's
+    # answer, and the stream's word on the fill handed to that run late
+    sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
+    signal_id = new_signal()
+    assert market(signal_id, "binance", ETH, "buy", "0.1").get(timeout=60)["status"] == "filled"
+    cid = cid_of(signal_id)
+    wait_for(lambda: order_of(cid).booked_filled == Decimal("0.1"), 30, message="not booked")
+    recorded = [e.type for e in events_of(cid)]
+
+    # When a run of it (a redelivery) ends with the word in its list
+    with order_lease(cid, settings(), time.monotonic() + 10) as lease:
+        hand_to_run(cid, exchange_word(sim, cid))
+        Submission(
+            order=order_of(cid),
+            settings=settings(),
+            deadline=time.monotonic() + 10,
+            lease=lease,
+            on_terminal=InlineSettlement(),
+        ).run()
+
+    # Then nothing more was recorded: no second fill, verification or booking
+    assert [e.type for e in events_of(cid)] == recorded
+    assert book_size("binance", ETH) == Decimal("0.1")
+
+
 def test_an_update_handed_over_as_a_run_lets_go_is_recorded_when_it_does(worker, sim):
     from workers.flows.stream_updates import apply_order_update
     from workers.flows.submission import order_lease

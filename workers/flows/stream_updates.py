@@ -174,6 +174,8 @@ def _record_all(client_order_id: str, updates: list[ExchangeOrder], settings: Se
         return "unchanged"
     order = before
     for seen in updates:
+        if order.terminal:
+            break  # an ended order never moves again: the rest are older words
         order = record_sighting(order, seen, SOURCE, settings)
     if _same(order, before):
         return "unchanged"

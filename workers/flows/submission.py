@@ -464,6 +464,8 @@ class Submission:
         from workers.flows.stream_updates import take_order_updates
 
         for seen in take_order_updates(self.cid):
+            if self.order.terminal:
+                continue  # an ended order never moves again: nothing left to record
             step = lifecycle.decide(
                 self.facts(),
                 lifecycle.Seen(seen, "stream"),
