@@ -44,11 +44,11 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import ccxt.pro as ccxtpro
 import redis
@@ -67,6 +67,8 @@ from workers.streams import clients
 from workers.streams.health import ORDERS, POSITIONS, PRICES, STREAMS
 
 log = logging.getLogger("execq.streams")
+
+T = TypeVar("T")
 
 # Seconds between two looks at a link's socket: often enough that a stale verdict
 # comes within a second of the stale window, and that liveness is written every second.
@@ -191,6 +193,45 @@ def read_watchlists(accounts: Iterable[str]) -> dict[str, tuple[tuple[str, ...],
 
 
 # --- links ------------------------------------------------------------------------------
+
+
+async def watched(
+    watch: Callable[[], Awaitable[T]], until: asyncio.Event | None = None
+) -> AsyncIterator[T]:
+    """What successive ``watch()`` calls return, with a call always pending; ends when
+    ``until`` is set.
+
+    A ccxt.pro watch call resolves on the next message only: a message that arrives
+    while nobody waits reaches ccxt's cache but no caller until another message comes.
+    So the next call is made as soon as one returns (the results queue up here), never
+    after the caller is done with the result. A watch's error ends the iteration with it.
+    """
+    results: asyncio.Queue[T | BaseException] = asyncio.Queue()
+
+    async def keep_watching() -> None:
+        try:
+            while True:
+                results.put_nowait(await watch())
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            results.put_nowait(exc)
+
+    watcher = asyncio.create_task(keep_watching())
+    stopper = asyncio.create_task((until or asyncio.Event()).wait())
+    try:
+        while True:
+            getter = asyncio.create_task(results.get())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                return
+            result = getter.result()
+            if isinstance(result, BaseException):
+                raise result
+            yield result
+    finally:
+        watcher.cancel()
+        stopper.cancel()
+        await asyncio.gather(watcher, stopper, return_exceptions=True)
 
 
 class Link:
@@ -390,8 +431,7 @@ class PrivateLink(Link):
     async def _orders(self, client: ccxtpro.Exchange) -> None:
         from workers.flows.stream_updates import apply_order_update
 
-        while True:
-            orders = await client.watch_orders()
+        async for orders in watched(client.watch_orders):
             await self.alive(ORDERS)
             for raw in orders:
                 seen = ExchangeOrder.from_ccxt(raw)
@@ -409,8 +449,7 @@ class PrivateLink(Link):
 
     async def _positions(self, client: ccxtpro.Exchange) -> None:
         venue = gateway.venue(self.account.name)
-        while True:
-            raws = await client.watch_positions()
+        async for raws in watched(client.watch_positions):
             await self.alive(POSITIONS)
             positions: list[ExchangePosition] = []
             for raw in raws:
@@ -451,32 +490,35 @@ class PublicLink(Link):
         return [self._prices(client)]
 
     async def _prices(self, client: ccxtpro.Exchange) -> None:
-        refresh_s = self.settings.streams.targets_refresh_s
         while True:
             symbols = self.watchlist.symbols
             if not symbols:
-                return
-            try:
-                tickers = await asyncio.wait_for(client.watch_tickers(list(symbols)), refresh_s)
-            except TimeoutError:
-                continue  # quiet market: look at the watchlist again
-            await self.alive(PRICES)
-            prices: dict[str, Decimal] = {}
-            observed_at: dict[str, datetime] = {}
-            for symbol, ticker in tickers.items():
-                last = ticker.get("last") or ticker.get("close")
-                if last is None or symbol not in symbols:
-                    continue
-                prices[symbol] = Decimal(str(last))
-                stamp_ms = ticker.get("timestamp")
-                observed_at[symbol] = (
-                    datetime.fromtimestamp(stamp_ms / 1000, UTC) if stamp_ms else datetime.now(UTC)
-                )
-            if prices:
-                await asyncio.to_thread(
-                    cache_prices, {(self.account.name, s): p for s, p in prices.items()}
-                )
-                await self._close_reached(prices, observed_at)
+                return  # nothing left to watch: the link goes idle
+            self.watchlist.changed.clear()
+            tickers_seen = watched(
+                lambda s=symbols: client.watch_tickers(list(s)), until=self.watchlist.changed
+            )
+            async for tickers in tickers_seen:
+                await self._on_tickers(symbols, tickers)
+
+    async def _on_tickers(self, symbols: tuple[str, ...], tickers: dict[str, Any]) -> None:
+        await self.alive(PRICES)
+        prices: dict[str, Decimal] = {}
+        observed_at: dict[str, datetime] = {}
+        for symbol, ticker in tickers.items():
+            last = ticker.get("last") or ticker.get("close")
+            if last is None or symbol not in symbols:
+                continue
+            prices[symbol] = Decimal(str(last))
+            stamp_ms = ticker.get("timestamp")
+            observed_at[symbol] = (
+                datetime.fromtimestamp(stamp_ms / 1000, UTC) if stamp_ms else datetime.now(UTC)
+            )
+        if prices:
+            await asyncio.to_thread(
+                cache_prices, {(self.account.name, s): p for s, p in prices.items()}
+            )
+            await self._close_reached(prices, observed_at)
 
     async def _close_reached(
         self, prices: dict[str, Decimal], observed_at: dict[str, datetime]
