@@ -66,6 +66,14 @@ def book_size(account: str, symbol: str) -> Decimal:
         return Decimal(0) if row is None else row.size
 
 
+def unknown_alerts() -> list:
+    from workers.store.db import session_scope
+    from workers.store.models import Alert
+
+    with session_scope() as session:
+        return list(session.scalars(select(Alert).where(Alert.kind == "order_unknown")))
+
+
 def settings():
     from workers.settings import get_settings
 
@@ -542,6 +550,39 @@ def test_with_the_holder_a_bybit_market_order_costs_no_request_beyond_its_create
     assert sim.calls("bybit", "fetch_order") == fetches
     assert fill_sources(cid_of(signal_id)) == ["stream"]
     wait_for(lambda: book_size("bybit", BTC) == Decimal("0.01"), 30, message="not booked")
+
+
+def test_with_the_holder_an_open_whose_answer_was_lost_is_settled_by_the_stream(
+    worker, stream_holders, sim
+):
+    # Given the stream holder, and Binance accepts the next create but its answer is lost
+    # and the order stays hidden from every lookup for 12 s (past the visibility window)
+    stream_holders.start(accounts=("binance",))
+    sim.faults(
+        {
+            "rules": [
+                {
+                    "exchange": "binance",
+                    "operation": "create_order",
+                    "kind": "timeout_after_accept",
+                    "count": 1,
+                },
+                {"exchange": "binance", "kind": "visibility_lag", "lag_ms": 12_000},
+            ]
+        }
+    )
+    signal_id = new_signal()
+
+    # When the order is sent
+    summary = market(signal_id, "binance", BTC, "buy", "0.01").get(timeout=60)
+
+    # Then the stream's word settles it at once: filled, sent once, nobody alerted
+    cid = cid_of(signal_id)
+    assert summary["status"] == "filled"
+    assert len(sim.orders_for(cid)) == 1
+    assert fill_sources(cid) == ["stream"]
+    assert unknown_alerts() == []
+    wait_for(lambda: book_size("binance", BTC) == Decimal("0.01"), 30, message="not booked")
 
 
 def test_with_the_holder_a_pushed_price_at_the_target_closes_an_aged_position(

@@ -22,6 +22,14 @@ what each answer means:
    window; not seen past it, an open is ``unknown`` with a critical alert and
    is left to the recovery sweep, never resent where that could double it.
 5. A resting order ends the run: the tracking sweep (or a stream) follows it.
+
+The orders stream (``workers.flows.stream_updates``) hands the run what it
+pushes about the order while the run holds its lease. A create answered
+without a status (Bybit) waits up to ``streams.fill_wait_s`` for that word
+while the stream is healthy, and fetches once by REST only when none settles
+it; a word handed over during the lookups counts as seen; whatever is left is
+recorded before the run lets go, and a word handed over as it lets go is
+recorded right after (``order_lease``).
 """
 
 from __future__ import annotations
@@ -395,9 +403,15 @@ class Submission:
         retry = self.settings.retry
         delays = lookup_delays(retry.lookup_attempts, retry.lookup_base_s, retry.lookup_factor)
         attempts = 0
+        source = "lookup"
 
         def probe() -> ExchangeOrder | None:
-            nonlocal attempts
+            nonlocal attempts, source
+            pushed = self._pushed_word()
+            if pushed is not None:
+                # The stream saw it: it exists, however long the exchange hides it from lookups.
+                source = "stream"
+                return pushed
             attempts += 1
             try:
                 seen = self.venue.fetch_order(
@@ -426,7 +440,14 @@ class Submission:
             return delays[attempt - 1] if attempt <= len(delays) else retry.lookup_base_s * 4
 
         seen = poll(probe, delays_s=delay_s, until=window_passed, deadline=self.deadline)
-        return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, "lookup")
+        return lifecycle.NotSeen() if seen is None else lifecycle.Seen(seen, source)
+
+    def _pushed_word(self) -> ExchangeOrder | None:
+        """The latest word with a status a stream handed over for the order, if any."""
+        from workers.flows.stream_updates import take_order_updates
+
+        words = [seen for seen in take_order_updates(self.cid) if seen.status is not None]
+        return words[-1] if words else None
 
     def _fetch_once(self) -> lifecycle.Observation:
         if stream_healthy(self.order.account, ORDERS, self.settings):
