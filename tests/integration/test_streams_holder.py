@@ -53,6 +53,20 @@ def reconnects(account: str, stream: str) -> int:
     return int(get_redis().hget(redis_keys.STREAMS_RECONNECTS, field) or 0)
 
 
+def reconnect_metric(account: str, stream: str) -> float | None:
+    """``execq_stream_reconnects_total{account, stream}`` as a worker's endpoint serves it."""
+    from workers.observability.cluster import ClusterStateCollector
+
+    for metric in ClusterStateCollector(fresh_s=0).collect():
+        for sample in metric.samples:
+            if sample.name == "execq_stream_reconnects_total" and sample.labels == {
+                "account": account,
+                "stream": stream,
+            }:
+                return sample.value
+    return None
+
+
 def sim_streams() -> dict[str, Any]:
     import os
 
@@ -308,6 +322,8 @@ def test_a_disconnect_is_counted_and_a_fill_during_the_gap_is_recorded(worker, s
     wait_for(lambda: order_status(cid) == "filled", WAIT_S, message="gap not reconciled")
     wait_for(lambda: reconnects("binance", "orders") > before, WAIT_S, message="not counted")
     wait_for(lambda: is_live("binance", "orders"), WAIT_S, message="not live again")
+    # And the metrics show the count
+    assert reconnect_metric("binance", "orders") == reconnects("binance", "orders")
 
 
 def test_a_stalled_stream_turns_stale_with_one_alert_and_recovers(stream_holders, sim):
@@ -388,3 +404,21 @@ def test_a_standby_takes_over_when_the_holder_dies(stream_holders):
                 message=f"{account} {stream} not taken over",
             )
     assert second.alive
+
+
+def test_a_holder_stopped_on_purpose_exits_cleanly_and_the_standby_takes_over(stream_holders):
+    # Given a holder of Binance only, and a standby for it
+    first = stream_holders.start(accounts=("binance",))
+    second = stream_holders.start(standby=True, accounts=("binance",))
+    assert stream_state("bybit", "orders") is None, "bybit is not this holder's"
+
+    # When the holder gets SIGTERM
+    assert first.stop() == 0
+
+    # Then the standby holds Binance's streams
+    for stream in ("orders", "positions"):
+        wait_for(
+            lambda s=stream: is_live("binance", s, second.pid),
+            WAIT_S,
+            message=f"binance {stream} not taken over",
+        )

@@ -20,7 +20,8 @@ Per exchange (``StreamVenue``):
   wait) and renews the key only once by itself, 20 minutes after making it. The
   client here turns ``listenKeyExpired`` into ``ListenKeyExpired`` on the pending
   watch calls (the holder then reconnects with a new client, whose first watch makes
-  a new key), and ``maintain`` renews the key every ``listenKeyRefreshRate``.
+  a new key), and ``maintain`` renews the key every ``LISTEN_KEY_RENEW_S`` for as long
+  as the client lives (ccxt's own renewal is put off: it would outlive the client).
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ __all__ = [
     "stream_venue",
     "ws_urls",
 ]
+
+
+# Seconds between renewals of a Binance listen key, which lives 60 minutes after its last
+# renewal: ccxt's own rate (20 minutes), so two renewals may fail before it expires.
+LISTEN_KEY_RENEW_S = 20 * 60
+# ccxt.pro's own renewal, put off for 30 days (see _BinanceStreams.configure).
+CCXT_LISTEN_KEY_REFRESH_MS = 30 * 24 * 3600 * 1000
 
 
 class ListenKeyExpired(ExchangeError):
@@ -120,6 +128,9 @@ class StreamVenue:
     #: the listen key is in its URL); else only once the exchange answered a subscription.
     private_subscribed_on_open: ClassVar[bool] = False
 
+    def configure(self, client: ccxtpro.Exchange) -> None:
+        """Adjust a new client's options for the holder's way of running it."""
+
     def expired(self, client: ccxtpro.Exchange) -> bool:
         """Whether the exchange ended the private stream for good (a new client must
         connect)."""
@@ -135,16 +146,21 @@ class _BinanceStreams(StreamVenue):
     ccxt_class = _BinanceUsdm
     private_subscribed_on_open = True
 
+    def configure(self, client: ccxtpro.Exchange) -> None:
+        # ccxt.pro schedules its one renewal on the event loop, where it outlives the client:
+        # after a reconnect it would run on the closed client (which opens a session of its
+        # own for it). The holder renews in ``maintain`` instead, a task that ends with the
+        # client, so ccxt's is put off beyond any client's life.
+        client.options["listenKeyRefreshRate"] = CCXT_LISTEN_KEY_REFRESH_MS
+
     def expired(self, client: ccxtpro.Exchange) -> bool:
         return bool(client.options.get("listenKeyExpired"))
 
     async def maintain(self, client: ccxtpro.Exchange) -> None:
-        # ccxt.pro renews the key once by itself; after that the holder does, at ccxt's rate.
         # A failed renewal fails the pending watch calls (AuthenticationError): the holder
         # reconnects and the new client makes a new key.
-        every_s = float(client.options.get("listenKeyRefreshRate", 1_200_000)) / 1000
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(LISTEN_KEY_RENEW_S)
             await client.keep_alive_listen_key({"type": "linear"})
 
 
@@ -182,6 +198,7 @@ def build_stream_client(account: ExchangeAccount, settings: Settings) -> ccxtpro
         VENUES[account.ccxt_class].apply_mode(client, account.mode)
     except ValueError as exc:
         raise GatewayError(f"account {account.name!r}: {exc}") from None
+    venue.configure(client)
     # Every socket this client opens pings at the holder's rate (see the liveness rule
     # in workers.execution.streams); ccxt's own pong watchdog only as a late safety net.
     client.options["ws"] = {
