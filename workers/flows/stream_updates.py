@@ -213,6 +213,9 @@ def reconcile_account(account: str, settings: Settings) -> dict[str, int]:
                 counts[tracking.follow(current, settings, datetime.now(UTC))] += 1
         finally:
             lease.release()
+        # The stream runs while this reconciles: what it handed over meanwhile is recorded now.
+        if has_order_updates(order.client_order_id):
+            counts[f"stream_{record_handed_updates(order.client_order_id, settings)}"] += 1
     try:
         fetch_positions(account)
     except VenueError as exc:
