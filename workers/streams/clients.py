@@ -118,18 +118,36 @@ class _BinanceUsdm(ccxtpro.binanceusdm):
         return super().handle_message(client, message)
 
 
+class _Bybit(ccxtpro.bybit):
+    """ccxt.pro's Bybit client, counting the subscriptions Bybit acknowledged."""
+
+    def handle_message(self, client: Any, message: Any) -> Any:
+        if (
+            isinstance(message, dict)
+            and message.get("op") == "subscribe"
+            and message.get("success") is True
+        ):
+            self.options["subscriptionsAcknowledged"] = (
+                self.options.get("subscriptionsAcknowledged", 0) + 1
+            )
+        return super().handle_message(client, message)
+
+
 class StreamVenue:
     """What the holder needs to know of one exchange's streams."""
 
     #: The simulator's and the ledger's name of the exchange.
     exchange: ClassVar[str]
     ccxt_class: ClassVar[type[ccxtpro.Exchange]]
-    #: The private socket carries the account's events from the moment it opens (Binance:
-    #: the listen key is in its URL); else only once the exchange answered a subscription.
-    private_subscribed_on_open: ClassVar[bool] = False
 
     def configure(self, client: ccxtpro.Exchange) -> None:
         """Adjust a new client's options for the holder's way of running it."""
+
+    def private_subscribed(self, client: ccxtpro.Exchange, topics: int) -> bool:
+        """Whether the exchange has taken all ``topics`` subscriptions of the private
+        socket: from then on every event reaches it, so a reconciliation that starts
+        later misses nothing."""
+        return socket_open(client) and last_frame_s(client) is not None
 
     def expired(self, client: ccxtpro.Exchange) -> bool:
         """Whether the exchange ended the private stream for good (a new client must
@@ -144,7 +162,6 @@ class StreamVenue:
 class _BinanceStreams(StreamVenue):
     exchange = "binance"
     ccxt_class = _BinanceUsdm
-    private_subscribed_on_open = True
 
     def configure(self, client: ccxtpro.Exchange) -> None:
         # ccxt.pro schedules its one renewal on the event loop, where it outlives the client:
@@ -152,6 +169,10 @@ class _BinanceStreams(StreamVenue):
         # own for it). The holder renews in ``maintain`` instead, a task that ends with the
         # client, so ccxt's is put off beyond any client's life.
         client.options["listenKeyRefreshRate"] = CCXT_LISTEN_KEY_REFRESH_MS
+
+    def private_subscribed(self, client: ccxtpro.Exchange, topics: int) -> bool:
+        # The listen key is in the socket's URL: its events flow from the moment it opens.
+        return socket_open(client)
 
     def expired(self, client: ccxtpro.Exchange) -> bool:
         return bool(client.options.get("listenKeyExpired"))
@@ -166,7 +187,12 @@ class _BinanceStreams(StreamVenue):
 
 class _BybitStreams(StreamVenue):
     exchange = "bybit"
-    ccxt_class = ccxtpro.bybit
+    ccxt_class = _Bybit
+
+    def private_subscribed(self, client: ccxtpro.Exchange, topics: int) -> bool:
+        # Bybit acknowledges each subscribe (after the auth): events before it are not sent.
+        acknowledged = int(client.options.get("subscriptionsAcknowledged", 0))
+        return socket_open(client) and acknowledged >= topics
 
 
 _STREAM_VENUES: dict[str, StreamVenue] = {

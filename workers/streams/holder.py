@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -418,9 +419,8 @@ class PrivateLink(Link):
         return [self._orders(client), self._positions(client), self.venue.maintain(client)]
 
     def subscribed(self, client: ccxtpro.Exchange) -> bool:
-        if self.venue.private_subscribed_on_open:
-            return clients.socket_open(client)
-        return super().subscribed(client)
+        # Two topics: orders and positions.
+        return self.venue.private_subscribed(client, topics=2)
 
     async def after_connect(self) -> None:
         from workers.flows.stream_updates import reconcile_account
@@ -551,12 +551,18 @@ class PublicLink(Link):
             )
 
 
+# A Binance listen key (64 characters, in a user data stream's URL) lets anyone read the
+# account's stream: it never goes into a state, an alert or a log line.
+_LISTEN_KEY = re.compile(r"[A-Za-z0-9]{48,}")
+
+
 def _reason(exc: BaseException) -> str:
+    """What a state's detail and the log say about a failure (listen keys masked)."""
     if isinstance(exc, clients.ListenKeyExpired):
         return "listen_key_expired"
     if isinstance(exc, StreamStale):
         return f"stale: {exc}"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return _LISTEN_KEY.sub("…", f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 def _expected(exc: BaseException) -> bool:
