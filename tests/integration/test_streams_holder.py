@@ -422,3 +422,36 @@ def test_a_holder_stopped_on_purpose_exits_cleanly_and_the_standby_takes_over(st
             WAIT_S,
             message=f"binance {stream} not taken over",
         )
+
+
+def test_the_holders_renewal_extends_binances_listen_key(sim):
+    import asyncio
+
+    from tests.sim.stream_clients import eventually
+    from workers.settings import get_settings
+    from workers.streams.clients import build_stream_client, close_stream_client, stream_venue
+
+    async def scenario() -> None:
+        # Given the holder's Binance client watching its user data stream
+        settings = get_settings()
+        account = settings.account("binance")
+        venue = stream_venue(account)
+        assert venue is not None and venue.renew_every_s == 20 * 60
+        client = build_stream_client(account, settings)
+        pending = None
+        try:
+            await client.load_markets()
+            pending = asyncio.ensure_future(client.watch_orders())
+            key = await eventually(lambda: sim_streams()["listenKeys"]["binance"])
+            # When the holder renews it (every 20 minutes)
+            await venue.renew(client)
+            # Then the same key lives longer
+            renewed = sim_streams()["listenKeys"]["binance"]
+            assert renewed["listenKey"] == key["listenKey"]
+            assert renewed["expiresTime"] > key["expiresTime"]
+        finally:
+            if pending is not None:
+                pending.cancel()
+            await close_stream_client(client)
+
+    asyncio.run(scenario())

@@ -20,19 +20,18 @@ Per exchange (``StreamVenue``):
   wait) and renews the key only once by itself, 20 minutes after making it. The
   client here turns ``listenKeyExpired`` into ``ListenKeyExpired`` on the pending
   watch calls (the holder then reconnects with a new client, whose first watch makes
-  a new key), and ``maintain`` renews the key every ``LISTEN_KEY_RENEW_S`` for as long
+  a new key), and the holder renews the key every ``LISTEN_KEY_RENEW_S`` for as long
   as the client lives (ccxt's own renewal is put off: it would outlive the client).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import ccxt.pro as ccxtpro
-import yarl
 from ccxt.base.errors import ExchangeError
 
 from workers.exchange.gateway import GatewayError, client_options
@@ -73,15 +72,16 @@ class SimRoutedSession:
     """
 
     def __init__(self, sim_url: str) -> None:
-        self._sim = yarl.URL(sim_url)
+        self._sim = urlsplit(sim_url)
         self._session = aiohttp.ClientSession()
 
     def _routed(self, method: str) -> Callable[..., Any]:
-        def request(url: str | yarl.URL, **kwargs: Any) -> Any:
-            original = url if isinstance(url, yarl.URL) else yarl.URL(url, encoded=True)
-            target = self._sim.with_path(original.raw_path, encoded=True)
-            if original.raw_query_string:
-                target = target.with_query(original.raw_query_string)
+        def request(url: Any, **kwargs: Any) -> Any:
+            # ccxt passes the URL as the text it signed; only scheme and host change.
+            original = urlsplit(str(url))
+            target = urlunsplit(
+                (self._sim.scheme, self._sim.netloc, original.path, original.query, "")
+            )
             return self._session.request(method, target, **kwargs)
 
         return request
@@ -98,13 +98,7 @@ class SimRoutedSession:
 def ws_urls(exchange: str, ws_url: str) -> dict[str, Any]:
     """The contract: where a ccxt.pro client of ``exchange`` (``binance`` or ``bybit``)
     finds the simulator's streams under ``ws_url``."""
-    if exchange == "binance":
-        # ccxt derives /binance/private/ws?listenKey=... and /binance/market/ws/N from this.
-        return {"linear": f"{ws_url}/binance/ws"}
-    return {
-        "public": {"linear": f"{ws_url}/bybit/v5/public/linear"},
-        "private": {"contract": f"{ws_url}/bybit/v5/private"},
-    }
+    return _BY_EXCHANGE[exchange].sim_ws_urls(ws_url)
 
 
 class _BinanceUsdm(ccxtpro.binanceusdm):
@@ -140,6 +134,14 @@ class StreamVenue:
     exchange: ClassVar[str]
     ccxt_class: ClassVar[type[ccxtpro.Exchange]]
 
+    #: Seconds between two renewals of the private stream's credentials (None: none needed).
+    renew_every_s: ClassVar[float | None] = None
+
+    @staticmethod
+    def sim_ws_urls(ws_url: str) -> dict[str, Any]:
+        """The client's ``urls.api.ws`` entries for the simulator's streams at ``ws_url``."""
+        raise NotImplementedError
+
     def configure(self, client: ccxtpro.Exchange) -> None:
         """Adjust a new client's options for the holder's way of running it."""
 
@@ -154,20 +156,26 @@ class StreamVenue:
         connect)."""
         return False
 
-    async def maintain(self, client: ccxtpro.Exchange) -> None:
-        """Keep the private stream's credentials alive for as long as it runs."""
-        await asyncio.Event().wait()
+    async def renew(self, client: ccxtpro.Exchange) -> None:
+        """Renew the private stream's credentials (the holder calls it every
+        ``renew_every_s`` while the client lives)."""
 
 
 class _BinanceStreams(StreamVenue):
     exchange = "binance"
     ccxt_class = _BinanceUsdm
+    renew_every_s = LISTEN_KEY_RENEW_S
+
+    @staticmethod
+    def sim_ws_urls(ws_url: str) -> dict[str, Any]:
+        # ccxt derives /binance/private/ws?listenKey=... and /binance/market/ws/N from this.
+        return {"linear": f"{ws_url}/binance/ws"}
 
     def configure(self, client: ccxtpro.Exchange) -> None:
         # ccxt.pro schedules its one renewal on the event loop, where it outlives the client:
         # after a reconnect it would run on the closed client (which opens a session of its
-        # own for it). The holder renews in ``maintain`` instead, a task that ends with the
-        # client, so ccxt's is put off beyond any client's life.
+        # own for it). The holder renews (``renew``) in a task that ends with the client
+        # instead, so ccxt's is put off beyond any client's life.
         client.options["listenKeyRefreshRate"] = CCXT_LISTEN_KEY_REFRESH_MS
 
     def private_subscribed(self, client: ccxtpro.Exchange, topics: int) -> bool:
@@ -177,17 +185,22 @@ class _BinanceStreams(StreamVenue):
     def expired(self, client: ccxtpro.Exchange) -> bool:
         return bool(client.options.get("listenKeyExpired"))
 
-    async def maintain(self, client: ccxtpro.Exchange) -> None:
+    async def renew(self, client: ccxtpro.Exchange) -> None:
         # A failed renewal fails the pending watch calls (AuthenticationError): the holder
         # reconnects and the new client makes a new key.
-        while True:
-            await asyncio.sleep(LISTEN_KEY_RENEW_S)
-            await client.keep_alive_listen_key({"type": "linear"})
+        await client.keep_alive_listen_key({"type": "linear"})
 
 
 class _BybitStreams(StreamVenue):
     exchange = "bybit"
     ccxt_class = _Bybit
+
+    @staticmethod
+    def sim_ws_urls(ws_url: str) -> dict[str, Any]:
+        return {
+            "public": {"linear": f"{ws_url}/bybit/v5/public/linear"},
+            "private": {"contract": f"{ws_url}/bybit/v5/private"},
+        }
 
     def private_subscribed(self, client: ccxtpro.Exchange, topics: int) -> bool:
         # Bybit acknowledges each subscribe (after the auth): events before it are not sent.
@@ -199,6 +212,7 @@ _STREAM_VENUES: dict[str, StreamVenue] = {
     "binanceusdm": _BinanceStreams(),
     "bybit": _BybitStreams(),
 }
+_BY_EXCHANGE = {venue.exchange: venue for venue in _STREAM_VENUES.values()}
 
 
 def stream_venue(account: ExchangeAccount) -> StreamVenue | None:
@@ -234,7 +248,7 @@ def build_stream_client(account: ExchangeAccount, settings: Settings) -> ccxtpro
     }
     if sim:
         client.urls["api"]["ws"] = client.deep_extend(
-            client.urls["api"]["ws"], ws_urls(venue.exchange, settings.sim_ws_url)
+            client.urls["api"]["ws"], venue.sim_ws_urls(settings.sim_ws_url)
         )
     return client
 

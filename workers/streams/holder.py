@@ -89,6 +89,14 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+async def pause(seconds: float) -> None:
+    """Every wait of the holder: its timers (ticks, lease renewals, refreshes) and the
+    reconnect backoff of ``workers.execution.streams``. A process of its own, it holds no
+    worker thread and has no task deadline, so it waits here rather than through the
+    workers' retry executor (``workers.retrying``); a stop cancels any wait at once."""
+    await asyncio.sleep(seconds)
+
+
 def _tick_s(settings: Settings) -> float:
     return min(MAX_TICK_S, settings.streams.stale_after_s / 4)
 
@@ -320,7 +328,7 @@ class Link:
             self.streams, state, f"{reason}; reconnect {self.attempt} in {delay_s:.1f}s"
         )
         await _count_reconnect(self.account.name, self.streams)
-        await asyncio.sleep(delay_s)
+        await pause(delay_s)
 
     async def _session(self, first: bool) -> None:
         await self.board.set(
@@ -362,12 +370,12 @@ class Link:
                     return  # a loop that ended on purpose (nothing left to watch)
             if time.monotonic() > deadline_s:
                 raise StreamStale(f"not connected within {self.settings.streams.stale_after_s:g}s")
-            await asyncio.sleep(0.02)
+            await pause(0.02)
 
     async def _supervise(self, client: ccxtpro.Exchange) -> None:
         stale_after_s = self.settings.streams.stale_after_s
         while True:
-            await asyncio.sleep(_tick_s(self.settings))
+            await pause(_tick_s(self.settings))
             if self.venue.expired(client):
                 raise clients.ListenKeyExpired("listen key expired")
             last_frame_s = clients.last_frame_s(client)
@@ -384,7 +392,7 @@ class Link:
         """Begin a stale spell when no evidence of life came for the stale window, also
         while no socket is open (reconnects failing)."""
         while True:
-            await asyncio.sleep(_tick_s(self.settings))
+            await pause(_tick_s(self.settings))
             if self.active and rules.stale_spell_begins(
                 time.time(),
                 self.last_evidence_s,
@@ -416,7 +424,15 @@ class PrivateLink(Link):
     streams = (ORDERS, POSITIONS)
 
     def loops(self, client: ccxtpro.Exchange) -> list[Awaitable[None]]:
-        return [self._orders(client), self._positions(client), self.venue.maintain(client)]
+        loops = [self._orders(client), self._positions(client)]
+        if self.venue.renew_every_s is not None:
+            loops.append(self._renew_credentials(client, self.venue.renew_every_s))
+        return loops
+
+    async def _renew_credentials(self, client: ccxtpro.Exchange, every_s: float) -> None:
+        while True:
+            await pause(every_s)
+            await self.venue.renew(client)
 
     def subscribed(self, client: ccxtpro.Exchange) -> bool:
         # Two topics: orders and positions.
@@ -606,7 +622,7 @@ class AccountHolder:
                 if not waiting_logged:
                     log.info("%s: another holder has the lease; standing by", self.account.name)
                     waiting_logged = True
-                await asyncio.sleep(rules.lease_renew_interval_s(ttl_s))
+                await pause(rules.lease_renew_interval_s(ttl_s))
                 continue
             waiting_logged = False
             log.info("%s: lease taken", self.account.name)
@@ -645,7 +661,7 @@ class AccountHolder:
     async def _renew(self, lock: Lock) -> None:
         ttl_s = self.settings.streams.lease_ttl_s
         while True:
-            await asyncio.sleep(rules.lease_renew_interval_s(ttl_s))
+            await pause(rules.lease_renew_interval_s(ttl_s))
             try:
                 renewed = await asyncio.to_thread(lock.extend, ttl_s)
             except redis.RedisError as exc:
@@ -671,7 +687,7 @@ async def _refresh_watchlists(
         else:
             for account, (symbols, targets) in found.items():
                 watchlists[account].update(symbols, targets)
-        await asyncio.sleep(settings.streams.targets_refresh_s)
+        await pause(settings.streams.targets_refresh_s)
 
 
 async def hold_streams(
