@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 
 import ccxt.pro as ccxtpro
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from workers import redis_keys
 from workers.coordination import Lock, try_lock
@@ -113,28 +114,40 @@ class StateBoard:
         self._written: dict[str, tuple[str, str, str]] = {}
 
     async def set(self, streams: Iterable[str], state: str, detail: str = "") -> None:
+        """Write the streams' state (only what changed). The state is for people and
+        ``Stack.start_streams``; a Redis failure is logged, and the next change retries."""
         now = datetime.now(UTC).isoformat()
         rows: dict[str, str] = {}
+        written: dict[str, tuple[str, str, str]] = {}
         for stream in streams:
             previous = self._written.get(stream)
             if previous is not None and previous[:2] == (state, detail):
                 continue
             since = previous[2] if previous is not None and previous[0] == state else now
-            self._written[stream] = (state, detail, since)
+            written[stream] = (state, detail, since)
             rows[redis_keys.stream_field(self.account, stream)] = json.dumps(
                 {"state": state, "since": since, "detail": detail, "holder": self.holder}
             )
-        if rows:
-            log.info("%s %s: %s %s", self.account, ",".join(streams), state, detail)
+        if not rows:
+            return
+        log.info("%s %s: %s %s", self.account, ",".join(streams), state, detail)
+        try:
             await asyncio.to_thread(get_redis().hset, redis_keys.STREAMS_STATE, mapping=rows)
+        except redis.RedisError as exc:
+            log.warning("%s: stream state not written: %s", self.account, exc)
+            return
+        self._written.update(written)
 
     async def clear(self) -> None:
         """Remove this account's rows and ages (its streams were closed on purpose)."""
         self._written.clear()
         fields = [redis_keys.stream_field(self.account, stream) for stream in STREAMS]
-        await asyncio.to_thread(get_redis().hdel, redis_keys.STREAMS_STATE, *fields)
-        for stream in STREAMS:
-            await asyncio.to_thread(forget_stream, self.account, stream)
+        try:
+            await asyncio.to_thread(get_redis().hdel, redis_keys.STREAMS_STATE, *fields)
+            for stream in STREAMS:
+                await asyncio.to_thread(forget_stream, self.account, stream)
+        except redis.RedisError as exc:
+            log.warning("%s: stream state not cleared: %s", self.account, exc)
 
 
 async def _count_reconnect(account: str, streams: Iterable[str]) -> None:
@@ -144,7 +157,10 @@ async def _count_reconnect(account: str, streams: Iterable[str]) -> None:
             pipe.hincrby(redis_keys.STREAMS_RECONNECTS, redis_keys.stream_field(account, stream))
         pipe.execute()
 
-    await asyncio.to_thread(count)
+    try:
+        await asyncio.to_thread(count)
+    except redis.RedisError as exc:
+        log.warning("%s: reconnect not counted: %s", account, exc)
 
 
 def _raise_stale_alert(account: str, streams: Sequence[str], detail: str) -> None:
@@ -409,7 +425,10 @@ class Link:
         self.in_spell = True
         await self.board.set(self.streams, rules.STALE, detail)
         log.warning("%s %s stale: %s", self.account.name, "/".join(self.streams), detail)
-        await asyncio.to_thread(_raise_stale_alert, self.account.name, self.streams, detail)
+        try:
+            await asyncio.to_thread(_raise_stale_alert, self.account.name, self.streams, detail)
+        except SQLAlchemyError as exc:
+            log.error("%s: stream_stale alert not recorded: %s", self.account.name, exc)
 
     async def alive(self, stream: str) -> None:
         """Note a sign of life on ``stream``, once the link is live."""
@@ -626,7 +645,11 @@ class AccountHolder:
                 continue
             waiting_logged = False
             log.info("%s: lease taken", self.account.name)
-            await self._hold(lock)
+            try:
+                await self._hold(lock)
+            except Exception as exc:  # noqa: BLE001 - the account is taken up again, not dropped
+                log.error("%s: holding the streams failed", self.account.name, exc_info=exc)
+                await pause(rules.lease_renew_interval_s(ttl_s))
 
     async def _hold(self, lock: Lock) -> None:
         private = PrivateLink(self.account, self.settings, self.board, self.venue)
