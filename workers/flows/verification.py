@@ -69,6 +69,7 @@ ORDER_LOOKUP_FACTOR = 1.5
 # The stored order is read again after 25 ms x 2^n (at most 0.2 s) while the orders
 # stream may still record its fill.
 STREAM_WAIT_BASE_S = 0.025
+STREAM_WAIT_CAP_S = 0.2
 # REST positions are asked again after 0.5 s x 1.5^n while the budget lasts.
 POSITIONS_BASE_S = 0.5
 POSITIONS_FACTOR = 1.5
@@ -138,7 +139,7 @@ def _await_stream(order: OrderSnapshot, deadline: float, settings: Settings) -> 
 
     poll(
         decisive,
-        delays_s=lambda attempt: min(STREAM_WAIT_BASE_S * 2 ** (attempt - 1), 0.2),
+        delays_s=lambda attempt: min(STREAM_WAIT_BASE_S * 2 ** (attempt - 1), STREAM_WAIT_CAP_S),
         until=lambda: False,
         deadline=until,
         requeue_past_deadline=False,
