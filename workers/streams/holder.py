@@ -22,8 +22,12 @@ socket, an error applying an update) is closed and built again after a backoff;
 each such reconnect counts in ``STREAMS_RECONNECTS``. **After every (re)connect of
 the private link, before it counts as live, the account is reconciled by REST**
 (``workers.flows.stream_updates.reconcile_account``): exchanges never replay what
-happened during a gap. Updates that arrive while it reconciles are applied (they are
-idempotent) but the stream is not reported alive until the reconciliation is done.
+happened during a gap. The reconciliation starts once the exchange has taken the
+subscriptions (``StreamVenue.private_subscribed``), so whatever it does not see reaches
+the stream. Updates that arrive while it reconciles are applied (they are idempotent)
+but the stream is not reported alive until the reconciliation is done. The public link
+is not reconciled: a price missed during its gap is the aged sweep's, the safety net
+that still runs on its interval.
 
 Liveness, stale spells and the backoff schedule are the pure rules of
 ``workers.execution.streams``. Each stream's state (``connecting``, ``reconciling``,
@@ -32,7 +36,9 @@ Liveness, stale spells and the backoff schedule are the pure rules of
 (``<host>:<pid>``); ``record_stream_alive`` is called for every message and, while
 the socket answers its pings, every second, which is what consumers read
 (``workers.streams.health``). Blocking work (Redis, Postgres, the flows) runs in
-threads (``asyncio.to_thread``), never on the event loop.
+threads (``asyncio.to_thread``), never on the event loop. A Redis or Postgres failure
+costs a state write, a count or an alert (logged), or a reconnect of the link whose
+update could not be applied, never the process.
 """
 
 from __future__ import annotations
