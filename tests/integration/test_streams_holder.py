@@ -455,3 +455,32 @@ def test_the_holders_renewal_extends_binances_listen_key(sim):
             await close_stream_client(client)
 
     asyncio.run(scenario())
+
+
+def test_a_holder_that_loses_its_lease_closes_the_accounts_streams_at_once(stream_holders):
+    from workers import redis_keys
+    from workers.redis_client import get_redis
+
+    # Given a holder of Binance's streams
+    holder = stream_holders.start(accounts=("binance",))
+    assert [c for c in sim_streams()["connections"] if c["exchange"] == "binance"]
+
+    # When another process holds the account's lease (as after a pause longer than its
+    # lifetime), for a while
+    get_redis().set(redis_keys.stream_lease("binance"), "another-holder", px=6000)
+
+    # Then the holder closes the account's sockets at its next renewal
+    wait_for(
+        lambda: not [c for c in sim_streams()["connections"] if c["exchange"] == "binance"],
+        WAIT_S,
+        message="streams still open without the lease",
+    )
+    # And no longer shows the account's streams as its own
+    wait_for(lambda: stream_state("binance", "orders") is None, WAIT_S, message="still shown")
+    # And it takes the account up again once the other lease is gone
+    for stream in ("orders", "positions"):
+        wait_for(
+            lambda s=stream: is_live("binance", s, holder.pid),
+            WAIT_S,
+            message=f"binance {stream} not taken up again",
+        )

@@ -111,6 +111,17 @@ def _tick_s(settings: Settings) -> float:
 # --- what the holder writes to Redis ---------------------------------------------------
 
 
+_FORGET_OWN_ROWS = """
+for i = 2, #ARGV do
+    local row = redis.call('HGET', KEYS[1], ARGV[i])
+    if row and cjson.decode(row)['holder'] == ARGV[1] then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+end
+return 0
+"""
+
+
 class StateBoard:
     """One account's rows of ``STREAMS_STATE`` as this holder writes them."""
 
@@ -143,6 +154,23 @@ class StateBoard:
             log.warning("%s: stream state not written: %s", self.account, exc)
             return
         self._written.update(written)
+
+    async def forget_own(self) -> None:
+        """Remove the rows this holder wrote and nobody has overwritten since (the lease was
+        lost: the new holder's rows stay)."""
+        self._written.clear()
+        fields = [redis_keys.stream_field(self.account, stream) for stream in STREAMS]
+        try:
+            await asyncio.to_thread(
+                get_redis().eval,
+                _FORGET_OWN_ROWS,
+                1,
+                redis_keys.STREAMS_STATE,
+                self.holder,
+                *fields,
+            )
+        except redis.RedisError as exc:
+            log.warning("%s: stream state not cleared: %s", self.account, exc)
 
     async def clear(self) -> None:
         """Remove this account's rows and ages (its streams were closed on purpose)."""
@@ -679,7 +707,9 @@ class AccountHolder:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if not lost:
+            if lost:
+                await self.board.forget_own()
+            else:
                 # Stopped on purpose: hand the account over at once.
                 await self.board.clear()
                 try:
