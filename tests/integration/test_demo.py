@@ -88,6 +88,22 @@ def _query(sql: str) -> list[tuple[Any, ...]]:
         return connection.execute(sql).fetchall()
 
 
+def _running_in_groups(groups: set[int]) -> list[str]:
+    """The processes of these process groups that still run (an exited one waiting to be
+    reaped does not), as ``pid command``; Linux's /proc."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may hold spaces, so split after its ")"
+        state, _ppid, pgrp = text.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) in groups and state != "Z":
+            running.append(f"{stat.parent.name} {text.split(')')[0]})")
+    return running
+
+
 def _by_key(sql: str) -> dict[str, int]:
     return {str(key): int(count) for key, count in _query(sql)}
 
@@ -199,6 +215,9 @@ def test_demo_short_form_checks_hold_and_figures_match_postgres_and_ledger(
     stopped = execq_demo("--stop", timeout_s=60)
     assert stopped.returncode == 0 and "database" in stopped.stdout, stopped.stderr
     assert not _demo_database_exists()
+    # every process it recorded (workers, beat, Flower, the API, the stream holder)
+    groups = set(result["processes"]["process_groups"])
+    assert _running_in_groups(groups) == [], completed.stderr[-2000:]
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{sim_url}/_sim/positions", timeout=2)
     with pytest.raises(redis.ConnectionError):
