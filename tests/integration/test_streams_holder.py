@@ -300,6 +300,7 @@ def test_a_disconnect_is_counted_and_a_fill_during_the_gap_is_recorded(worker, s
     sim.prices({"exchange": "binance", "symbol": ETH, "price": "3500"})
     cid = resting_buy("binance", ETH, "0.1", "3400")
     before = reconnects("binance", "orders")
+    markets_read = sim.calls("binance", "markets")
 
     # When the private stream is cut instead of delivering the fill
     sim.faults(
@@ -324,6 +325,8 @@ def test_a_disconnect_is_counted_and_a_fill_during_the_gap_is_recorded(worker, s
     wait_for(lambda: is_live("binance", "orders"), WAIT_S, message="not live again")
     # And the metrics show the count
     assert reconnect_metric("binance", "orders") == reconnects("binance", "orders")
+    # And the new client started from the markets the first one loaded
+    assert sim.calls("binance", "markets") == markets_read
 
 
 def test_a_stalled_stream_turns_stale_with_one_alert_and_recovers(stream_holders, sim):

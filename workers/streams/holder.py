@@ -316,6 +316,9 @@ class Link:
         self.in_spell = False
         # False while the link has nothing to watch: no socket is wanted, so none is missed.
         self.active = False
+        # Loaded by the first client; every later one of this link starts from them, so a
+        # reconnect costs no markets request.
+        self.markets: dict[str, Any] | None = None
 
     # hooks ---------------------------------------------------------------------------
 
@@ -389,7 +392,10 @@ class Link:
         client = clients.build_stream_client(self.account, self.settings)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await client.load_markets()
+            if self.markets is None:
+                self.markets = await client.load_markets()
+            else:
+                client.set_markets(self.markets)
             tasks = [asyncio.create_task(loop) for loop in self.loops(client)]
             tasks.append(asyncio.create_task(self._supervise(client)))
             await self._until_subscribed(client, tasks)
