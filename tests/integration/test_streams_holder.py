@@ -301,6 +301,7 @@ def test_a_disconnect_is_counted_and_a_fill_during_the_gap_is_recorded(worker, s
     cid = resting_buy("binance", ETH, "0.1", "3400")
     before = reconnects("binance", "orders")
     markets_read = sim.calls("binance", "markets")
+    assert markets_read > 0, "the holder loaded the markets"
 
     # When the private stream is cut instead of delivering the fill
     sim.faults(
