@@ -179,6 +179,39 @@ def test_the_holder_shows_each_stream_live_and_okx_as_unsupported(stream_holders
     assert "streams (9)" in table.stdout
 
 
+def test_quiet_private_streams_stay_live_on_their_pongs(stream_holders):
+    from datetime import UTC, datetime
+
+    from tests.conftest import STREAMS_TEST_ENV
+    from workers.streams.health import stream_age_s
+
+    stale_after_s = float(STREAMS_TEST_ENV["EXECQ_STREAMS__STALE_AFTER_S"])
+
+    # Given a holder, and accounts that do not trade: their user streams push nothing
+    stream_holders.start()
+
+    def live_for_s(account: str, stream: str) -> float:
+        state = stream_state(account, stream)
+        if state is None or state["state"] != "live":
+            return 0.0
+        return (datetime.now(UTC) - datetime.fromisoformat(state["since"])).total_seconds()
+
+    # Then each stays live past twice the stale window, the one spell it could have had
+    # (a stale verdict would end the spell of "live" and start it again)
+    for account in ("binance", "bybit"):
+        for stream in ("orders", "positions"):
+            wait_for(
+                lambda a=account, s=stream: live_for_s(a, s) > 2 * stale_after_s,
+                WAIT_S,
+                message=f"{account} {stream} did not stay live",
+            )
+            # And consumers see it healthy: its age stays inside the window
+            age_s = stream_age_s(account, stream)
+            assert age_s is not None and age_s <= stale_after_s
+    assert reconnects("bybit", "orders") == reconnects("binance", "orders") == 0
+    assert stale_alerts("bybit") == stale_alerts("binance") == []
+
+
 # --- what the streams carry ---------------------------------------------------------------
 
 
