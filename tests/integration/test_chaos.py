@@ -145,6 +145,8 @@ def test_short_chaos_run_audits_clean(database: str, tmp_path) -> None:
     assert result["kills"] == 1 and result["restart_details"]["workers"] == 1
     # A worker stopped past its lease and continued: its late requests doubled nothing
     assert result["pauses"] == 1
+    # The stream holder died mid-run; a new one took its leases over once they expired
+    assert result["stream_kills"] == 1 and result["restart_details"]["streams"] == 1
     assert result["restart_details"]["redis"] == 0 and result["restart_details"]["postgres"] == 0
     assert any("Redis restart skipped" in note for note in result["notes"]), result["notes"]
     assert_accounted_for(result)
@@ -186,6 +188,7 @@ def test_server_restarted_mid_run(server: str, seed: int, tmp_path) -> None:
         rate=40,
         kills=0,
         pauses=0,
+        stream_kills=0,
         aged=False,
         restart_redis=server == "redis",
         restart_postgres=server == "postgres",

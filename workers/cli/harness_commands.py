@@ -333,6 +333,13 @@ def _bench_summary(result: dict[str, Any]) -> list[str]:
     help="Run the stream holder (execq streams); with --faults its streams lose 10 % of "
     "their messages and each exchange's connection is cut every 30 s.",
 )
+@click.option(
+    "--stream-kills",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Stream holder SIGKILLs, each followed by a new holder that takes the leases over.",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option(
@@ -353,6 +360,7 @@ def chaos(
     rate: float,
     with_faults: bool,
     with_streams: bool,
+    stream_kills: int,
     seed: int,
     redis_url: str | None,
     workdir: Path | None,
@@ -382,6 +390,7 @@ def chaos(
             rate=rate,
             faults=with_faults,
             streams=with_streams,
+            stream_kills=stream_kills,
             seed=seed,
             redis_url=redis_url,
             workdir=workdir,
@@ -395,7 +404,7 @@ def chaos(
         f"orphans {result['orphans']}, stuck {result['stuck']}, "
         f"missing events {result['missing_events']}",
         f"kills {result['kills']}, pauses {result['pauses']}, restarts {result['restarts']}, "
-        f"{result['seconds']} s",
+        f"stream holder kills {result['stream_kills']}, {result['seconds']} s",
         "fills by stream {stream}, by the create's answer {create}, by poll {poll}".format(
             **result["fills"]
         ),

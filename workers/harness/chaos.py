@@ -17,7 +17,9 @@ it):
    and all symbols: opens, producer closes (reduce-only closes of earlier
    opens), a few signals that validation must refuse, and some signals sent
    twice (a producer retrying); meanwhile, at seeded random moments, it
-   SIGKILLs a worker and restarts it (``kills`` times), pauses a worker
+   SIGKILLs a worker and restarts it (``kills`` times), SIGKILLs the stream
+   holder and starts another, which takes its leases over once they expire
+   (``stream_kills`` times), pauses a worker
    (SIGSTOP) past its lease on the orders it holds and lets it go on
    (``pauses`` times: its late requests must be refused, never doubled), and
    restarts Redis and PostgreSQL once each when this run started them
@@ -324,6 +326,8 @@ class ChaosOptions:
     # Run the stream holder (``execq streams``); with ``faults``, its streams get the
     # stream faults (``stream_fault_rules``, a cut connection every 30 s).
     streams: bool = True
+    # The stream holder SIGKILLed, and another started that takes its leases over.
+    stream_kills: int = 1
 
 
 @dataclass
@@ -332,6 +336,7 @@ class Disruptions:
 
     kills: int = 0
     pauses: int = 0
+    stream_kills: int = 0
     worker_restarts: int = 0
     redis_restarts: int = 0
     postgres_restarts: int = 0
@@ -373,6 +378,7 @@ class ChaosRun:
         # The plan of the phase, and what its rules fired before it was last re-posted.
         self._plan: dict[str, Any] = {}
         self._fired_before: dict[str, int] = {}
+        self._streams_lock = threading.Lock()
         self.sim_url = ""
         self._sim: SimulatorClient | None = None
         # Every signal id of this stack starts with it; a phase adds its name.
@@ -484,6 +490,8 @@ class ChaosRun:
         long after the last signal is sent, and that is where the work is.
         """
         actions = ["kill"] * self.options.kills + ["pause"] * self.options.pauses
+        if self.options.streams:
+            actions += ["streams"] * self.options.stream_kills
         if self.options.restart_redis:
             actions.append("redis")
         if self.options.restart_postgres:
@@ -533,6 +541,14 @@ class ChaosRun:
             self.disruptions.kills += 1
             self.stack.restart_worker(node)
             self.disruptions.worker_restarts += 1
+        elif action == "streams":
+            with self._streams_lock:
+                self.stack.processes["streams"].kill(signals.SIGKILL)
+                self.disruptions.stream_kills += 1
+                # Ready once it holds every account's streams: after the dead holder's
+                # leases expired (EXECQ_STREAMS__LEASE_TTL_S) and it reconciled them.
+                self.stack.start_streams()
+                self.disruptions.streams_restarts += 1
         elif action == "pause":
             node = self.rng.choice(self.nodes)
             worker = self.stack.worker(node)
@@ -650,12 +666,16 @@ class ChaosRun:
             self.disruptions.beat_restarts += 1
             self.disruptions.notes.append("beat exited during the run and was started again")
         streams = self.stack.processes.get("streams")
-        if streams is not None and not streams.alive:
-            self.stack.start_streams()
-            self.disruptions.streams_restarts += 1
-            self.disruptions.notes.append(
-                f"the stream holder exited ({streams.returncode}) and was started again"
-            )
+        # Not while a disruption replaces the holder on purpose.
+        if streams is not None and not streams.alive and self._streams_lock.acquire(False):
+            try:
+                self.stack.start_streams()
+                self.disruptions.streams_restarts += 1
+                self.disruptions.notes.append(
+                    f"the stream holder exited ({streams.returncode}) and was started again"
+                )
+            finally:
+                self._streams_lock.release()
 
     def wait_quiet(self, sweep_after: float) -> tuple[bool, dict[str, Any]]:
         """Poll until quiet holds for QUIET_HOLD_S and a recovery sweep ran after ``sweep_after``
@@ -987,6 +1007,7 @@ class ChaosRun:
             "missing_events": report.missing_events,
             "kills": self.disruptions.kills,
             "pauses": self.disruptions.pauses,
+            "stream_kills": self.disruptions.stream_kills,
             "restarts": self.disruptions.restarts,
             "seconds": round(time.monotonic() - started, 1),
             "clean": report.clean and quiet,
