@@ -755,6 +755,17 @@ async def _refresh_watchlists(
         await pause(settings.streams.targets_refresh_s)
 
 
+async def _refusal(account: ExchangeAccount, settings: Settings) -> str | None:
+    """Why no stream client can be built for the account (a mode its exchange does not
+    offer), or None. No I/O: the client is built and closed again."""
+    try:
+        client = clients.build_stream_client(account, settings)
+    except gateway.GatewayError as exc:
+        return str(exc)
+    await clients.close_stream_client(client)
+    return None
+
+
 async def hold_streams(
     settings: Settings, account_names: Sequence[str], stop: asyncio.Event
 ) -> None:
@@ -766,10 +777,13 @@ async def hold_streams(
     holders: list[AccountHolder] = []
     for account in accounts:
         venue = clients.stream_venue(account)
-        if venue is None:
-            await StateBoard(account.name, holder).set(
-                STREAMS, rules.UNSUPPORTED, f"{account.ccxt_class} streams are not consumed"
-            )
+        refused = (
+            f"{account.ccxt_class} streams are not consumed"
+            if venue is None
+            else await _refusal(account, settings)
+        )
+        if venue is None or refused is not None:
+            await StateBoard(account.name, holder).set(STREAMS, rules.UNSUPPORTED, refused)
             continue
         watchlists[account.name] = Watchlist()
         holders.append(AccountHolder(account, settings, holder, venue, watchlists[account.name]))
