@@ -427,6 +427,32 @@ def test_a_sweep_and_a_pushed_price_racing_for_one_close_claim_it_once(worker, s
     assert len(closes) == 1
 
 
+def test_a_crossing_two_writers_saw_from_the_same_episode_is_recorded_once(worker, sim):
+    from workers.store.aged import load_aged, write_episode
+    from workers.store.db import session_scope
+
+    # Given an aged long, read by two writers before either recorded the crossing
+    aged_id, target = aged_long(sim)
+    seen_by_sweep, seen_by_stream = load_aged(aged_id), load_aged(aged_id)
+
+    # When both record the first price past the target
+    def record(view, trigger: str) -> bool:
+        with session_scope() as session:
+            return write_episode(
+                session,
+                view,
+                event="aged_target_reached",
+                payload={"price": str(target + 1), "trigger": trigger},
+                target_reached_at=datetime.now(UTC),
+                unset="target_reached_at",
+            )
+
+    # Then only the first is written: one crossing, one event
+    assert record(seen_by_sweep, "sweep") is True
+    assert record(seen_by_stream, "stream") is False
+    assert [p["trigger"] for p in payloads(aged_id, "aged_target_reached")] == ["sweep"]
+
+
 # --- verification ----------------------------------------------------------------------------
 
 

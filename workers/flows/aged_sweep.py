@@ -463,6 +463,7 @@ def _apply_policy(
                     "trigger": trigger,
                 },
                 target_reached_at=seen.observed_at,
+                unset="target_reached_at",
             ):
                 return "stale"
         elif left:

@@ -28,7 +28,6 @@ import json
 import logging
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -201,21 +200,8 @@ def reconcile_account(account: str, settings: Settings) -> dict[str, int]:
     counts: Counter[str] = Counter()
     watched = RESTING | IN_DOUBT
     for order in order_store.unfinished_orders(account):
-        if order.status not in watched:
-            continue
-        lease = try_lock(redis_keys.order_lock(order.client_order_id), settings.order_lock_ttl_s)
-        if lease is None:
-            counts["orders_busy"] += 1  # its run reads the stream's updates itself
-            continue
-        try:
-            current = order_store.load_order(order.client_order_id)
-            if current is not None and current.status in watched:
-                counts[tracking.follow(current, settings, datetime.now(UTC))] += 1
-        finally:
-            lease.release()
-        # The stream runs while this reconciles: what it handed over meanwhile is recorded now.
-        if has_order_updates(order.client_order_id):
-            counts[f"stream_{record_handed_updates(order.client_order_id, settings)}"] += 1
+        if order.status in watched:
+            counts.update(tracking.follow_if_free(order, settings, watched))
     try:
         fetch_positions(account)
     except VenueError as exc:

@@ -87,6 +87,7 @@ __all__ = [
     "lifecycle_timing",
     "order_lease",
     "record_sighting",
+    "release_order_lease",
 ]
 
 logger = logging.getLogger("execq.submission")
@@ -144,18 +145,23 @@ def order_lease(client_order_id: str, settings: Settings, deadline: float) -> It
     try:
         yield lease
     finally:
-        lease.release()
-        _record_late_stream_updates(client_order_id, settings)
+        release_order_lease(lease, client_order_id, settings)
 
 
-def _record_late_stream_updates(client_order_id: str, settings: Settings) -> None:
-    """Updates a stream handed over as the run let go of the order: nobody else reads
-    them (the stream found the lease still held), so record them now."""
+def release_order_lease(lease: Lock, client_order_id: str, settings: Settings) -> str | None:
+    """Let go of the order's lease, then record what a stream handed over meanwhile.
+
+    An update pushed while the lease was held went to the holder's list; one that came
+    as the holder let go would otherwise wait for the next update or sweep. Returns
+    what recording them did (``record_handed_updates``), None when there were none.
+    """
+    lease.release()
     # stream_updates builds on this module: imported when first needed.
     from workers.flows import stream_updates
 
     if stream_updates.has_order_updates(client_order_id):
-        stream_updates.record_handed_updates(client_order_id, settings)
+        return stream_updates.record_handed_updates(client_order_id, settings)
+    return None
 
 
 @dataclass

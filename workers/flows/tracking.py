@@ -35,8 +35,8 @@ from workers.app import app
 from workers.coordination import try_lock
 from workers.exchange.errors import VenueError
 from workers.execution import lifecycle
-from workers.execution.order_state import IN_DOUBT, RESTING, TERMINAL, OrderStatus
-from workers.flows.submission import Submission, record_sighting
+from workers.execution.order_state import IN_DOUBT, RESTING, OrderStatus
+from workers.flows.submission import Submission, record_sighting, release_order_lease
 from workers.settings import Settings
 from workers.store import orders as order_store
 from workers.store.db import session_scope
@@ -75,16 +75,33 @@ def track_orders(settings: Settings, now: datetime | None = None) -> Counter[str
     now = now or datetime.now(UTC)
     counts: Counter[str] = Counter()
     for order in orders_to_track(settings, now):
-        lease = try_lock(redis_keys.order_lock(order.client_order_id), settings.order_lock_ttl_s)
-        if lease is None:
-            counts["orders_busy"] += 1  # a run is working on it right now
-            continue
-        try:
-            current = order_store.load_order(order.client_order_id)
-            if current is not None and current.status not in TERMINAL:
-                counts[follow(current, settings, datetime.now(UTC))] += 1
-        finally:
-            lease.release()
+        counts.update(follow_if_free(order, settings))
+    return counts
+
+
+def follow_if_free(
+    order: OrderSnapshot,
+    settings: Settings,
+    statuses: frozenset[OrderStatus] | None = None,
+) -> Counter[str]:
+    """Follow the order once if no run holds it (and it is still in ``statuses``, by
+    default not ended); what came of it, and of the stream updates handed over meanwhile."""
+    counts: Counter[str] = Counter()
+    cid = order.client_order_id
+    lease = try_lock(redis_keys.order_lock(cid), settings.order_lock_ttl_s)
+    if lease is None:
+        counts["orders_busy"] += 1  # a run is working on it, and reads the stream's word
+        return counts
+    try:
+        current = order_store.load_order(cid)
+        if current is not None and (
+            current.status in statuses if statuses is not None else not current.terminal
+        ):
+            counts[follow(current, settings, datetime.now(UTC))] += 1
+    finally:
+        handed = release_order_lease(lease, cid, settings)
+    if handed is not None:
+        counts[f"stream_{handed}"] += 1
     return counts
 
 

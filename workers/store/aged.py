@@ -133,20 +133,26 @@ def write_episode(
     client_order_id: str | None = None,
     attempt: int | None = None,
     error_class: str | None = None,
+    unset: str | None = None,
     **values: Any,
 ) -> bool:
     """Change an episode and record ``event``, in the caller's transaction.
 
     ``to``: the new status (None: fields only, allowed while it is tracked).
+    ``unset``: a column that must still be NULL (a first-time fact, such as the
+    crossing, that two writers may see at once).
     Raises ``IllegalAgedTransition`` on a move the table does not have.
     Returns False, and writes nothing, when the row is no longer in
-    ``episode.status`` (another writer moved it first).
+    ``episode.status`` or ``unset`` is set (another writer came first).
     """
     current = AgedStatus(episode.status)
     check_transition(current, to)
+    guard = [_AGED.c.id == episode.id, _AGED.c.status == current.value]
+    if unset is not None:
+        guard.append(_AGED.c[unset].is_(None))
     changed = session.execute(
         update(_AGED)
-        .where(_AGED.c.id == episode.id, _AGED.c.status == current.value)
+        .where(*guard)
         .values(status=(to or current).value, updated_at=now or datetime.now(UTC), **values)
     ).rowcount
     if changed != 1:
