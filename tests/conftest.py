@@ -169,6 +169,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: a file's tests keep their order
 
 
+def cid_of(signal_id: str, leg: str = "open") -> str:
+    """The client order id execq derives for a signal's leg."""
+    from workers.execution.client_ids import client_order_id
+
+    return client_order_id(signal_id, leg)
+
+
+def order_of(client_order_id: str) -> Any:
+    """The stored order (a snapshot), or None."""
+    from workers.store.orders import load_order
+
+    return load_order(client_order_id)
+
+
 def stored_order(client_id: str, status: str, booked: str = "0", **columns: Any) -> Any:
     """An ``orders`` row set up by hand (a 0.01 BTC binance buy, ``booked`` filled and
     booked), for tests that start from a given state; ``columns`` override."""

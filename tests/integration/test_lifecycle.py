@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, cid_of, order_of, wait_for
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -26,18 +26,6 @@ ETH = "ETH/USDT:USDT"
 
 def new_signal() -> str:
     return f"lc-{uuid.uuid4().hex[:12]}"
-
-
-def cid_of(signal_id: str, leg: str = "open") -> str:
-    from workers.execution.client_ids import client_order_id
-
-    return client_order_id(signal_id, leg)
-
-
-def order_of(client_order_id: str):
-    from workers.store.orders import load_order
-
-    return load_order(client_order_id)
 
 
 def events_of(client_order_id: str) -> list:

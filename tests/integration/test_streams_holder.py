@@ -21,7 +21,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, cid_of, wait_for
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -73,12 +73,6 @@ def sim_streams() -> dict[str, Any]:
     response = requests.get(f"{os.environ['EXECQ_SIM_URL']}/_sim/streams", timeout=10)
     response.raise_for_status()
     return response.json()
-
-
-def cid_of(signal_id: str) -> str:
-    from workers.execution.client_ids import client_order_id
-
-    return client_order_id(signal_id, "open")
 
 
 def order_status(client_order_id: str) -> str | None:
