@@ -15,12 +15,12 @@ import yaml
 
 from tests.conftest import ROOT, free_port, wait_for
 
-TRADING = {"worker"}
+TRADING = {"worker", "streams"}
 # The API checks a signal's account against the configured names; it holds no exchange key.
 KNOWS_ACCOUNTS = TRADING | {"api"}
-USES_POSTGRES = {"worker", "migrate", "api"}
-USES_REDIS = {"worker", "beat", "flower", "api"}
-EXECQ_SERVICES = {"exchange-sim", "migrate", "worker", "beat", "flower", "api"}
+USES_POSTGRES = {"worker", "migrate", "api", "streams"}
+USES_REDIS = {"worker", "beat", "flower", "api", "streams"}
+EXECQ_SERVICES = {"exchange-sim", "migrate", "worker", "beat", "flower", "api", "streams"}
 
 
 @pytest.fixture(scope="module")

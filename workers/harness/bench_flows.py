@@ -442,7 +442,7 @@ def _fresh_book_streams(sim: SimulatorClient, with_streams: bool) -> None:
 
 def _price_subscribed(sim: SimulatorClient, exchange: str, base: str) -> bool:
     """Whether a public stream connection of ``exchange`` watches ``base``'s price."""
-    connections = sim._get("/_sim/streams")["connections"]  # noqa: SLF001 - no wrapper yet
+    connections = sim.streams()["connections"]
     return any(
         connection["exchange"] == exchange
         and connection["stream"] == "public_stream"

@@ -913,7 +913,7 @@ class ChaosRun:
         (``sent``, ``stream_drop``, ``stream_delay``, ``stream_disconnect``, ...), summed
         over exchanges and streams."""
         counts: dict[str, int] = {}
-        streams = self.simulator._get("/_sim/streams")  # noqa: SLF001 - no wrapper for it yet
+        streams = self.simulator.streams()
         for by_stream in streams.get("messages", {}).values():
             for by_fate in by_stream.values():
                 for fate, count in by_fate.items():

@@ -123,6 +123,10 @@ class SimulatorClient:
         body = self._get("/_sim/positions")
         return body["positions"] if isinstance(body, dict) else body
 
+    def streams(self) -> dict[str, Any]:
+        """The stream port's view: its connections and the messages by exchange, stream and fate."""
+        return self._get("/_sim/streams")
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Requests served: {"binance": {"create_order": n, ...}, ...}."""
         return self._get("/_sim/stats")["requests"]
