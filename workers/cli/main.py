@@ -717,14 +717,37 @@ def api(host: str, port: int, worker_count: int) -> None:
 )
 @click.option("--sweep-positions", type=click.IntRange(1, 10_000), default=1000, show_default=True)
 @click.option(
+    "--stream-positions",
+    type=click.IntRange(1, 200),
+    default=20,
+    show_default=True,
+    help="Aged positions whose targets the price crosses, with and without the stream holder.",
+)
+@click.option(
+    "--stream-orders",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Bybit market orders whose REST requests are counted, with and without the holder.",
+)
+@click.option(
     "--redis-url", help="An empty Redis database to run on instead of a private redis-server."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object last.")
 def bench_flows(
-    orders: int, latency_ms: int, sweep_positions: int, redis_url: str | None, as_json: bool
+    orders: int,
+    latency_ms: int,
+    sweep_positions: int,
+    stream_positions: int,
+    stream_orders: int,
+    redis_url: str | None,
+    as_json: bool,
 ) -> None:
-    """Verification, aged-close (also with the sweeping worker killed), sweep, kill-recovery
-    and liquidation figures."""
+    """Verification, aged-close (also with the sweeping worker killed), sweep, kill-recovery,
+    liquidation and stream figures.
+
+    Exits 1 when a stream target (price crossing -> close accepted p99, REST requests of
+    a Bybit order beyond its create) is missed."""
     import json
     import tempfile
 
@@ -739,11 +762,16 @@ def bench_flows(
                 orders=orders,
                 latency_ms=latency_ms,
                 sweep_positions=sweep_positions,
+                stream_positions=stream_positions,
+                stream_orders=stream_orders,
                 redis_url=redis_url,
             )
         except (ServicesUnavailable, RedisNotEmpty) as exc:
             raise UserFacingError(str(exc)) from None
     click.echo(json.dumps(result, default=str, indent=None if as_json else 2))
+    targets = (result.get("streams") or {}).get("targets", {})
+    if not all(target["met"] for target in targets.values()):
+        raise SystemExit(1)
 
 
 def _register_harnesses() -> None:
