@@ -173,6 +173,22 @@ def test_the_holder_shows_each_stream_live_and_okx_as_unsupported(stream_holders
     assert "streams (9)" in table.stdout
 
 
+def test_the_holders_rest_calls_draw_from_the_accounts_shared_budget(stream_holders):
+    from workers import redis_keys
+    from workers.redis_client import get_redis
+
+    # Given no request drew from any account's budget yet
+    redis = get_redis()
+    buckets = {account: redis_keys.rate_limit_bucket(account) for account in ("binance", "bybit")}
+    assert not any(redis.exists(key) for key in buckets.values())
+
+    # When a holder connects (markets, Binance's listen key, the positions snapshot by REST)
+    stream_holders.start()
+
+    # Then those requests drew from each account's budget, shared with the workers
+    assert all(redis.exists(key) for key in buckets.values())
+
+
 def test_quiet_private_streams_stay_live_on_their_pongs(stream_holders):
     from datetime import UTC, datetime
 

@@ -118,24 +118,33 @@ def cooldown_remaining_s(account: str) -> float:
 MAX_REQUEST_WAIT_S = 5.0
 
 
-def install_request_hook() -> None:
-    """Make every exchange request in this process draw from the shared budget."""
-    from workers.exchange import gateway
+def draw_request_budget(account: str, method: str, url: str) -> None:
+    """Draw one request's weight from ``account``'s shared budget, waiting for it.
+
+    Every exchange request execq makes goes through here: the workers' through the
+    gateway's request hook, the stream holder's REST calls (markets, listen keys,
+    position snapshots) through its clients. Raises ``Throttled`` past
+    ``MAX_REQUEST_WAIT_S``.
+    """
     from workers.exchange.venues import VENUES
     from workers.observability import metrics
     from workers.settings import get_settings
 
     settings = get_settings()
+    configured = settings.account(account)
+    limit = RateLimit(settings.rate_limit_for(configured), settings.rate_limit_burst)
+    operation, weight = VENUES[configured.ccxt_class].operation_of(method, url)
+    metrics.observe_exchange_request(account, operation)
+    waited = acquire(account, limit, weight, MAX_REQUEST_WAIT_S)
+    if waited:
+        metrics.add_rate_limit_wait(account, waited)
+
+
+def install_request_hook() -> None:
+    """Make every exchange request in this process draw from the shared budget."""
+    from workers.exchange import gateway
 
     def hook(account: str, request) -> None:  # noqa: ANN001 - requests.PreparedRequest
-        configured = settings.account(account)
-        limit = RateLimit(settings.rate_limit_for(configured), settings.rate_limit_burst)
-        operation, weight = VENUES[configured.ccxt_class].operation_of(
-            request.method or "GET", request.url or ""
-        )
-        metrics.observe_exchange_request(account, operation)
-        waited = acquire(account, limit, weight, MAX_REQUEST_WAIT_S)
-        if waited:
-            metrics.add_rate_limit_wait(account, waited)
+        draw_request_budget(account, request.method or "GET", request.url or "")
 
     gateway.set_request_hook(hook)

@@ -26,6 +26,7 @@ Per exchange (``StreamVenue``):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +36,7 @@ import ccxt.pro as ccxtpro
 from ccxt.base.errors import ExchangeError
 
 from workers.exchange.gateway import GatewayError, client_options
+from workers.exchange.ratelimit import draw_request_budget
 from workers.exchange.venues import VENUES
 from workers.execution.streams import CCXT_PONG_MISSES, keepalive_interval_s
 from workers.settings import ExchangeAccount, Settings
@@ -101,7 +103,20 @@ def ws_urls(exchange: str, ws_url: str) -> dict[str, Any]:
     return _BY_EXCHANGE[exchange].sim_ws_urls(ws_url)
 
 
-class _BinanceUsdm(ccxtpro.binanceusdm):
+class _SharedBudget:
+    """A ccxt.pro client whose REST calls draw from the account's shared request budget,
+    as the workers' do (``workers.exchange.ratelimit``)."""
+
+    execq_account: str
+
+    async def fetch(
+        self, url: str, method: str = "GET", headers: Any = None, body: Any = None
+    ) -> Any:
+        await asyncio.to_thread(draw_request_budget, self.execq_account, method, url)
+        return await super().fetch(url, method, headers, body)  # type: ignore[misc]
+
+
+class _BinanceUsdm(_SharedBudget, ccxtpro.binanceusdm):
     """ccxt.pro's Binance USDⓈ-M client, told that a listen key expired."""
 
     def handle_message(self, client: Any, message: Any) -> Any:
@@ -112,7 +127,7 @@ class _BinanceUsdm(ccxtpro.binanceusdm):
         return super().handle_message(client, message)
 
 
-class _Bybit(ccxtpro.bybit):
+class _Bybit(_SharedBudget, ccxtpro.bybit):
     """ccxt.pro's Bybit client, counting the subscriptions Bybit acknowledged."""
 
     def handle_message(self, client: Any, message: Any) -> Any:
@@ -234,6 +249,7 @@ def build_stream_client(account: ExchangeAccount, settings: Settings) -> ccxtpro
     if sim:
         config["session"] = SimRoutedSession(settings.sim_url)
     client = venue.ccxt_class(config)
+    client.execq_account = account.name
     try:
         VENUES[account.ccxt_class].apply_mode(client, account.mode)
     except ValueError as exc:
