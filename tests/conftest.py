@@ -183,6 +183,22 @@ def order_of(client_order_id: str) -> Any:
     return load_order(client_order_id)
 
 
+def book_size(account: str, symbol: str) -> Decimal:
+    """The size of the book's open position on ``account`` and ``symbol`` (0 without one)."""
+    from sqlalchemy import select
+
+    from workers.store.db import session_scope
+    from workers.store.models import Position
+
+    with session_scope() as session:
+        row = session.scalars(
+            select(Position).where(
+                Position.account == account, Position.symbol == symbol, Position.status == "open"
+            )
+        ).one_or_none()
+        return Decimal(0) if row is None else row.size
+
+
 def stored_order(client_id: str, status: str, booked: str = "0", **columns: Any) -> Any:
     """An ``orders`` row set up by hand (a 0.01 BTC binance buy, ``booked`` filled and
     booked), for tests that start from a given state; ``columns`` override."""

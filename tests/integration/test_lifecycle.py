@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from tests.conftest import ROOT, cid_of, order_of, wait_for
+from tests.conftest import ROOT, book_size, cid_of, order_of, wait_for
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -46,19 +46,6 @@ def alerts(kind: str) -> list:
 
     with session_scope() as session:
         return list(session.scalars(select(Alert).where(Alert.kind == kind)))
-
-
-def book_size(account: str, symbol: str) -> Decimal:
-    from workers.store.db import session_scope
-    from workers.store.models import Position
-
-    with session_scope() as session:
-        row = session.scalars(
-            select(Position).where(
-                Position.account == account, Position.symbol == symbol, Position.status == "open"
-            )
-        ).one_or_none()
-        return Decimal(0) if row is None else row.size
 
 
 def track() -> dict:

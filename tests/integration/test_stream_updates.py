@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from tests.conftest import cid_of, order_of, wait_for
+from tests.conftest import book_size, cid_of, order_of, wait_for
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -39,19 +39,6 @@ def events_of(client_order_id: str | None = None, aged_id: int | None = None) ->
         if aged_id is not None:
             query = query.where(Event.aged_id == aged_id)
         return list(session.scalars(query))
-
-
-def book_size(account: str, symbol: str) -> Decimal:
-    from workers.store.db import session_scope
-    from workers.store.models import Position
-
-    with session_scope() as session:
-        row = session.scalars(
-            select(Position).where(
-                Position.account == account, Position.symbol == symbol, Position.status == "open"
-            )
-        ).one_or_none()
-        return Decimal(0) if row is None else row.size
 
 
 def unknown_alerts() -> list:
