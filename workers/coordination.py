@@ -42,6 +42,15 @@ end
 return 0
 """
 
+# Release, and say whether KEYS[2] exists: what the holder must look at right after
+# letting go, in the same round trip.
+_RELEASE_AND_PEEK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+return redis.call('EXISTS', KEYS[2])
+"""
+
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -76,6 +85,10 @@ class Lock:
 
     def release(self) -> bool:
         return bool(self.client.eval(_RELEASE, 1, self.key, self.token))
+
+    def release_peeking(self, key: str) -> bool:
+        """Release the lock; whether ``key`` exists, read in the same round trip."""
+        return bool(self.client.eval(_RELEASE_AND_PEEK, 2, self.key, key, self.token))
 
     def remaining_ms(self) -> int:
         return self.expires_at_ms - now_ms()

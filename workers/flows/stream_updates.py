@@ -102,10 +102,6 @@ def take_order_updates(client_order_id: str) -> list[ExchangeOrder]:
     return [_decode(item) for item in raw]
 
 
-def has_order_updates(client_order_id: str) -> bool:
-    return bool(get_redis().exists(redis_keys.stream_order_updates(client_order_id)))
-
-
 def wait_for_order_update(client_order_id: str, timeout_s: float) -> ExchangeOrder | None:
     """The oldest update handed over for the order, waiting up to ``timeout_s`` for one;
     None when none came. Used by the run holding the order's lease."""

@@ -155,13 +155,12 @@ def release_order_lease(lease: Lock, client_order_id: str, settings: Settings) -
     as the holder let go would otherwise wait for the next update or sweep. Returns
     what recording them did (``record_handed_updates``), None when there were none.
     """
-    lease.release()
+    if not lease.release_peeking(redis_keys.stream_order_updates(client_order_id)):
+        return None
     # stream_updates builds on this module: imported when first needed.
     from workers.flows import stream_updates
 
-    if stream_updates.has_order_updates(client_order_id):
-        return stream_updates.record_handed_updates(client_order_id, settings)
-    return None
+    return stream_updates.record_handed_updates(client_order_id, settings)
 
 
 @dataclass
