@@ -254,30 +254,42 @@ def kill_switch_state() -> KillSwitchState:
 @dataclass(frozen=True)
 class SendGuard:
     """What may stop a create from leaving: the kill switch, and an account whose key the
-    exchange refused (``account_refused`` says why, None when it is usable)."""
+    exchange refused (``account_refused`` says why, None when it is usable). Read with
+    them: whether a stream holder holds the account (it may hand the run order updates)."""
 
     kill_switch: KillSwitchState
     account_refused: str | None
+    streams_held: bool = True
+
+
+def _guard_keys(account: str) -> tuple[str, str, str]:
+    return (
+        redis_keys.KILL_SWITCH,
+        redis_keys.account_refused(account),
+        redis_keys.stream_lease(account),
+    )
 
 
 def send_guard(account: str) -> SendGuard:
-    """The kill switch and the account's refusal, in one round trip."""
-    return send_guard_from(
-        *get_redis().mget(redis_keys.KILL_SWITCH, redis_keys.account_refused(account))
-    )
+    """The kill switch, the account's refusal and its stream holder, in one round trip."""
+    return send_guard_from(*get_redis().mget(*_guard_keys(account)))
 
 
 def queue_send_guard_read(pipe: redis.client.Pipeline, account: str) -> None:
     """Queue on ``pipe`` the read ``send_guard_from`` takes the reply of (a caller that
     reads other keys in the same round trip)."""
-    pipe.mget(redis_keys.KILL_SWITCH, redis_keys.account_refused(account))
+    pipe.mget(*_guard_keys(account))
 
 
-def send_guard_from(kill_raw: bytes | str | None, refused: bytes | str | None) -> SendGuard:
-    """The guard the two keys' values (as read) stand for."""
+def send_guard_from(
+    kill_raw: bytes | str | None,
+    refused: bytes | str | None,
+    stream_holder: bytes | str | None = None,
+) -> SendGuard:
+    """The guard the keys' values (as read) stand for."""
     if isinstance(refused, bytes):
         refused = refused.decode()
-    return SendGuard(kill_switch_from(kill_raw), refused)
+    return SendGuard(kill_switch_from(kill_raw), refused, streams_held=stream_holder is not None)
 
 
 def refuse_account(account: str, reason: str) -> None:

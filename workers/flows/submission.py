@@ -169,8 +169,9 @@ class Submission:
 
     ``fresh``: this run wrote the row as ``submitting`` under its lease and nothing was
     sent yet. ``lease``: held by the caller (else ``run`` takes it). ``guard``: the kill
-    switch and the account's standing, read by the caller a moment ago, for the first send. ``on_terminal`` runs in the
-    transaction that makes the order terminal and returns more columns for its row.
+    switch and the account's standing, read by the caller a moment ago, for the first
+    send. ``on_terminal`` runs in the transaction that makes the order terminal and
+    returns more columns for its row.
     """
 
     order: OrderSnapshot
@@ -189,8 +190,13 @@ class Submission:
     blocked: str | None = None
     # A create's answer not yet written: recorded with the status it leads to.
     accepted: ExchangeOrder | None = None
+    # A stream holder may hand this run order updates (unknown without a guard: it may).
+    # Without one the run does not look for them; one that starts meanwhile has its
+    # updates recorded as the run lets go of the lease (``release_order_lease``).
+    stream_may_hand_over: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        self.stream_may_hand_over = self.guard is None or self.guard.streams_held
         self.venue = gateway.venue(self.order.account)
         self.policies = RetryPolicies.from_settings(self.settings.retry)
         self.timing = lifecycle_timing(self.settings)
@@ -218,7 +224,7 @@ class Submission:
     def _drive_or_requeue(self) -> OrderSnapshot:
         try:
             self._drive()
-            return self._record_stream_updates()
+            return self._record_stream_updates() if self.stream_may_hand_over else self.order
         except Requeue:
             if self.order.status == OrderStatus.SUBMITTING and not self.possibly_sent:
                 # Nothing of it left: the next run sends it without a lookup.
@@ -455,7 +461,7 @@ class Submission:
         return words[-1] if words else None
 
     def _fetch_once(self) -> lifecycle.Observation:
-        if stream_healthy(self.order.account, ORDERS, self.settings):
+        if self.stream_may_hand_over and stream_healthy(self.order.account, ORDERS, self.settings):
             pushed = self._wait_for_stream()
             if pushed is not None:
                 return lifecycle.Seen(pushed, "stream")
