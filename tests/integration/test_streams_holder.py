@@ -473,6 +473,7 @@ def test_a_holder_stopped_on_purpose_exits_cleanly_and_the_standby_takes_over(st
 
 def test_the_holders_renewal_extends_binances_listen_key(sim):
     import asyncio
+    import time
 
     from tests.sim.stream_clients import eventually
     from workers.settings import get_settings
@@ -490,12 +491,15 @@ def test_the_holders_renewal_extends_binances_listen_key(sim):
             await client.load_markets()
             pending = asyncio.ensure_future(client.watch_orders())
             key = await eventually(lambda: sim_streams()["listenKeys"]["binance"])
+            keep_alives = sim.calls("binance", "listen_key")
             # When the holder renews it (every 20 minutes)
+            renewed_from_ms = time.time() * 1000
             await venue.renew(client)
-            # Then the same key lives longer
+            # Then the exchange was asked once, and the same key lives 60 minutes from then
+            assert sim.calls("binance", "listen_key") == keep_alives + 1
             renewed = sim_streams()["listenKeys"]["binance"]
             assert renewed["listenKey"] == key["listenKey"]
-            assert renewed["expiresTime"] > key["expiresTime"]
+            assert renewed["expiresTime"] >= renewed_from_ms + 3600 * 1000 - 1
         finally:
             if pending is not None:
                 pending.cancel()
