@@ -491,6 +491,10 @@ def test_the_holders_renewal_extends_binances_listen_key(sim):
             await client.load_markets()
             pending = asyncio.ensure_future(client.watch_orders())
             key = await eventually(lambda: sim_streams()["listenKeys"]["binance"])
+            # (the client keeps the key once the exchange's answer reached it)
+            await eventually(
+                lambda: (client.options.get("linear") or {}).get("listenKey") == key["listenKey"]
+            )
             keep_alives = sim.calls("binance", "listen_key")
             # When the holder renews it (every 20 minutes)
             renewed_from_ms = time.time() * 1000
