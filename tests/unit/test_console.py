@@ -95,7 +95,7 @@ def test_no_price_or_no_target_is_no_distance():
     assert measures.distance_to_target("long", Decimal("0"), Decimal("1")) is None
 
 
-def test_stream_health_is_per_account_and_stale_after_the_alerts_threshold():
+def test_stream_health_is_per_account_and_stale_after_the_stale_window():
     hash_ = {
         "binance:orders": "1000.0",
         "binance:tickers": "870.0",
@@ -103,10 +103,10 @@ def test_stream_health_is_per_account_and_stale_after_the_alerts_threshold():
         "junk": "1",
         "binance:bad": "not a time",
     }
-    streams = measures.stream_health(hash_, "binance", now_s=1000.5)
+    streams = measures.stream_health(hash_, "binance", now_s=1000.5, stale_after_s=10)
     assert [(s.stream, s.stale) for s in streams] == [("orders", False), ("tickers", True)]
     assert streams[1].age_s == pytest.approx(130.5)
-    assert measures.stream_health(hash_, "okx", now_s=1000) == []
+    assert measures.stream_health(hash_, "okx", now_s=1000, stale_after_s=10) == []
 
 
 def test_unrealised_pnl_uses_the_books_math_for_both_sides():

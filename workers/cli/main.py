@@ -406,20 +406,20 @@ def _stream_rows(redis: Any, accounts: list[str]) -> list[dict[str, Any]]:
     import time
 
     from workers import redis_keys
-    from workers.streams.health import STREAMS
+    from workers.streams.health import STREAMS, stream_ages
 
     with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(redis_keys.STREAMS_STATE)
         pipe.hgetall(redis_keys.STREAMS_LAST_ALIVE)
         pipe.hgetall(redis_keys.STREAMS_RECONNECTS)
         states, alive, reconnects = pipe.execute()
-    now_s = time.time()
+    ages = stream_ages(alive, time.time())
     rows = []
     for account in accounts:
         for stream in STREAMS:
             field = redis_keys.stream_field(account, stream)
             state = json.loads(states[field]) if field in states else None
-            alive_at = alive.get(field)
+            age_s = ages.get((account, stream))
             rows.append(
                 {
                     "account": account,
@@ -428,7 +428,7 @@ def _stream_rows(redis: Any, accounts: list[str]) -> list[dict[str, Any]]:
                     "since": state["since"] if state else None,
                     "detail": state["detail"] if state else "",
                     "holder": state["holder"] if state else None,
-                    "age_s": None if alive_at is None else round(now_s - float(alive_at), 1),
+                    "age_s": None if age_s is None else round(age_s, 1),
                     "reconnects": int(reconnects.get(field, 0)),
                 }
             )

@@ -49,6 +49,7 @@ from sqlalchemy import Engine
 
 from workers import redis_keys
 from workers.store.monitoring import StoredState, read_stored_state
+from workers.streams.health import per_stream, stream_ages
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +223,16 @@ class ClusterStateCollector:
         for queue, lists in queue_lists.items():
             queue_length[queue] = sum(int(length) for length in replies[: len(lists)])
             replies = replies[len(lists) :]
-        stream_age_s: dict[tuple[str, str], float] = {}
+        # An account no longer configured has no holder: its last entries are history.
         configured = set(accounts)
-        for name, alive_at in _decoded(replies[0]).items():
-            account, _, stream = name.partition(":")
-            # An account no longer configured has no holder: its last entry is history.
-            if account in configured and stream:
-                stream_age_s[(account, stream)] = max(0.0, now_s - float(alive_at))
-        stream_reconnects: dict[tuple[str, str], int] = {}
-        for name, count in _decoded(replies[1]).items():
-            account, _, stream = name.partition(":")
-            if account in configured and stream:
-                stream_reconnects[(account, stream)] = int(count)
+        stream_age_s = {
+            key: age_s
+            for key, age_s in stream_ages(replies[0], now_s).items()
+            if key[0] in configured
+        }
+        stream_reconnects = {
+            key: int(count) for key, count in per_stream(replies[1]).items() if key[0] in configured
+        }
         return RedisState(
             # PTTL is -2 without the key, -1 without expiry (never written so by execq).
             cooldown_s={
@@ -262,15 +261,6 @@ class ClusterStateCollector:
         for source in (self._postgres, self._redis):
             errors.add_metric([source.source], source.error_count)
         yield errors
-
-
-def _decoded(mapping: dict) -> dict[str, str]:
-    return {
-        (key.decode() if isinstance(key, bytes) else key): (
-            value.decode() if isinstance(value, bytes) else value
-        )
-        for key, value in mapping.items()
-    }
 
 
 def _stored_state_metrics(stored: StoredState) -> Iterator[Metric]:

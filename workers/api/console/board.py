@@ -138,7 +138,9 @@ def accounts(settings: Settings) -> list[AccountView]:
                 exchange=account.ccxt_class,
                 mode=account.mode,
                 refused=refused,
-                streams=measures.stream_health(last_alive, account.name, now_ms / 1000),
+                streams=measures.stream_health(
+                    last_alive, account.name, now_ms / 1000, settings.streams.stale_after_s
+                ),
                 limit=limit,
                 headroom=measures.rate_limit_headroom(
                     None if tat is None else float(tat), now_ms, limit

@@ -9,11 +9,9 @@ from decimal import Decimal
 from workers.exchange.ratelimit import RateLimit
 from workers.execution.aged import target_reached
 from workers.execution.positions import PositionState, roi_percent, unrealized_pnl
+from workers.streams.health import is_stale, stream_ages
 
 HUNDRED = Decimal(100)
-# Seconds without a message or heartbeat after which a stream counts as stale: the
-# threshold of the ``stream_stale`` alert (deploy/prometheus, docs/operations.md).
-STREAM_STALE_AFTER_S = 120.0
 
 
 def rate_limit_headroom(tat_ms: float | None, now_ms: float, limit: RateLimit) -> float:
@@ -63,20 +61,17 @@ class StreamHealth:
     stale: bool
 
 
-def stream_health(last_alive: dict[str, str], account: str, now_s: float) -> list[StreamHealth]:
+def stream_health(
+    last_alive: dict[str, str], account: str, now_s: float, stale_after_s: float
+) -> list[StreamHealth]:
     """The account's streams from the ``record_stream_alive`` hash (field
-    ``<account>:<stream>``, value epoch seconds), by name; empty when it has none."""
-    streams = []
-    for field, alive_at in last_alive.items():
-        owner, _, stream = field.partition(":")
-        if owner != account or not stream:
-            continue
-        try:
-            age_s = max(0.0, now_s - float(alive_at))
-        except ValueError:
-            continue
-        streams.append(StreamHealth(stream, age_s, age_s > STREAM_STALE_AFTER_S))
-    return sorted(streams, key=lambda health: health.stream)
+    ``<account>:<stream>``, value epoch seconds), by name; empty when it has none. Stale
+    as every consumer judges it (``workers.streams.health.is_stale``)."""
+    return [
+        StreamHealth(stream, age_s, is_stale(age_s, stale_after_s))
+        for (owner, stream), age_s in sorted(stream_ages(last_alive, now_s).items())
+        if owner == account
+    ]
 
 
 @dataclass(frozen=True)
