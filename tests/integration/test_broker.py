@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
+from typing import Any
 
 import pytest
 import redis
@@ -82,14 +83,10 @@ def test_a_worker_keeps_consuming_after_redis_restarts_with_orders_in_flight(
     ``AttributeError`` while closing the broken connection): the process stayed up
     and never took another task.
     """
-    from tests.conftest import free_port, wait_for
-    from workers.execution.client_ids import client_order_id
+    from tests.conftest import free_port
     from workers.harness.bench import client_app
     from workers.harness.services import ensure_services
-    from workers.producer import order_kwargs
-    from workers.store.orders import load_order
 
-    btc = "BTC/USDT:USDT"
     with ensure_services(
         f"redis://127.0.0.1:{free_port()}/0", os.environ["DATABASE_URL"], tmp_path
     ) as services:
@@ -98,35 +95,44 @@ def test_a_worker_keeps_consuming_after_redis_restarts_with_orders_in_flight(
             # Four threads, two orders: the consumer has room, so it waits in BRPOP.
             worker = workers.spawn(concurrency=4, env={"REDIS_URL": services.redis_url})
             workers.wait_ready(worker, broker=broker)
-            sim.faults(
-                {"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]}
-            )
-            in_flight = [f"restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-            for signal_id in in_flight:
-                broker.send_task(
-                    "execute_market_order",
-                    kwargs=order_kwargs(signal_id, "binance", btc, "buy", "0.01"),
-                )
-            cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
-            wait_for(
-                lambda: all(
-                    (order := load_order(cid)) and order.status == "submitting" for cid in cids
-                ),
-                30,
-                message="the orders did not reach the exchange call",
+            orders_in_flight_survive_a_redis_restart(
+                broker, worker, sim, lambda: services.restart_redis(keep_data=True)
             )
 
-            services.restart_redis(keep_data=True)
-            sim.faults({"rules": []})
 
-            after = broker.send_task(
-                "execute_market_order",
-                kwargs=order_kwargs(
-                    f"restart-{uuid.uuid4().hex[:12]}", "binance", btc, "buy", "0.01"
-                ),
-            )
-            assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
-            assert worker.alive
-            for cid in cids:
-                wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
-                assert len(sim.orders_for(cid)) == 1
+def orders_in_flight_survive_a_redis_restart(
+    broker: Any, worker: Any, sim: Any, restart: Callable[[], None]
+) -> None:
+    """Two orders wait 3 s on the exchange while ``restart`` restarts Redis under the
+    ready ``worker``: it takes the next order, and each in-flight one fills exactly once."""
+    from tests.conftest import wait_for
+    from workers.execution.client_ids import client_order_id
+    from workers.producer import order_kwargs
+    from workers.store.orders import load_order
+
+    btc = "BTC/USDT:USDT"
+    sim.faults({"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]})
+    in_flight = [f"restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    for signal_id in in_flight:
+        broker.send_task(
+            "execute_market_order", kwargs=order_kwargs(signal_id, "binance", btc, "buy", "0.01")
+        )
+    cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
+    wait_for(
+        lambda: all((order := load_order(cid)) and order.status == "submitting" for cid in cids),
+        30,
+        message="the orders did not reach the exchange call",
+    )
+
+    restart()
+    sim.faults({"rules": []})
+
+    after = broker.send_task(
+        "execute_market_order",
+        kwargs=order_kwargs(f"restart-{uuid.uuid4().hex[:12]}", "binance", btc, "buy", "0.01"),
+    )
+    assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
+    assert worker.alive
+    for cid in cids:
+        wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
+        assert len(sim.orders_for(cid)) == 1

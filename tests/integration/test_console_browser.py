@@ -23,6 +23,7 @@ from tests.integration.test_console_http import (
     HOSTILE,
     OPERATOR_KEY,
     VIEWER_KEY,
+    store_hostile_order,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -341,21 +342,8 @@ def test_an_action_without_the_operate_scope_is_refused_with_a_403_page(page, co
 def test_html_from_an_exchange_or_a_producer_renders_as_text(page, console_url):
     from selenium.webdriver.common.by import By
 
-    from tests.conftest import stored_order
-    from workers.store.db import session_scope
-    from workers.store.events import record_event
-
     # Given an order whose symbol, and an event whose metadata, hold HTML
-    with session_scope() as session:
-        session.add(stored_order("xqopen-hostile", "unknown", symbol=HOSTILE[:64]))
-        record_event(
-            session,
-            "signal_received",
-            signal_id="hostile",
-            client_order_id="xqopen-hostile",
-            symbol=HOSTILE[:64],
-            payload={"metadata": {"note": HOSTILE}},
-        )
+    store_hostile_order()
     # When the operator looks at the orders and at the order's events
     log_in(page, console_url, OPERATOR_KEY)
     assert text_of(page, '#orders tr[data-order="xqopen-hostile"] td.symbol') == HOSTILE[:64]

@@ -448,7 +448,8 @@ def test_liquidate_all_from_the_console_closes_everything_and_names_the_key(http
 # --- escaping -------------------------------------------------------------------------------
 
 
-def test_values_from_an_exchange_or_a_producer_are_escaped(http):
+def store_hostile_order() -> None:
+    """An order whose symbol, and an event whose metadata, hold HTML (``HOSTILE``)."""
     from workers.store.db import session_scope
     from workers.store.events import record_event
 
@@ -462,6 +463,10 @@ def test_values_from_an_exchange_or_a_producer_are_escaped(http):
             symbol=HOSTILE[:64],
             payload={"metadata": {"note": HOSTILE}},
         )
+
+
+def test_values_from_an_exchange_or_a_producer_are_escaped(http):
+    store_hostile_order()
     overview = logged_in(http)
     events = http.get("/console/events", params={"kind": "order", "id": "xqopen-hostile"}).text
     for html in (overview, events):

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -273,49 +272,17 @@ def test_a_worker_fills_an_order_over_rediss_and_celery_shows_no_password(
 def test_a_worker_on_rediss_keeps_consuming_after_redis_restarts_with_orders_in_flight(
     tls_redis, workers, db, sim
 ):
-    from workers.execution.client_ids import client_order_id
-    from workers.producer import order_kwargs
-    from workers.store.orders import load_order
+    from tests.integration.test_broker import orders_in_flight_survive_a_redis_restart
 
     client = tls_client(tls_redis)
     try:
-        # Given a worker on the TLS Redis with two orders waiting on the exchange
+        # Given a worker on the TLS Redis; two orders wait on the exchange when Redis
+        # restarts under it: it takes the next order, and those in flight fill once each
         worker = workers.spawn(concurrency=4, env=tls_redis.env)
         workers.wait_ready(worker, broker=client)
-        sim.faults(
-            {"rules": [{"kind": "latency", "latency_ms": 3000, "operation": "create_order"}]}
+        orders_in_flight_survive_a_redis_restart(
+            client, worker, sim, tls_redis.restart_keeping_data
         )
-        in_flight = [f"tls-restart-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-        for signal_id in in_flight:
-            client.send_task(
-                "execute_market_order",
-                kwargs=order_kwargs(signal_id, "binance", BTC, "buy", "0.01"),
-            )
-        cids = [client_order_id(signal_id, "open") for signal_id in in_flight]
-        wait_for(
-            lambda: all(
-                (order := load_order(cid)) and order.status == "submitting" for cid in cids
-            ),
-            30,
-            message="the orders did not reach the exchange call",
-        )
-
-        # When Redis restarts under it
-        tls_redis.restart_keeping_data()
-        sim.faults({"rules": []})
-
-        # Then the worker takes the next order, and the ones in flight fill once each
-        after = client.send_task(
-            "execute_market_order",
-            kwargs=order_kwargs(
-                f"tls-restart-{uuid.uuid4().hex[:12]}", "binance", BTC, "buy", "0.01"
-            ),
-        )
-        assert after.get(timeout=60)["status"] == "filled", worker.log_tail()
-        assert worker.alive
-        for cid in cids:
-            wait_for(lambda cid=cid: load_order(cid).status == "filled", 60)
-            assert len(sim.orders_for(cid)) == 1
     finally:
         client.close()
 

@@ -56,7 +56,7 @@ from workers.store.db import session_scope
 from workers.store.events import raise_alert, record_event
 from workers.store.models import Order
 from workers.store.orders import OrderSnapshot
-from workers.store.positions import close_position, correct_position, lock_open_position
+from workers.store.positions import close_externally, correct_position, lock_open_position
 
 logger = logging.getLogger("execq.aged")
 
@@ -351,16 +351,7 @@ def _record_closed_externally(view: AgedView) -> dict[str, Any]:
     with session_scope() as session:
         position = lock_open_position(session, view.account, view.symbol)
         if position is not None and position.id == view.position_id:
-            close_position(
-                session,
-                position.id,
-                view.account,
-                view.symbol,
-                reason="closed_externally",
-                realized_pnl=position.realized_pnl,
-                now=now,
-                order=None,
-            )
+            close_externally(session, position, now)
     return _summary(load_aged(view.id), view.id)
 
 

@@ -64,7 +64,7 @@ from workers.store.outbox import (
     unsettled_sent_before,
 )
 from workers.store.positions import (
-    close_position,
+    close_externally,
     correct_position,
     lock_open_position,
     open_new_position,
@@ -388,16 +388,7 @@ def _apply(action: Any, now: datetime) -> str:
                 verification="verified",
             )
             return "conflicts_corrected"
-        close_position(
-            session,
-            position.id,
-            position.account,
-            position.symbol,
-            reason="closed_externally",
-            realized_pnl=position.realized_pnl,
-            now=now,
-            order=None,
-        )
+        close_externally(session, position, now)
         return "closed_externally"
 
 

@@ -46,7 +46,8 @@ from sqlalchemy import text
 from workers.harness.bench import client_app, percentile, process_env, scratch
 from workers.harness.polling import wait_for
 from workers.harness.sim_client import SimulatorClient
-from workers.harness.stack import Stack
+from workers.harness.stack import Stack, streams_live
+from workers.redis_client import get_redis
 
 SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "LINK", "AVAX", "LTC", "BNB"]
 AMOUNTS = {
@@ -411,33 +412,17 @@ def measure_kill_recovery(app, stack: Stack, sim: SimulatorClient, orders: int) 
 # --- with and without the stream holder -------------------------------------------------------
 
 
-def _streams_live(accounts: tuple[str, ...], since: datetime) -> bool:
-    """Whether the holder shows the orders and positions streams of every one of
-    ``accounts`` live, live since ``since`` (connected and reconciled after it)."""
-    from workers import redis_keys
-    from workers.redis_client import get_redis
-
-    fields = [
-        redis_keys.stream_field(account, stream)
-        for account in accounts
-        for stream in ("orders", "positions")
-    ]
-    for raw in get_redis().hmget(redis_keys.STREAMS_STATE, fields):
-        if raw is None:
-            return False
-        state = json.loads(raw)
-        if state["state"] != "live" or datetime.fromisoformat(state["since"]) < since:
-            return False
-    return True
-
-
 def _fresh_book_streams(sim: SimulatorClient, with_streams: bool) -> None:
     """``_fresh_book``; the simulator's reset closes every stream connection, so with the
     holder running, wait until it has reconnected and reconciled since."""
     reset_at = datetime.now(UTC)
     _fresh_book(sim)
     if with_streams:
-        _wait(lambda: _streams_live(STREAM_EXCHANGES, reset_at), 60, "the streams live again")
+        _wait(
+            lambda: streams_live(get_redis(), STREAM_EXCHANGES, since=reset_at),
+            60,
+            "the streams live again",
+        )
 
 
 def _price_subscribed(sim: SimulatorClient, exchange: str, base: str) -> bool:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -242,8 +243,16 @@ def _stream_accounts(env: dict[str, str]) -> list[Any]:
     return [account for account in accounts if stream_venue(account) is not None]
 
 
-def _streams_live(client: redis.Redis, accounts: Sequence[str], pid: int | None) -> bool:
-    """Whether the holder with ``pid`` shows every account's private streams live."""
+def streams_live(
+    client: redis.Redis,
+    accounts: Sequence[str],
+    *,
+    pid: int | None = None,
+    since: datetime | None = None,
+) -> bool:
+    """Whether every account's private streams show ``live`` in ``STREAMS_STATE``: under
+    the holder with ``pid`` when given, live since ``since`` (reconnected and reconciled
+    after it) when given."""
     import json
 
     from workers.redis_keys import STREAMS_STATE, stream_field
@@ -257,7 +266,11 @@ def _streams_live(client: redis.Redis, accounts: Sequence[str], pid: int | None)
         if row is None:
             return False
         state = json.loads(row)
-        if state["state"] != "live" or not state["holder"].endswith(f":{pid}"):
+        if state["state"] != "live":
+            return False
+        if pid is not None and not state["holder"].endswith(f":{pid}"):
+            return False
+        if since is not None and datetime.fromisoformat(state["since"]) < since:
             return False
     return True
 
@@ -427,7 +440,7 @@ class Stack:
         )
         try:
             _poll(
-                lambda: _streams_live(client, expected, process.pid),
+                lambda: streams_live(client, expected, pid=process.pid),
                 process,
                 timeout_s,
                 f"stream holder {name}",

@@ -236,6 +236,21 @@ def close_position(
     )
 
 
+def close_externally(session: Session, position: Any, now: datetime) -> None:
+    """Close ``position`` (a locked open row) as closed by someone else: the exchange
+    shows it flat and no fill of ours explains it."""
+    close_position(
+        session,
+        position.id,
+        position.account,
+        position.symbol,
+        reason="closed_externally",
+        realized_pnl=position.realized_pnl,
+        now=now,
+        order=None,
+    )
+
+
 def book_order_fill(client_order_id: str) -> Booking:
     """Book the part of the order's fill not yet in the book, in its own transaction."""
     with session_scope() as session:
